@@ -1,0 +1,135 @@
+"""HTTP routes for users, organisations, memberships and API keys."""
+
+from __future__ import annotations
+
+import uuid
+
+from litestar import Controller, Router, delete, get, post
+from litestar.datastructures import State
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.accounts import service
+from app.accounts.schemas import (
+    ApiKeyIn,
+    ApiKeyOut,
+    MemberIn,
+    MemberOut,
+    MeOut,
+    OrgIn,
+    OrgOut,
+    OrgRoleOut,
+    SignUp,
+    UserOut,
+)
+from app.audit.service import AuditContext
+from app.auth.guards import authenticated, interactive_only
+from app.auth.principal import Principal
+from app.errors import ProblemError
+from app.settings import Settings
+
+BEARER = [{"BearerToken": []}]
+
+
+@post("/users", summary="Sign up", tags=["accounts"], status_code=201)
+async def sign_up(session: AsyncSession, audit_context: AuditContext, state: State, data: SignUp) -> UserOut:
+    """Create an account. Refused with 403 when sign-up is closed (``CORPORA_SIGNUP_OPEN=false``)."""
+    settings: Settings = state.settings
+    if not settings.signup_open:
+        raise ProblemError(403, "signup-closed", "Sign-up is closed", "ask an administrator for an account")
+    user = await service.create_user(
+        session, audit_context, email=data.email, password=data.password, display_name=data.display_name
+    )
+    return UserOut(id=user.id, email=user.email, display_name=user.display_name)
+
+
+@get("/me", summary="The caller, their organisations and roles", tags=["accounts"], security=BEARER)
+async def me(session: AsyncSession, principal: Principal) -> MeOut:
+    user, orgs = await service.user_with_orgs(session, principal.user_id)
+    return MeOut(
+        id=user.id,
+        email=user.email,
+        display_name=user.display_name,
+        orgs=[OrgRoleOut(slug=o.org.slug, name=o.org.name, kind=o.org.kind, role=o.role) for o in orgs],
+        platform_roles=sorted(principal.platform_roles),
+    )
+
+
+class OrgController(Controller):
+    path = "/orgs"
+    tags = ["accounts"]
+    security = BEARER
+    guards = [authenticated]
+
+    @post("/", summary="Create an organisation; the caller becomes its owner", status_code=201)
+    async def create(
+        self, session: AsyncSession, audit_context: AuditContext, principal: Principal, data: OrgIn
+    ) -> OrgOut:
+        if principal.api_key_id is not None:
+            raise ProblemError(403, "forbidden", "Forbidden", "API keys cannot create organisations")
+        org = await service.create_org(
+            session, audit_context, principal, slug=data.slug, name=data.name, kind=data.kind
+        )
+        return OrgOut(slug=org.slug, name=org.name, kind=org.kind, created_at=org.created_at, your_role="owner")
+
+    @get("/{org:str}", summary="An organisation the caller belongs to, with its members")
+    async def read(self, session: AsyncSession, principal: Principal, org: str) -> OrgOut:
+        found, role = await service.visible_org(session, principal, org)
+        people = await service.members(session, found.id)
+        return OrgOut(
+            slug=found.slug,
+            name=found.name,
+            kind=found.kind,
+            created_at=found.created_at,
+            your_role=role,
+            members=[
+                MemberOut(user_id=u.id, email=u.email, display_name=u.display_name, role=r) for u, r in people
+            ],
+        )
+
+    @post("/{org:str}/members", summary="Add an existing user to the organisation", status_code=201)
+    async def add_member(
+        self, session: AsyncSession, audit_context: AuditContext, principal: Principal, org: str, data: MemberIn
+    ) -> MemberOut:
+        user, role = await service.add_member(
+            session, audit_context, principal, slug=org, email=data.email, role=data.role
+        )
+        return MemberOut(user_id=user.id, email=user.email, display_name=user.display_name, role=role)
+
+
+class ApiKeyController(Controller):
+    path = "/api-keys"
+    tags = ["accounts"]
+    security = BEARER
+    guards = [interactive_only]
+
+    @post("/", summary="Create a scoped, expiring API key; the secret is shown only in this answer", status_code=201)
+    async def create(
+        self, session: AsyncSession, audit_context: AuditContext, principal: Principal, data: ApiKeyIn
+    ) -> ApiKeyOut:
+        key, org_slug, secret = await service.create_api_key(
+            session,
+            audit_context,
+            principal,
+            name=data.name,
+            org_slug=data.org,
+            scopes=data.scopes,
+            expires_at=data.expires_at,
+        )
+        return ApiKeyOut(
+            id=key.id,
+            name=key.name,
+            org=org_slug,
+            scopes=key.scopes,
+            created_at=key.created_at,
+            expires_at=key.expires_at,
+            key=secret,
+        )
+
+    @delete("/{key_id:uuid}", summary="Revoke an API key", status_code=204)
+    async def revoke(
+        self, session: AsyncSession, audit_context: AuditContext, principal: Principal, key_id: uuid.UUID
+    ) -> None:
+        await service.revoke_api_key(session, audit_context, principal, key_id)
+
+
+router = Router(path="/", route_handlers=[sign_up, me, OrgController, ApiKeyController])

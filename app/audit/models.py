@@ -1,0 +1,51 @@
+"""The append-only, hash-chained audit log."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import BigInteger, CheckConstraint, Index, LargeBinary, String
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+
+
+class AuditEvent(Base):
+    """One event. ``hash = sha256(prev_hash || canonical(event))``; ``seq`` has no gaps.
+
+    UPDATE, DELETE and TRUNCATE are refused by triggers created in the migration.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        CheckConstraint("seq > 0", "seq_positive"),
+        CheckConstraint("octet_length(hash) = 32 AND octet_length(prev_hash) = 32", "hash_lengths"),
+        Index("ix_audit_events_org_id_seq", "org_id", "seq"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    occurred_at: Mapped[dt.datetime]
+    actor: Mapped[str] = mapped_column(String(80))
+    org_id: Mapped[uuid.UUID | None]
+    action: Mapped[str] = mapped_column(String(80))
+    target_type: Mapped[str | None] = mapped_column(String(40))
+    target_id: Mapped[str | None] = mapped_column(String(200))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    client_addr: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    prev_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    hash: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditHead(Base):
+    """The single row holding the chain head; its row lock serialises appends."""
+
+    __tablename__ = "audit_head"
+    __table_args__ = (CheckConstraint("id = 1", "single_row"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[bytes] = mapped_column(LargeBinary)

@@ -1,0 +1,73 @@
+"""Guards decided from token claims alone, and the per-request caller dependencies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from app.audit.service import AuditContext
+from app.auth.principal import Principal
+from app.errors import forbidden, unauthorized
+
+Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]
+
+
+def authenticated(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    if connection.scope.get("user") is None:
+        raise unauthorized()
+
+
+def requires_scope(scope: str) -> Guard:
+    """API keys must carry ``scope``; interactive sessions pass."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        principal = connection.scope.get("user")
+        if principal is None:
+            raise unauthorized()
+        if not principal.has_scope(scope):
+            raise forbidden(f"this API key lacks the '{scope}' scope")
+
+    return guard
+
+
+def requires_platform_role(*roles: str) -> Guard:
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        principal = connection.scope.get("user")
+        if principal is None:
+            raise unauthorized()
+        if not principal.has_platform_role(*roles):
+            raise forbidden(f"this needs the platform role {' or '.join(roles)}")
+
+    return guard
+
+
+def interactive_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Managing credentials needs a signed-in user, not an API key."""
+    principal = connection.scope.get("user")
+    if principal is None:
+        raise unauthorized()
+    if principal.api_key_id is not None:
+        raise forbidden("API keys cannot manage credentials; sign in with a password")
+
+
+def provide_principal(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    principal = request.scope.get("user")
+    if principal is None:
+        raise unauthorized()
+    assert isinstance(principal, Principal)
+    return principal
+
+
+def provide_optional_principal(request: ASGIConnection[Any, Any, Any, Any]) -> Principal | None:
+    principal = request.scope.get("user")
+    return principal if isinstance(principal, Principal) else None
+
+
+def provide_audit_context(request: ASGIConnection[Any, Any, Any, Any]) -> AuditContext:
+    state = request.scope.get("state", {})
+    principal = request.scope.get("user")
+    actor = principal.actor if isinstance(principal, Principal) else "anonymous"
+    return AuditContext(actor=actor, request_id=state.get("request_id"), client_addr=state.get("client_addr"))

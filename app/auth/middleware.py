@@ -1,0 +1,108 @@
+"""Authentication and request identity, as one ASGI middleware.
+
+Sets ``scope["user"]`` to a :class:`Principal` or ``None`` (anonymous), a request id, and the client
+address. A presented but invalid credential is refused with 401 at once; a missing one is left to the
+route's guards, so public endpoints stay public.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.accounts.models import ApiKey
+from app.auth.keys import KeyRing
+from app.auth.principal import Principal
+from app.auth.tokens import API_KEY_PREFIX, InvalidToken, secret_digest, verify_access_token
+from app.db import utcnow
+from app.errors import unauthorized
+from app.settings import Settings
+
+REQUEST_ID_HEADER = b"x-request-id"
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+class AuthMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings,
+        keyring: KeyRing,
+        sessionmaker: async_sessionmaker[AsyncSession],
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.keyring = keyring
+        self.sessionmaker = sessionmaker
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, REQUEST_ID_HEADER)
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else secrets.token_hex(8)
+        state: dict[str, Any] = scope.setdefault("state", {})  # type: ignore[assignment]
+        state["request_id"] = request_id
+        client = scope.get("client")
+        state["client_addr"] = client[0] if client else None
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER, request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        scope["user"] = await self.authenticate(_header(scope, b"authorization"))
+        await self.app(scope, receive, send_with_id)
+
+    async def authenticate(self, authorization: str | None) -> Principal | None:
+        if authorization is None:
+            return None
+        scheme, _, credential = authorization.partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            raise unauthorized("use 'Authorization: Bearer <token>' with an access token or API key")
+        if credential.startswith(API_KEY_PREFIX):
+            return await self.api_key_principal(credential)
+        try:
+            claims = verify_access_token(
+                self.keyring, credential, issuer=self.settings.jwt_issuer, audience=self.settings.jwt_audience
+            )
+        except InvalidToken as exc:
+            raise unauthorized(str(exc)) from exc
+        return Principal(user_id=claims.user_id, platform_roles=claims.platform_roles)
+
+    async def api_key_principal(self, secret: str) -> Principal:
+        async with self.sessionmaker() as session:
+            key = (
+                await session.execute(
+                    select(ApiKey.id, ApiKey.user_id, ApiKey.org_id, ApiKey.scopes, ApiKey.expires_at).where(
+                        ApiKey.secret_hash == secret_digest(secret), ApiKey.revoked_at.is_(None)
+                    )
+                )
+            ).one_or_none()
+        if key is None:
+            raise unauthorized("the API key is unknown or has been revoked")
+        if key.expires_at <= utcnow():
+            raise unauthorized("the API key has expired; create a new one at /api/v1/api-keys")
+        return Principal(
+            user_id=key.user_id,
+            platform_roles=frozenset(),
+            api_key_id=key.id,
+            api_key_org_id=key.org_id,
+            scopes=frozenset(key.scopes),
+        )

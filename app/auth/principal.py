@@ -1,0 +1,44 @@
+"""Who is calling: built from token claims (or an API key row) once per request."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+from app.audit.service import AuditContext
+
+# What an API key may be allowed to do. Interactive sessions (JWT access tokens) may do everything
+# their roles allow; an API key only what its scopes name as well.
+API_KEY_SCOPES = (
+    "catalog:read",
+    "catalog:write",
+    "orders:write",
+    "downloads",
+    "usage:read",
+    "audit:read",
+    "org:admin",
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: uuid.UUID
+    platform_roles: frozenset[str]
+    api_key_id: uuid.UUID | None = None
+    api_key_org_id: uuid.UUID | None = None
+    scopes: frozenset[str] | None = None  # None: an interactive session, not limited by scopes
+
+    def has_scope(self, scope: str) -> bool:
+        return self.scopes is None or scope in self.scopes
+
+    def has_platform_role(self, *roles: str) -> bool:
+        return not self.platform_roles.isdisjoint(roles)
+
+    @property
+    def actor(self) -> str:
+        if self.api_key_id is not None:
+            return f"api_key:{self.api_key_id}"
+        return f"user:{self.user_id}"
+
+    def audit_context(self, request_id: str | None, client_addr: str | None) -> AuditContext:
+        return AuditContext(actor=self.actor, request_id=request_id, client_addr=client_addr)

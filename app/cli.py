@@ -1,0 +1,212 @@
+"""The ``corpora`` command: run the service and operate it.
+
+Imports stay inside the commands so ``corpora --help`` is instant and server workers import the
+application themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import getpass
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+
+from app.settings import Settings, SettingsError
+
+log = logging.getLogger("corpora")
+
+
+@dataclasses.dataclass
+class Runtime:
+    """Settings with the database and object store resolved, and whatever embedded servers back them."""
+
+    settings: Settings
+    stop: Callable[[], None]
+
+
+def resolve(settings: Settings, *, need_object_store: bool = True) -> Runtime:
+    """Start embedded PostgreSQL / SeaweedFS for whatever is not configured, then migrate."""
+    from app.embedded import start_postgres, start_seaweedfs
+    from app.migrate import upgrade
+
+    stops: list[Callable[[], None]] = []
+    if settings.database_url is None:
+        settings = dataclasses.replace(settings, database_url=start_postgres(settings.data_dir))
+        log.info("embedded PostgreSQL under %s", settings.data_dir / "postgres")
+    if settings.s3_endpoint is None and need_object_store:
+        seaweed = start_seaweedfs(settings.data_dir, settings.s3_access_key, settings.s3_secret_key)
+        stops.append(seaweed.stop)
+        settings = dataclasses.replace(settings, s3_endpoint=seaweed.endpoint)
+    assert settings.database_url is not None
+    upgrade(settings.database_url)
+
+    def stop() -> None:
+        for fn in reversed(stops):
+            fn()
+
+    return Runtime(settings=settings, stop=stop)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from granian.constants import Interfaces
+    from granian.server import Server
+
+    from app.auth.keys import load_keyring
+
+    overrides = {k: v for k, v in {"host": args.host, "port": args.port, "workers": args.workers}.items() if v}
+    settings = dataclasses.replace(settings, **overrides)
+    runtime = resolve(settings)
+    try:
+        load_keyring(runtime.settings)  # a development key is generated once, before workers start
+        os.environ.update(runtime.settings.as_env())
+        metrics_dir = runtime.settings.data_dir.resolve() / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        print(
+            f"Corpora on http://{runtime.settings.host}:{runtime.settings.port} "
+            f"({runtime.settings.workers} workers); API docs at /schema",
+            flush=True,
+        )
+        Server(
+            "app.main:app_from_env",
+            address=runtime.settings.host,
+            port=runtime.settings.port,
+            interface=Interfaces.ASGI,
+            workers=runtime.settings.workers,
+            factory=True,
+            log_access=False,
+        ).serve()
+    finally:
+        runtime.stop()
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    runtime = resolve(settings, need_object_store=False)
+    runtime.stop()
+    print("database schema is at the newest migration")
+    return 0
+
+
+def cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from app.accounts import service
+    from app.audit.service import AuditContext
+    from app.db import create_engine
+    from app.errors import ProblemError
+
+    password = args.password or getpass.getpass("Password: ")
+    runtime = resolve(settings, need_object_store=False)
+
+    async def create() -> str:
+        assert runtime.settings.database_url is not None
+        engine = create_engine(runtime.settings.database_url, pool_size=1)
+        try:
+            async with async_sessionmaker(engine)() as session, session.begin():
+                user = await service.create_user(
+                    session,
+                    AuditContext(actor=f"cli:{getpass.getuser()}"),
+                    email=args.email,
+                    password=password,
+                    display_name=args.display_name or args.email.split("@")[0],
+                    platform_roles=args.platform_role,
+                )
+                return str(user.id)
+        finally:
+            await engine.dispose()
+
+    try:
+        user_id = asyncio.run(create())
+    except ProblemError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 1
+    finally:
+        runtime.stop()
+    print(json.dumps({"id": user_id, "email": args.email.lower(), "platform_roles": sorted(args.platform_role)}))
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from app.audit.cli import verify
+
+    runtime = resolve(settings)
+    try:
+        report = asyncio.run(verify(runtime.settings))
+    finally:
+        runtime.stop()
+    print(json.dumps(report, indent=2))
+    return 0 if report["ok"] else 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="corpora",
+        description=(
+            "Corpora: licensed, metered and audited distribution of AI-training corpora. Settings come from "
+            "CORPORA_* environment variables; without CORPORA_DATABASE_URL and CORPORA_S3_ENDPOINT an "
+            "embedded PostgreSQL and SeaweedFS are started with their data under CORPORA_DATA_DIR (./var)."
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the API (migrates first)")
+    serve.add_argument("--host", help="address to listen on (CORPORA_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (CORPORA_PORT, default 8000)")
+    serve.add_argument("--workers", type=int, help="server worker processes (CORPORA_WORKERS, default 2)")
+    serve.set_defaults(handler=cmd_serve)
+
+    migrate = commands.add_parser("migrate", help="upgrade the database schema to the newest migration")
+    migrate.set_defaults(handler=cmd_migrate)
+
+    users = commands.add_parser("users", help="manage user accounts").add_subparsers(
+        dest="users_command", required=True, metavar="ACTION"
+    )
+    create = users.add_parser("create", help="create a user, optionally with platform roles")
+    create.add_argument("--email", required=True)
+    create.add_argument("--password", help="prompted for when omitted")
+    create.add_argument("--display-name")
+    create.add_argument(
+        "--platform-role",
+        action="append",
+        default=[],
+        choices=["admin", "reviewer", "auditor"],
+        help="grant a platform role; repeat the flag for several",
+    )
+    create.set_defaults(handler=cmd_users_create)
+
+    audit = commands.add_parser("audit", help="the audit trail").add_subparsers(
+        dest="audit_command", required=True, metavar="ACTION"
+    )
+    verify = audit.add_parser(
+        "verify", help="recompute the hash chain and compare it with the signed checkpoints (exit 2 if broken)"
+    )
+    verify.set_defaults(handler=cmd_audit_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        parser.error(str(exc))
+    handler: Callable[[argparse.Namespace, Settings], int] = args.handler
+    return handler(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Errors as RFC 9457 ``application/problem+json``.
+
+Problem ``type`` values are short slugs (``quota-exceeded``, ``validation-error``, …): relative URI
+references that clients compare as strings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from app.objectstore import ObjectStoreUnavailable
+
+log = logging.getLogger("corpora")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+RETRY_AFTER_SECONDS = 5
+
+
+class FieldProblem(msgspec.Struct):
+    field: str
+    message: str
+
+
+class Problem(msgspec.Struct, omit_defaults=True):
+    """An RFC 9457 problem document."""
+
+    type: str
+    title: str
+    status: int
+    detail: str = ""
+    errors: list[FieldProblem] | None = None
+    instance: str | None = None
+
+
+class ProblemError(Exception):
+    """Raised by services and routes; rendered as a problem response."""
+
+    def __init__(
+        self,
+        status: int,
+        type_: str,
+        title: str,
+        detail: str = "",
+        *,
+        errors: Sequence[FieldProblem] | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail or title)
+        self.status = status
+        self.type = type_
+        self.title = title
+        self.detail = detail
+        self.errors = list(errors) if errors else None
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+
+def not_found(what: str) -> ProblemError:
+    return ProblemError(404, "not-found", "Not found", f"{what} does not exist or is not visible to you")
+
+
+def forbidden(detail: str) -> ProblemError:
+    return ProblemError(403, "forbidden", "Forbidden", detail)
+
+
+def conflict(detail: str, type_: str = "conflict") -> ProblemError:
+    return ProblemError(409, type_, "Conflict", detail)
+
+
+def unauthorized(detail: str = "a valid bearer token is required") -> ProblemError:
+    return ProblemError(
+        401, "unauthorized", "Unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="corpora"'}
+    )
+
+
+def invalid(field: str, message: str) -> ProblemError:
+    return ProblemError(
+        422,
+        "validation-error",
+        "Invalid request",
+        f"{field}: {message}",
+        errors=[FieldProblem(field=field, message=message)],
+    )
+
+
+def problem_response(
+    status: int,
+    type_: str,
+    title: str,
+    detail: str,
+    *,
+    request: Request[Any, Any, Any] | None = None,
+    errors: list[FieldProblem] | None = None,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Response[Any]:
+    body: dict[str, Any] = msgspec.to_builtins(
+        Problem(
+            type=type_,
+            title=title,
+            status=status,
+            detail=detail,
+            errors=errors,
+            instance=request.url.path if request is not None else None,
+        )
+    )
+    if extra:
+        body.update(extra)
+    return Response(content=body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=dict(headers or {}))
+
+
+def _validation_errors(extra: Any) -> list[FieldProblem]:
+    problems: list[FieldProblem] = []
+    if isinstance(extra, list):
+        for item in extra:
+            if isinstance(item, dict):
+                key = str(item.get("key") or item.get("source") or "body")
+                problems.append(FieldProblem(field=key, message=str(item.get("message", ""))))
+    return problems
+
+
+def handle_problem(request: Request[Any, Any, Any], exc: ProblemError) -> Response[Any]:
+    return problem_response(
+        exc.status,
+        exc.type,
+        exc.title,
+        exc.detail,
+        request=request,
+        errors=exc.errors,
+        headers=exc.headers,
+        extra=exc.extra,
+    )
+
+
+def handle_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    detail = str(exc.detail)
+    if "JSON is malformed" in detail or "malformed" in detail.lower():
+        return problem_response(400, "malformed-json", "Malformed JSON", detail, request=request)
+    errors = _validation_errors(exc.extra)
+    if errors:
+        detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
+    return problem_response(
+        422, "validation-error", "Invalid request", detail, request=request, errors=errors or None
+    )
+
+
+_TITLES = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthorized", "Unauthorized"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    413: ("body-too-large", "Request body too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    429: ("too-many-requests", "Too many requests"),
+}
+
+
+def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    status = exc.status_code
+    if status >= 500:
+        return handle_internal(request, exc)
+    type_, title = _TITLES.get(status, ("about:blank", "Request refused"))
+    return problem_response(status, type_, title, str(exc.detail), request=request, headers=exc.headers)
+
+
+def handle_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.warning("dependency unavailable on %s: %s", request.url.path, exc)
+    which = "object store" if isinstance(exc, ObjectStoreUnavailable) else "database"
+    return problem_response(
+        503,
+        "dependency-unavailable",
+        "Service unavailable",
+        f"the {which} is unreachable; nothing was changed, retry after {RETRY_AFTER_SECONDS} seconds",
+        request=request,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def handle_dbapi(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[Any]:
+    if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+        return handle_unavailable(request, exc)
+    return handle_internal(request, exc)
+
+
+def handle_internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if isinstance(exc, ConnectionError | TimeoutError | PoolTimeoutError):
+        return handle_unavailable(request, exc)
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem_response(
+        HTTP_500_INTERNAL_SERVER_ERROR,
+        "internal-error",
+        "Internal server error",
+        "an unexpected error occurred; it has been logged",
+        request=request,
+    )
+
+
+exception_handlers: dict[Any, Any] = {
+    ProblemError: handle_problem,
+    ValidationException: handle_validation,
+    HTTPException: handle_http,
+    ObjectStoreUnavailable: handle_unavailable,
+    DBAPIError: handle_dbapi,
+    PoolTimeoutError: handle_unavailable,
+    OSError: handle_unavailable,
+    Exception: handle_internal,
+}

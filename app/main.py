@@ -1,0 +1,134 @@
+"""The application factory: ``create_app(settings)`` wires the kernel, accounts, auth, audit and domains."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from litestar import Litestar, Router
+from litestar.config.app import AppConfig
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.prometheus import PrometheusConfig
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from app import health
+from app.accounts import routes as accounts_routes
+from app.audit import routes as audit_routes
+from app.audit.checkpoints import run_checkpointer
+from app.auth import routes as auth_routes
+from app.auth.guards import provide_audit_context, provide_optional_principal, provide_principal
+from app.auth.keys import KeyRing, load_keyring
+from app.auth.middleware import AuthMiddleware
+from app.db import create_engine, provide_session
+from app.errors import exception_handlers
+from app.objectstore import ObjectStore, ObjectStoreUnavailable
+from app.settings import Settings
+
+log = logging.getLogger("corpora")
+
+API_PREFIX = "/api/v1"
+
+
+async def _ensure_bucket(store: ObjectStore) -> None:
+    """Create the bucket, retrying in the background while the object store is still starting or down."""
+    delay = 0.5
+    while True:
+        try:
+            await store.ensure_bucket()
+            return
+        except ObjectStoreUnavailable as exc:
+            log.warning("object store not reachable yet (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10)
+
+
+def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litestar:
+    if settings.database_url is None or settings.s3_endpoint is None:
+        raise ValueError("create_app needs a database URL and an S3 endpoint; `corpora serve` starts embedded ones")
+    keyring = keyring or load_keyring(settings)
+    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+    sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+    store = ObjectStore(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        tasks = [
+            asyncio.create_task(_ensure_bucket(store), name="ensure-bucket"),
+            asyncio.create_task(run_checkpointer(settings, sessionmaker, store, keyring), name="audit-checkpoints"),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await engine.dispose()
+
+    prometheus = PrometheusConfig(app_name="corpora", group_path=True, exclude=["/metrics", "/healthz"])
+
+    api = Router(
+        path=API_PREFIX,
+        route_handlers=[accounts_routes.router, auth_routes.router, audit_routes.router],
+    )
+
+    def configure(config: AppConfig) -> AppConfig:
+        config.state.update(
+            {
+                "settings": settings,
+                "keyring": keyring,
+                "engine": engine,
+                "sessionmaker": sessionmaker,
+                "object_store": store,
+            }
+        )
+        return config
+
+    return Litestar(
+        route_handlers=[api, auth_routes.jwks, health.healthz, health.readyz, health.MetricsController],
+        dependencies={
+            "session": Provide(provide_session),
+            "principal": Provide(provide_principal, sync_to_thread=False),
+            "optional_principal": Provide(provide_optional_principal, sync_to_thread=False),
+            "audit_context": Provide(provide_audit_context, sync_to_thread=False),
+        },
+        middleware=[
+            prometheus.middleware,
+            DefineMiddleware(AuthMiddleware, settings=settings, keyring=keyring, sessionmaker=sessionmaker),
+        ],
+        exception_handlers=exception_handlers,
+        request_max_body_size=settings.max_body_bytes,
+        lifespan=[lifespan],
+        on_app_init=[configure],
+        openapi_config=OpenAPIConfig(
+            title="Corpora API",
+            version="1.0.0",
+            description=(
+                "Marketplace and operation platform for AI-training corpora. Errors are RFC 9457 "
+                "application/problem+json documents."
+            ),
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    "BearerToken": SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        bearer_format="JWT or API key",
+                        description="An access token from /api/v1/auth/token, or an API key (crp_…).",
+                    )
+                }
+            ),
+        ),
+    )
+
+
+def app_from_env() -> Litestar:
+    """Entry point for server workers: settings from the environment the supervisor prepared."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return create_app(Settings.from_env())

@@ -1,0 +1,167 @@
+"""Settings, read once from ``CORPORA_*`` environment variables into a frozen object."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+DownloadMode = Literal["presigned", "proxy"]
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot run with."""
+
+
+def _bool(value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be true or false, not {value!r}")
+
+
+def _int(value: str, name: str, *, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, not {value!r}") from None
+    if not low <= number <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, not {number}")
+    return number
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service is configured with. ``None`` for database or S3 means "embedded"."""
+
+    database_url: str | None = None
+    s3_endpoint: str | None = None
+    s3_access_key: str = "corpora"
+    s3_secret_key: str = "corpora-dev-secret-key"  # noqa: S105 - embedded development default only
+    s3_bucket: str = "corpora"
+    s3_region: str = "us-east-1"
+    s3_secure: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 2
+    data_dir: Path = Path("var")
+    signup_open: bool = True
+    review_required: bool = True
+    download_mode: DownloadMode = "presigned"
+    presign_ttl_seconds: int = 300
+    # Ed25519 PEM files; the first signs, all verify (rotation by ``kid``). Empty: generated in data_dir.
+    signing_key_files: tuple[Path, ...] = ()
+    jwt_issuer: str = "corpora"
+    jwt_audience: str = "corpora-api"
+    access_token_ttl_seconds: int = 900
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    login_max_failures: int = 5
+    login_window_seconds: int = 900
+    max_body_bytes: int = 1024 * 1024
+    audit_checkpoint_every_events: int = 1000
+    audit_checkpoint_every_seconds: int = 60
+    db_pool_size: int = 10
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def embedded_object_store(self) -> bool:
+        return self.s3_endpoint is None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        defaults = cls()
+
+        def get(name: str) -> str | None:
+            value = env.get(f"CORPORA_{name}")
+            return value if value not in (None, "") else None
+
+        values: dict[str, object] = {}
+        if (url := get("DATABASE_URL")) is not None:
+            values["database_url"] = url
+        if (endpoint := get("S3_ENDPOINT")) is not None:
+            values["s3_endpoint"] = endpoint
+        for name, field in [
+            ("S3_ACCESS_KEY", "s3_access_key"),
+            ("S3_SECRET_KEY", "s3_secret_key"),
+            ("S3_BUCKET", "s3_bucket"),
+            ("S3_REGION", "s3_region"),
+            ("HOST", "host"),
+            ("JWT_ISSUER", "jwt_issuer"),
+            ("JWT_AUDIENCE", "jwt_audience"),
+        ]:
+            if (raw := get(name)) is not None:
+                values[field] = raw
+        for name, field in [
+            ("S3_SECURE", "s3_secure"),
+            ("SIGNUP_OPEN", "signup_open"),
+            ("REVIEW_REQUIRED", "review_required"),
+        ]:
+            if (raw := get(name)) is not None:
+                values[field] = _bool(raw, f"CORPORA_{name}")
+        for name, field, low, high in [
+            ("PORT", "port", 1, 65535),
+            ("WORKERS", "workers", 1, 64),
+            ("PRESIGN_TTL_SECONDS", "presign_ttl_seconds", 1, 3600),
+            ("ACCESS_TOKEN_TTL_SECONDS", "access_token_ttl_seconds", 30, 3600),
+            ("REFRESH_TOKEN_TTL_SECONDS", "refresh_token_ttl_seconds", 60, 365 * 24 * 3600),
+            ("LOGIN_MAX_FAILURES", "login_max_failures", 1, 1000),
+            ("LOGIN_WINDOW_SECONDS", "login_window_seconds", 1, 24 * 3600),
+            ("MAX_BODY_BYTES", "max_body_bytes", 1024, 64 * 1024 * 1024),
+            ("AUDIT_CHECKPOINT_EVERY_EVENTS", "audit_checkpoint_every_events", 1, 10_000_000),
+            ("AUDIT_CHECKPOINT_EVERY_SECONDS", "audit_checkpoint_every_seconds", 1, 24 * 3600),
+            ("DB_POOL_SIZE", "db_pool_size", 1, 200),
+        ]:
+            if (raw := get(name)) is not None:
+                values[field] = _int(raw, f"CORPORA_{name}", low=low, high=high)
+        if (raw := get("DATA_DIR")) is not None:
+            values["data_dir"] = Path(raw)
+        if (raw := get("DOWNLOAD_MODE")) is not None:
+            if raw not in ("presigned", "proxy"):
+                raise SettingsError(f"CORPORA_DOWNLOAD_MODE must be presigned or proxy, not {raw!r}")
+            values["download_mode"] = raw
+        if (raw := get("SIGNING_KEY_FILES")) is not None:
+            values["signing_key_files"] = tuple(Path(p) for p in raw.split(",") if p.strip())
+        return dataclasses.replace(defaults, **values)  # type: ignore[arg-type]
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in another process (server workers)."""
+        env = {
+            "CORPORA_S3_ACCESS_KEY": self.s3_access_key,
+            "CORPORA_S3_SECRET_KEY": self.s3_secret_key,
+            "CORPORA_S3_BUCKET": self.s3_bucket,
+            "CORPORA_S3_REGION": self.s3_region,
+            "CORPORA_S3_SECURE": str(self.s3_secure).lower(),
+            "CORPORA_HOST": self.host,
+            "CORPORA_PORT": str(self.port),
+            "CORPORA_WORKERS": str(self.workers),
+            "CORPORA_DATA_DIR": str(self.data_dir),
+            "CORPORA_SIGNUP_OPEN": str(self.signup_open).lower(),
+            "CORPORA_REVIEW_REQUIRED": str(self.review_required).lower(),
+            "CORPORA_DOWNLOAD_MODE": self.download_mode,
+            "CORPORA_PRESIGN_TTL_SECONDS": str(self.presign_ttl_seconds),
+            "CORPORA_JWT_ISSUER": self.jwt_issuer,
+            "CORPORA_JWT_AUDIENCE": self.jwt_audience,
+            "CORPORA_ACCESS_TOKEN_TTL_SECONDS": str(self.access_token_ttl_seconds),
+            "CORPORA_REFRESH_TOKEN_TTL_SECONDS": str(self.refresh_token_ttl_seconds),
+            "CORPORA_LOGIN_MAX_FAILURES": str(self.login_max_failures),
+            "CORPORA_LOGIN_WINDOW_SECONDS": str(self.login_window_seconds),
+            "CORPORA_MAX_BODY_BYTES": str(self.max_body_bytes),
+            "CORPORA_AUDIT_CHECKPOINT_EVERY_EVENTS": str(self.audit_checkpoint_every_events),
+            "CORPORA_AUDIT_CHECKPOINT_EVERY_SECONDS": str(self.audit_checkpoint_every_seconds),
+            "CORPORA_DB_POOL_SIZE": str(self.db_pool_size),
+        }
+        if self.database_url is not None:
+            env["CORPORA_DATABASE_URL"] = self.database_url
+        if self.s3_endpoint is not None:
+            env["CORPORA_S3_ENDPOINT"] = self.s3_endpoint
+        if self.signing_key_files:
+            env["CORPORA_SIGNING_KEY_FILES"] = ",".join(str(p) for p in self.signing_key_files)
+        return env
