@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="audit_command", required=True, metavar="ACTION"
     )
     verify = audit.add_parser(
-        "verify", help="recompute the hash chain and compare it with the signed checkpoints (exit 2 if broken)"
+        "verify",
+        help="recompute the hash chain and compare it with the signed checkpoints (exit 2 if broken)",
     )
     verify.set_defaults(handler=cmd_audit_verify)
     return parser

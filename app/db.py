@@ -61,7 +61,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
-class CommitThenRaise(Exception):  # noqa: N818 - a control-flow marker, not an error type of its own
+class CommitThenRaise(Exception):
     """Raised through the session dependency to commit what was written, then answer with ``error``.
 
     Failed logins and refresh-token reuse must leave their audit events and counters behind even though

@@ -66,15 +66,13 @@ def create_database(admin_url: str, database: str) -> None:
 
     psql = Path(POSTGRES_BIN_PATH) / "psql"
     exists = subprocess.run(
-        [str(psql), admin_url, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{database}'"],
+        [str(psql), admin_url, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{database}'"],  # noqa: S608 - not user input
         check=True,
         capture_output=True,
         text=True,
     ).stdout.strip()
     if exists != "1":
-        subprocess.run(
-            [str(psql), admin_url, "-c", f'CREATE DATABASE "{database}"'], check=True, capture_output=True
-        )
+        subprocess.run([str(psql), admin_url, "-c", f'CREATE DATABASE "{database}"'], check=True, capture_output=True)
 
 
 @dataclass

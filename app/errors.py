@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
-from litestar import MediaType, Request, Response
+from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -149,9 +149,7 @@ def handle_validation(request: Request[Any, Any, Any], exc: ValidationException)
     errors = _validation_errors(exc.extra)
     if errors:
         detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
-    return problem_response(
-        422, "validation-error", "Invalid request", detail, request=request, errors=errors or None
-    )
+    return problem_response(422, "validation-error", "Invalid request", detail, request=request, errors=errors or None)
 
 
 _TITLES = {

@@ -24,7 +24,7 @@ T = TypeVar("T")
 MAX_PRESIGN_SECONDS = 3600
 
 
-class ObjectStoreUnavailable(Exception):  # noqa: N818 - reads as a condition in handlers
+class ObjectStoreUnavailable(Exception):
     """The object store could not be reached or answered with a server error."""
 
 
@@ -76,9 +76,7 @@ class ObjectStore:
         await self._run(partial(self.client.bucket_exists, self.bucket))
 
     async def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        await self._run(
-            partial(self.client.put_object, self.bucket, key, io.BytesIO(data), len(data), content_type)
-        )
+        await self._run(partial(self.client.put_object, self.bucket, key, io.BytesIO(data), len(data), content_type))
 
     async def get_bytes(self, key: str) -> bytes:
         def read() -> bytes:

@@ -9,8 +9,18 @@ from argon2.exceptions import InvalidHashError, VerificationError
 MIN_LENGTH = 10
 _COMMON = frozenset(
     {
-        "password123", "password1234", "1234567890", "12345678910", "qwertyuiop", "qwerty12345",
-        "iloveyou123", "letmein1234", "administrator", "passw0rd123", "abcdefghij", "0123456789",
+        "password123",
+        "password1234",
+        "1234567890",
+        "12345678910",
+        "qwertyuiop",
+        "qwerty12345",
+        "iloveyou123",
+        "letmein1234",
+        "administrator",
+        "passw0rd123",
+        "abcdefghij",
+        "0123456789",
     }
 )
 

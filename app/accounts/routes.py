@@ -6,7 +6,7 @@ import uuid
 
 from litestar import Controller, Router, delete, get, post
 from litestar.datastructures import State
-from sqlalchemy.ext.asyncio import AsyncSession
+from litestar.params import JSONBody
 
 from app.accounts import service
 from app.accounts.schemas import (
@@ -21,9 +21,8 @@ from app.accounts.schemas import (
     SignUp,
     UserOut,
 )
-from app.audit.service import AuditContext
 from app.auth.guards import authenticated, interactive_only
-from app.auth.principal import Principal
+from app.deps import Audit, Caller, Session
 from app.errors import ProblemError
 from app.settings import Settings
 
@@ -31,7 +30,7 @@ BEARER = [{"BearerToken": []}]
 
 
 @post("/users", summary="Sign up", tags=["accounts"], status_code=201)
-async def sign_up(session: AsyncSession, audit_context: AuditContext, state: State, data: SignUp) -> UserOut:
+async def sign_up(session: Session, audit_context: Audit, state: State, data: JSONBody[SignUp]) -> UserOut:
     """Create an account. Refused with 403 when sign-up is closed (``CORPORA_SIGNUP_OPEN=false``)."""
     settings: Settings = state.settings
     if not settings.signup_open:
@@ -43,7 +42,7 @@ async def sign_up(session: AsyncSession, audit_context: AuditContext, state: Sta
 
 
 @get("/me", summary="The caller, their organisations and roles", tags=["accounts"], security=BEARER)
-async def me(session: AsyncSession, principal: Principal) -> MeOut:
+async def me(session: Session, principal: Caller) -> MeOut:
     user, orgs = await service.user_with_orgs(session, principal.user_id)
     return MeOut(
         id=user.id,
@@ -61,9 +60,7 @@ class OrgController(Controller):
     guards = [authenticated]
 
     @post("/", summary="Create an organisation; the caller becomes its owner", status_code=201)
-    async def create(
-        self, session: AsyncSession, audit_context: AuditContext, principal: Principal, data: OrgIn
-    ) -> OrgOut:
+    async def create(self, session: Session, audit_context: Audit, principal: Caller, data: OrgIn) -> OrgOut:
         if principal.api_key_id is not None:
             raise ProblemError(403, "forbidden", "Forbidden", "API keys cannot create organisations")
         org = await service.create_org(
@@ -72,7 +69,7 @@ class OrgController(Controller):
         return OrgOut(slug=org.slug, name=org.name, kind=org.kind, created_at=org.created_at, your_role="owner")
 
     @get("/{org:str}", summary="An organisation the caller belongs to, with its members")
-    async def read(self, session: AsyncSession, principal: Principal, org: str) -> OrgOut:
+    async def read(self, session: Session, principal: Caller, org: str) -> OrgOut:
         found, role = await service.visible_org(session, principal, org)
         people = await service.members(session, found.id)
         return OrgOut(
@@ -81,14 +78,12 @@ class OrgController(Controller):
             kind=found.kind,
             created_at=found.created_at,
             your_role=role,
-            members=[
-                MemberOut(user_id=u.id, email=u.email, display_name=u.display_name, role=r) for u, r in people
-            ],
+            members=[MemberOut(user_id=u.id, email=u.email, display_name=u.display_name, role=r) for u, r in people],
         )
 
     @post("/{org:str}/members", summary="Add an existing user to the organisation", status_code=201)
     async def add_member(
-        self, session: AsyncSession, audit_context: AuditContext, principal: Principal, org: str, data: MemberIn
+        self, session: Session, audit_context: Audit, principal: Caller, org: str, data: JSONBody[MemberIn]
     ) -> MemberOut:
         user, role = await service.add_member(
             session, audit_context, principal, slug=org, email=data.email, role=data.role
@@ -102,9 +97,13 @@ class ApiKeyController(Controller):
     security = BEARER
     guards = [interactive_only]
 
-    @post("/", summary="Create a scoped, expiring API key; the secret is shown only in this answer", status_code=201)
+    @post(
+        "/",
+        summary="Create a scoped, expiring API key; the secret is shown only in this answer",
+        status_code=201,
+    )
     async def create(
-        self, session: AsyncSession, audit_context: AuditContext, principal: Principal, data: ApiKeyIn
+        self, session: Session, audit_context: Audit, principal: Caller, data: JSONBody[ApiKeyIn]
     ) -> ApiKeyOut:
         key, org_slug, secret = await service.create_api_key(
             session,
@@ -126,9 +125,7 @@ class ApiKeyController(Controller):
         )
 
     @delete("/{key_id:uuid}", summary="Revoke an API key", status_code=204)
-    async def revoke(
-        self, session: AsyncSession, audit_context: AuditContext, principal: Principal, key_id: uuid.UUID
-    ) -> None:
+    async def revoke(self, session: Session, audit_context: Audit, principal: Caller, key_id: uuid.UUID) -> None:
         await service.revoke_api_key(session, audit_context, principal, key_id)
 
 

@@ -164,9 +164,7 @@ async def add_member(
     email = normalise_email(email)
     user = await session.scalar(select(User).where(User.email == email, User.disabled_at.is_(None)))
     if user is None:
-        raise ProblemError(
-            404, "user-not-found", "No such user", f"no account uses {email}; ask them to sign up first"
-        )
+        raise ProblemError(404, "user-not-found", "No such user", f"no account uses {email}; ask them to sign up first")
     existing = await session.get(Membership, (org.id, user.id))
     if existing is not None:
         raise conflict(f"{email} is already a member of '{slug}' (role {existing.role})", "already-member")
@@ -236,9 +234,7 @@ async def create_api_key(
     return key, org.slug, secret
 
 
-async def revoke_api_key(
-    session: AsyncSession, context: AuditContext, principal: Principal, key_id: uuid.UUID
-) -> None:
+async def revoke_api_key(session: AsyncSession, context: AuditContext, principal: Principal, key_id: uuid.UUID) -> None:
     """Revoke a key the caller made, or any key of an org the caller owns or administers."""
     admin_orgs = select(Membership.org_id).where(
         Membership.user_id == principal.user_id, Membership.role.in_(ORG_ADMIN_ROLES)
@@ -255,6 +251,4 @@ async def revoke_api_key(
     if key is None:
         raise not_found("API key")
     await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(revoked_at=utcnow()))
-    await audit.record(
-        session, context, "api_key.revoked", org_id=key.org_id, target_type="api_key", target_id=key.id
-    )
+    await audit.record(session, context, "api_key.revoked", org_id=key.org_id, target_type="api_key", target_id=key.id)

@@ -124,9 +124,7 @@ async def record(
     )
     event.hash = event_hash(event)
     await session.execute(
-        insert(AuditEvent).values(
-            {c.key: getattr(event, c.key) for c in AuditEvent.__table__.columns}
-        )
+        insert(AuditEvent).values({c.key: getattr(event, c.key) for c in AuditEvent.__table__.columns})
     )
     await session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=event.hash))
     return event
@@ -193,8 +191,7 @@ async def verify_chain(session: AsyncSession, checkpoints: Mapping[int, bytes] |
             last,
             prev.hex() if checked else None,
             last + 1,
-            f"the log ends at event {last} but a signed checkpoint covers event {max(beyond)}: "
-            "the tail was truncated",
+            f"the log ends at event {last} but a signed checkpoint covers event {max(beyond)}: the tail was truncated",
         )
     head = (await session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one_or_none()
     if head is not None and head.seq != last:

@@ -6,24 +6,32 @@ from typing import Any
 
 from litestar import Router, get, post
 from litestar.datastructures import State
-from sqlalchemy.ext.asyncio import AsyncSession
+from litestar.params import JSONBody
 
-from app.audit.service import AuditContext
 from app.auth import service
 from app.auth.keys import KeyRing
 from app.auth.schemas import PasswordGrant, RefreshGrant, TokenOut
+from app.deps import Audit, Session
 
 
 @post("/auth/token", summary="Exchange a password or a refresh token for tokens", tags=["auth"], status_code=200)
 async def token(
-    session: AsyncSession, audit_context: AuditContext, state: State, data: PasswordGrant | RefreshGrant
+    session: Session,
+    audit_context: Audit,
+    state: State,
+    data: JSONBody[PasswordGrant | RefreshGrant],
 ) -> TokenOut:
     """Access tokens are EdDSA JWTs valid for 15 minutes; refresh tokens rotate on every use, and
     presenting a spent one revokes every token of its family. Repeated failures answer 429 with
     ``Retry-After``."""
     if isinstance(data, PasswordGrant):
         pair = await service.password_grant(
-            session, audit_context, state.settings, state.keyring, username=data.username, password=data.password
+            session,
+            audit_context,
+            state.settings,
+            state.keyring,
+            username=data.username,
+            password=data.password,
         )
     else:
         pair = await service.refresh_grant(

@@ -22,4 +22,4 @@ class TokenOut(msgspec.Struct):
     access_token: str
     refresh_token: str
     expires_in: int
-    token_type: Literal["Bearer"] = "Bearer"
+    token_type: Literal["Bearer"] = "Bearer"  # noqa: S105 - the scheme name

@@ -17,7 +17,7 @@ REFRESH_TOKEN_PREFIX = "crt_"  # noqa: S105 - a prefix, not a secret
 API_KEY_PREFIX = "crp_"
 
 
-class InvalidToken(Exception):  # noqa: N818 - reads as a condition
+class InvalidToken(Exception):
     """The token is malformed, forged, expired or for another audience."""
 
 

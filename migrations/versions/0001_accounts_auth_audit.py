@@ -109,9 +109,7 @@ def upgrade() -> None:
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
         sa.CheckConstraint("cardinality(scopes) > 0", name=op.f("ck_api_keys_has_scopes")),
         sa.CheckConstraint("expires_at > created_at", name=op.f("ck_api_keys_expires_after_creation")),
-        sa.ForeignKeyConstraint(
-            ["org_id"], ["organizations.id"], name=op.f("fk_api_keys_org_id_organizations")
-        ),
+        sa.ForeignKeyConstraint(["org_id"], ["organizations.id"], name=op.f("fk_api_keys_org_id_organizations")),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_api_keys_user_id_users")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_keys")),
         sa.UniqueConstraint("secret_hash", name=op.f("uq_api_keys_secret_hash")),
@@ -124,12 +122,8 @@ def upgrade() -> None:
         sa.Column("user_id", sa.UUID(), nullable=False),
         sa.Column("role", sa.String(length=10), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.CheckConstraint(
-            "role IN ('owner', 'admin', 'member', 'auditor')", name=op.f("ck_memberships_known_role")
-        ),
-        sa.ForeignKeyConstraint(
-            ["org_id"], ["organizations.id"], name=op.f("fk_memberships_org_id_organizations")
-        ),
+        sa.CheckConstraint("role IN ('owner', 'admin', 'member', 'auditor')", name=op.f("ck_memberships_known_role")),
+        sa.ForeignKeyConstraint(["org_id"], ["organizations.id"], name=op.f("fk_memberships_org_id_organizations")),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_memberships_user_id_users")),
         sa.PrimaryKeyConstraint("org_id", "user_id", name=op.f("pk_memberships")),
     )
@@ -139,12 +133,8 @@ def upgrade() -> None:
         sa.Column("user_id", sa.UUID(), nullable=False),
         sa.Column("role", sa.String(length=20), nullable=False),
         sa.Column("granted_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.CheckConstraint(
-            "role IN ('admin', 'reviewer', 'auditor')", name=op.f("ck_platform_role_grants_known_role")
-        ),
-        sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name=op.f("fk_platform_role_grants_user_id_users")
-        ),
+        sa.CheckConstraint("role IN ('admin', 'reviewer', 'auditor')", name=op.f("ck_platform_role_grants_known_role")),
+        sa.ForeignKeyConstraint(["user_id"], ["users.id"], name=op.f("fk_platform_role_grants_user_id_users")),
         sa.PrimaryKeyConstraint("user_id", "role", name=op.f("pk_platform_role_grants")),
     )
     op.create_table(
