@@ -6,7 +6,7 @@ import uuid
 
 from litestar import Controller, Router, delete, get, post
 from litestar.datastructures import State
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 
 from app.accounts import service
 from app.accounts.schemas import (
@@ -60,7 +60,7 @@ class OrgController(Controller):
     guards = [authenticated]
 
     @post("/", summary="Create an organisation; the caller becomes its owner", status_code=201)
-    async def create(self, session: Session, audit_context: Audit, principal: Caller, data: OrgIn) -> OrgOut:
+    async def create(self, session: Session, audit_context: Audit, principal: Caller, data: JSONBody[OrgIn]) -> OrgOut:
         if principal.api_key_id is not None:
             raise ProblemError(403, "forbidden", "Forbidden", "API keys cannot create organisations")
         org = await service.create_org(
@@ -69,7 +69,7 @@ class OrgController(Controller):
         return OrgOut(slug=org.slug, name=org.name, kind=org.kind, created_at=org.created_at, your_role="owner")
 
     @get("/{org:str}", summary="An organisation the caller belongs to, with its members")
-    async def read(self, session: Session, principal: Caller, org: str) -> OrgOut:
+    async def read(self, session: Session, principal: Caller, org: FromPath[str]) -> OrgOut:
         found, role = await service.visible_org(session, principal, org)
         people = await service.members(session, found.id)
         return OrgOut(
@@ -83,7 +83,7 @@ class OrgController(Controller):
 
     @post("/{org:str}/members", summary="Add an existing user to the organisation", status_code=201)
     async def add_member(
-        self, session: Session, audit_context: Audit, principal: Caller, org: str, data: JSONBody[MemberIn]
+        self, session: Session, audit_context: Audit, principal: Caller, org: FromPath[str], data: JSONBody[MemberIn]
     ) -> MemberOut:
         user, role = await service.add_member(
             session, audit_context, principal, slug=org, email=data.email, role=data.role
@@ -125,7 +125,9 @@ class ApiKeyController(Controller):
         )
 
     @delete("/{key_id:uuid}", summary="Revoke an API key", status_code=204)
-    async def revoke(self, session: Session, audit_context: Audit, principal: Caller, key_id: uuid.UUID) -> None:
+    async def revoke(
+        self, session: Session, audit_context: Audit, principal: Caller, key_id: FromPath[uuid.UUID]
+    ) -> None:
         await service.revoke_api_key(session, audit_context, principal, key_id)
 
 
