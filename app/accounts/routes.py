@@ -26,7 +26,7 @@ from app.deps import Audit, Caller, Session
 from app.errors import ProblemError
 from app.settings import Settings
 
-BEARER = [{"BearerToken": []}]
+BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 
 
 @post("/users", summary="Sign up", tags=["accounts"], status_code=201)
