@@ -34,7 +34,7 @@ def uuid_pk() -> Mapped[uuid.UUID]:
     return mapped_column(primary_key=True, default=uuid.uuid4)
 
 
-def created_at() -> Mapped[dt.datetime]:
+def server_now() -> Mapped[dt.datetime]:
     return mapped_column(server_default=func.now())
 
 

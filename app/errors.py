@@ -23,6 +23,8 @@ log = logging.getLogger("corpora")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = 5
+# Raised by the database triggers that keep published versions and their files frozen.
+FROZEN_SQLSTATE = "55000"
 
 
 class FieldProblem(msgspec.Struct):
@@ -186,6 +188,8 @@ def handle_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Respo
 
 
 def handle_dbapi(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[Any]:
+    if getattr(exc.orig, "sqlstate", None) == FROZEN_SQLSTATE:
+        return problem_response(409, "frozen", "Frozen", str(exc.orig).split("\n")[0], request=request)
     if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
         return handle_unavailable(request, exc)
     return handle_internal(request, exc)
@@ -204,6 +208,26 @@ def handle_internal(request: Request[Any, Any, Any], exc: Exception) -> Response
     )
 
 
+def handle_exception_group(request: Request[Any, Any, Any], exc: ExceptionGroup[Exception]) -> Response[Any]:
+    """Answer for the error inside the group.
+
+    Litestar wraps an exception raised while a dependency cleans up (the session committing after a
+    refused login, or failing to commit because the database went away) in an ``ExceptionGroup``; the
+    client should get the problem response of that error, not a 500.
+    """
+    leaf: Exception = exc
+    while isinstance(leaf, ExceptionGroup) and leaf.exceptions:
+        leaf = leaf.exceptions[0]
+    if leaf is exc:
+        return handle_internal(request, exc)
+    for cls in type(leaf).__mro__:
+        handler = exception_handlers.get(cls)
+        if handler is not None:
+            response: Response[Any] = handler(request, leaf)
+            return response
+    return handle_internal(request, leaf)
+
+
 exception_handlers: dict[Any, Any] = {
     ProblemError: handle_problem,
     ValidationException: handle_validation,
@@ -212,5 +236,6 @@ exception_handlers: dict[Any, Any] = {
     DBAPIError: handle_dbapi,
     PoolTimeoutError: handle_unavailable,
     OSError: handle_unavailable,
+    ExceptionGroup: handle_exception_group,
     Exception: handle_internal,
 }

@@ -29,6 +29,7 @@ from app.db import create_engine, provide_session
 from app.errors import exception_handlers
 from app.objectstore import ObjectStore, ObjectStoreUnavailable
 from app.settings import Settings
+from catalog import routes as catalog_routes
 
 log = logging.getLogger("corpora")
 
@@ -74,7 +75,12 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
 
     api = Router(
         path=API_PREFIX,
-        route_handlers=[accounts_routes.router, auth_routes.router, audit_routes.router],
+        route_handlers=[
+            accounts_routes.router,
+            auth_routes.router,
+            audit_routes.router,
+            catalog_routes.ProductController,
+        ],
     )
 
     def configure(config: AppConfig) -> AppConfig:

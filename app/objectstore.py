@@ -6,6 +6,7 @@ Every SDK call runs in a worker thread so the event loop never blocks on the net
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 from collections.abc import Callable
 from functools import partial
@@ -15,6 +16,8 @@ from urllib.parse import urlsplit
 import anyio.to_thread
 import urllib3
 from minio import Minio
+from minio.commonconfig import CopySource
+from minio.datatypes import Part
 from minio.error import S3Error
 
 from app.settings import Settings
@@ -26,6 +29,10 @@ MAX_PRESIGN_SECONDS = 3600
 
 class ObjectStoreUnavailable(Exception):
     """The object store could not be reached or answered with a server error."""
+
+
+class ObjectRefused(Exception):
+    """The object store understood the request and refused it (e.g. a multipart upload with missing parts)."""
 
 
 def split_endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:
@@ -123,3 +130,114 @@ class ObjectStore:
                 expires=dt.timedelta(seconds=min(seconds, MAX_PRESIGN_SECONDS)),
             )
         )
+
+    # --- uploads ------------------------------------------------------------------------------------------
+
+    async def create_multipart(self, key: str, content_type: str) -> str:
+        return await self._run(
+            partial(self.client._create_multipart_upload, self.bucket, key, {"Content-Type": content_type})
+        )
+
+    async def presigned_part(self, key: str, upload_id: str, part_number: int, seconds: int) -> str:
+        return await self._run(
+            partial(
+                self.client.get_presigned_url,
+                "PUT",
+                self.bucket,
+                key,
+                expires=dt.timedelta(seconds=min(seconds, MAX_PRESIGN_SECONDS)),
+                extra_query_params={"partNumber": str(part_number), "uploadId": upload_id},
+            )
+        )
+
+    async def uploaded_parts(self, key: str, upload_id: str) -> list[tuple[int, str, int]]:
+        """(part number, ETag, size) of the parts already uploaded."""
+
+        def parts() -> list[tuple[int, str, int]]:
+            found: list[tuple[int, str, int]] = []
+            marker: str | None = None
+            while True:
+                result = self.client._list_parts(self.bucket, key, upload_id, part_number_marker=marker)
+                found += [(p.part_number, p.etag, p.size or 0) for p in result.parts]
+                if not result.is_truncated:
+                    return found
+                marker = str(result.next_part_number_marker)
+
+        return await self._run(parts)
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+        ordered = [Part(number, etag.strip('"')) for number, etag in sorted(parts)]
+        try:
+            await self._run(partial(self.client._complete_multipart_upload, self.bucket, key, upload_id, ordered))
+        except S3Error as exc:
+            raise ObjectRefused(f"{exc.code}: {exc.message}") from exc
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        await self._run(partial(self.client._abort_multipart_upload, self.bucket, key, upload_id))
+
+    async def multipart_uploads(self, prefix: str) -> list[tuple[str, str, dt.datetime | None]]:
+        """(key, upload id, initiated) of the unfinished multipart uploads under ``prefix``."""
+
+        def uploads() -> list[tuple[str, str, dt.datetime | None]]:
+            found: list[tuple[str, str, dt.datetime | None]] = []
+            key_marker: str | None = None
+            id_marker: str | None = None
+            while True:
+                result = self.client._list_multipart_uploads(
+                    self.bucket, prefix=prefix, key_marker=key_marker, upload_id_marker=id_marker
+                )
+                found += [(u.object_name, u.upload_id or "", u.initiated_time) for u in result.uploads]
+                if not result.is_truncated:
+                    return found
+                key_marker, id_marker = result.next_key_marker, result.next_upload_id_marker
+
+        return await self._run(uploads)
+
+    async def size_of(self, key: str) -> int | None:
+        """The object's size, or ``None`` when there is no such object."""
+
+        def stat() -> int | None:
+            try:
+                return self.client.stat_object(self.bucket, key).size
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                    return None
+                raise
+
+        return await self._run(stat)
+
+    async def delete(self, key: str) -> None:
+        await self._run(partial(self.client.remove_object, self.bucket, key))
+
+    async def sha256_of(self, key: str, chunk_size: int = 1024 * 1024) -> tuple[int, str]:
+        """Stream the object and return (bytes read, lower-case hex SHA-256)."""
+
+        def digest() -> tuple[int, str]:
+            response = self.client.get_object(self.bucket, key)
+            hasher = hashlib.sha256()
+            size = 0
+            try:
+                for chunk in response.stream(chunk_size):
+                    hasher.update(chunk)
+                    size += len(chunk)
+            finally:
+                response.close()
+                response.release_conn()
+            return size, hasher.hexdigest()
+
+        return await self._run(digest)
+
+    async def copy(self, source: str, target: str) -> None:
+        await self._run(partial(self.client.copy_object, self.bucket, target, CopySource(self.bucket, source)))
+
+    async def objects(self, prefix: str) -> list[tuple[str, dt.datetime | None]]:
+        """(key, last modified) of every object under ``prefix``."""
+
+        def names() -> list[tuple[str, dt.datetime | None]]:
+            return [
+                (o.object_name, o.last_modified)
+                for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True)
+                if o.object_name is not None
+            ]
+
+        return await self._run(names)

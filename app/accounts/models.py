@@ -9,7 +9,7 @@ from sqlalchemy import CheckConstraint, ForeignKey, Index, String, Text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, created_at, uuid_pk
+from app.db import Base, server_now, uuid_pk
 
 ORG_KINDS = ("provider", "buyer", "both")
 ORG_ROLES = ("owner", "admin", "member", "auditor")
@@ -28,7 +28,7 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True)
     display_name: Mapped[str] = mapped_column(String(200))
     password_hash: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[dt.datetime] = created_at()
+    created_at: Mapped[dt.datetime] = server_now()
     disabled_at: Mapped[dt.datetime | None]
 
 
@@ -38,7 +38,7 @@ class PlatformRoleGrant(Base):
 
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), primary_key=True)
     role: Mapped[str] = mapped_column(String(20), primary_key=True)
-    granted_at: Mapped[dt.datetime] = created_at()
+    granted_at: Mapped[dt.datetime] = server_now()
 
 
 class Organization(Base):
@@ -52,7 +52,7 @@ class Organization(Base):
     slug: Mapped[str] = mapped_column(String(63), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(10))
-    created_at: Mapped[dt.datetime] = created_at()
+    created_at: Mapped[dt.datetime] = server_now()
 
 
 class Membership(Base):
@@ -65,7 +65,7 @@ class Membership(Base):
     org_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("organizations.id"), primary_key=True)
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), primary_key=True)
     role: Mapped[str] = mapped_column(String(10))
-    created_at: Mapped[dt.datetime] = created_at()
+    created_at: Mapped[dt.datetime] = server_now()
 
 
 class ApiKey(Base):
@@ -83,6 +83,6 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(100))
     secret_hash: Mapped[bytes] = mapped_column(unique=True)
     scopes: Mapped[list[str]] = mapped_column(ARRAY(String(40)))
-    created_at: Mapped[dt.datetime] = created_at()
+    created_at: Mapped[dt.datetime] = server_now()
     expires_at: Mapped[dt.datetime]
     revoked_at: Mapped[dt.datetime | None]

@@ -8,7 +8,7 @@ import uuid
 from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, created_at, uuid_pk
+from app.db import Base, server_now, uuid_pk
 
 
 class RefreshToken(Base):
@@ -20,7 +20,7 @@ class RefreshToken(Base):
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
     family_id: Mapped[uuid.UUID] = mapped_column(index=True)
     token_hash: Mapped[bytes] = mapped_column(unique=True)
-    issued_at: Mapped[dt.datetime] = created_at()
+    issued_at: Mapped[dt.datetime] = server_now()
     expires_at: Mapped[dt.datetime]
     used_at: Mapped[dt.datetime | None]
     revoked_at: Mapped[dt.datetime | None]

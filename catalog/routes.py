@@ -1,0 +1,376 @@
+"""HTTP routes of the catalogue: products, versions, files, review."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import Controller, delete, get, patch, post
+from litestar.datastructures import State
+from litestar.params import FromPath, JSONBody
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth.guards import authenticated
+from app.deps import Audit, Caller, OptionalCaller, Session
+from app.errors import invalid
+from app.settings import Settings
+from catalog import service, uploads
+from catalog.models import Product, ProductVersion
+from catalog.schemas import (
+    CompleteIn,
+    FileIn,
+    FileOut,
+    FilePlanOut,
+    LifecycleIn,
+    ManifestEntry,
+    MultipartUpload,
+    PartUrl,
+    PendingFile,
+    ProductIn,
+    ProductOut,
+    ProductPatch,
+    ReviewIn,
+    SingleUpload,
+    VersionIn,
+    VersionOut,
+    VersionPatch,
+    VersionSummary,
+)
+
+BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
+VERSION_PATH = "/{slug:str}/versions/{version:str}"
+
+
+def product_out(product: Product, org_slug: str, versions: list[ProductVersion] | None = None) -> ProductOut:
+    out = ProductOut(
+        id=product.id,
+        slug=product.slug,
+        org=org_slug,
+        title=product.title,
+        summary=product.summary,
+        description=product.description,
+        industry=product.industry,
+        modality=product.modality,
+        languages=product.languages,
+        tags=product.tags,
+        access=product.access,
+        status=product.status,
+        created_at=product.created_at,
+        updated_at=product.updated_at,
+    )
+    if versions is not None:
+        out.versions = [VersionSummary(v.version, v.state, v.published_at, v.manifest_digest) for v in versions]
+        released = [v for v in versions if v.state in ("published", "deprecated")]
+        out.latest_version = released[0].version if released else None
+    return out
+
+
+async def version_out(session: AsyncSession, slug: str, row: ProductVersion, *, show_pending: bool) -> VersionOut:
+    files = await service.version_files(session, row.id)
+    verified = [f for f in files if f.status == "verified"]
+    pending = [f for f in files if f.status != "verified"]
+    return VersionOut(
+        product=slug,
+        version=row.version,
+        state=row.state,
+        licence_id=row.licence_id,
+        changelog=row.changelog,
+        provenance=row.provenance,
+        files=[ManifestEntry(f.path, f.size, f.sha256, f.media_type) for f in verified],
+        manifest_digest=row.manifest_digest or (service.manifest_digest(verified) if verified else None),
+        total_size=sum(f.size for f in verified),
+        created_at=row.created_at,
+        submitted_at=row.submitted_at,
+        published_at=row.published_at,
+        review_reason=row.review_reason,
+        deprecated_at=row.deprecated_at,
+        withdrawn_at=row.withdrawn_at,
+        pending_files=[PendingFile(f.id, f.path, f.size, f.sha256) for f in pending] if show_pending else None,
+    )
+
+
+def plan_out(plan: uploads.Plan) -> FilePlanOut:
+    upload: SingleUpload | MultipartUpload
+    if plan.url is not None:
+        headers = {"Content-Type": plan.file.media_type}
+        upload = SingleUpload(method="PUT", url=plan.url, headers=headers, expires_at=plan.expires_at)
+    else:
+        assert plan.part_urls is not None
+        assert plan.file.upload_id is not None
+        assert plan.file.part_size is not None
+        upload = MultipartUpload(
+            upload_id=plan.file.upload_id,
+            part_size=plan.file.part_size,
+            parts=[PartUrl(number, url) for number, url in plan.part_urls],
+            expires_at=plan.expires_at,
+        )
+    return FilePlanOut(file_id=plan.file.id, path=plan.file.path, upload=upload)
+
+
+def _provenance(body: Any) -> dict[str, Any] | None:
+    return None if body is None else msgspec.to_builtins(body)
+
+
+class ProductController(Controller):
+    path = "/products"
+    tags = ["catalog"]
+
+    @post(
+        "/",
+        summary="Create a product for a provider organisation",
+        status_code=201,
+        security=BEARER,
+        guards=[authenticated],
+    )
+    async def create(
+        self, session: Session, audit_context: Audit, principal: Caller, data: JSONBody[ProductIn]
+    ) -> ProductOut:
+        fields = msgspec.structs.asdict(data)
+        org = fields.pop("org")
+        product, org_slug = await service.create_product(session, audit_context, principal, org_slug=org, fields=fields)
+        return product_out(product, org_slug, [])
+
+    @get("/{slug:str}", summary="A product with its versions")
+    async def read(self, session: Session, optional_principal: OptionalCaller, slug: FromPath[str]) -> ProductOut:
+        product, org_slug, role = await service.product_for_reading(session, optional_principal, slug)
+        versions = await service.versions_of(
+            session, product.id, include_drafts=service.can_see_drafts(optional_principal, product, role)
+        )
+        return product_out(product, org_slug, versions)
+
+    @patch(
+        "/{slug:str}",
+        summary="Change a product's description, classification or listing",
+        security=BEARER,
+        guards=[authenticated],
+    )
+    async def update(
+        self,
+        session: Session,
+        audit_context: Audit,
+        principal: Caller,
+        slug: FromPath[str],
+        data: JSONBody[ProductPatch],
+    ) -> ProductOut:
+        changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
+        product, org_slug = await service.update_product(session, audit_context, principal, slug, changes)
+        versions = await service.versions_of(session, product.id, include_drafts=True)
+        return product_out(product, org_slug, versions)
+
+    @post(
+        "/{slug:str}/versions",
+        summary="Create a draft version",
+        status_code=201,
+        security=BEARER,
+        guards=[authenticated],
+    )
+    async def create_version(
+        self, session: Session, audit_context: Audit, principal: Caller, slug: FromPath[str], data: JSONBody[VersionIn]
+    ) -> VersionOut:
+        if data.licence_id is not None and data.licence is not None and data.licence != data.licence_id:
+            raise invalid("licence", "give licence_id or licence, not two different ones")
+        row = await service.create_version(
+            session,
+            audit_context,
+            principal,
+            slug,
+            version=data.version,
+            changelog=data.changelog,
+            licence_id=data.licence_id or data.licence,
+            provenance=_provenance(data.provenance),
+        )
+        return await version_out(session, slug, row, show_pending=True)
+
+    @get(VERSION_PATH, summary="A version with its manifest and manifest_digest")
+    async def read_version(
+        self, session: Session, optional_principal: OptionalCaller, slug: FromPath[str], version: FromPath[str]
+    ) -> VersionOut:
+        _, _, row, role = await service.version_for_reading(session, optional_principal, slug, version)
+        return await version_out(session, slug, row, show_pending=role is not None)
+
+    @patch(
+        VERSION_PATH,
+        summary="Change a draft version's changelog, licence or provenance",
+        security=BEARER,
+        guards=[authenticated],
+    )
+    async def update_version(
+        self,
+        session: Session,
+        audit_context: Audit,
+        principal: Caller,
+        slug: FromPath[str],
+        version: FromPath[str],
+        data: JSONBody[VersionPatch],
+    ) -> VersionOut:
+        changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
+        if "provenance" in changes:
+            changes["provenance"] = _provenance(changes["provenance"])
+        row = await service.update_version(session, audit_context, principal, slug, version, changes)
+        return await version_out(session, slug, row, show_pending=True)
+
+    @post(
+        VERSION_PATH + "/files",
+        summary="Register a file and get its upload plan (presigned PUT or multipart)",
+        status_code=201,
+        security=BEARER,
+        guards=[authenticated],
+    )
+    async def plan_file(
+        self,
+        session: Session,
+        audit_context: Audit,
+        principal: Caller,
+        state: State,
+        slug: FromPath[str],
+        version: FromPath[str],
+        data: JSONBody[FileIn],
+    ) -> FilePlanOut:
+        """Files up to 8 MiB get one presigned PUT; larger ones an S3 multipart upload with a presigned URL
+        per part. Asking again for a pending file with the same content resumes its upload."""
+        plan = await uploads.plan_upload(
+            session,
+            audit_context,
+            principal,
+            state.object_store,
+            slug,
+            version,
+            path=data.path,
+            size=data.size,
+            sha256=data.sha256,
+            media_type=data.media_type,
+        )
+        return plan_out(plan)
+
+    @post(
+        VERSION_PATH + "/files/{file_id:uuid}/complete",
+        summary="Finish an upload; the server verifies size and SHA-256",
+        status_code=200,
+        security=BEARER,
+        guards=[authenticated],
+    )
+    async def complete_file(
+        self,
+        session: Session,
+        audit_context: Audit,
+        principal: Caller,
+        state: State,
+        slug: FromPath[str],
+        version: FromPath[str],
+        file_id: FromPath[uuid.UUID],
+        data: JSONBody[CompleteIn],
+    ) -> FileOut:
+        """Answers 422 with problem type ``checksum-mismatch`` or ``size-mismatch`` when the bytes differ
+        from what was declared; the uploaded object is then deleted."""
+        parts = [(p.part_number, p.etag) for p in data.parts] if data.parts else None
+        file = await uploads.complete_upload(
+            session, audit_context, principal, state.object_store, slug, version, file_id, parts=parts
+        )
+        return FileOut(file.id, file.path, file.size, file.sha256, file.media_type, file.status)
+
+    @delete(
+        VERSION_PATH + "/files/{file_id:uuid}",
+        summary="Remove a file from a draft version",
+        status_code=204,
+        security=BEARER,
+        guards=[authenticated],
+    )
+    async def delete_file(
+        self,
+        session: Session,
+        audit_context: Audit,
+        principal: Caller,
+        state: State,
+        slug: FromPath[str],
+        version: FromPath[str],
+        file_id: FromPath[uuid.UUID],
+    ) -> None:
+        await uploads.delete_file(session, audit_context, principal, state.object_store, slug, version, file_id)
+
+    @post(
+        VERSION_PATH + "/publish",
+        summary="Freeze the version: to review, or published",
+        status_code=200,
+        security=BEARER,
+        guards=[authenticated],
+    )
+    async def publish(
+        self,
+        session: Session,
+        audit_context: Audit,
+        principal: Caller,
+        state: State,
+        slug: FromPath[str],
+        version: FromPath[str],
+    ) -> VersionOut:
+        """Needs at least one verified file, a licence and provenance. With review required
+        (``CORPORA_REVIEW_REQUIRED``) the version waits in ``in_review`` for a platform reviewer."""
+        settings: Settings = state.settings
+        row = await service.publish_version(
+            session, audit_context, principal, slug, version, review_required=settings.review_required
+        )
+        return await version_out(session, slug, row, show_pending=True)
+
+    @post(
+        VERSION_PATH + "/review",
+        summary="Approve or reject a version in review (platform reviewers)",
+        status_code=200,
+        security=BEARER,
+        guards=[authenticated],
+    )
+    async def review(
+        self,
+        session: Session,
+        audit_context: Audit,
+        principal: Caller,
+        slug: FromPath[str],
+        version: FromPath[str],
+        data: JSONBody[ReviewIn],
+    ) -> VersionOut:
+        row = await service.review_version(
+            session, audit_context, principal, slug, version, decision=data.decision, reason=data.reason
+        )
+        return await version_out(session, slug, row, show_pending=False)
+
+    @post(
+        VERSION_PATH + "/deprecate",
+        summary="Mark a published version deprecated",
+        status_code=200,
+        security=BEARER,
+        guards=[authenticated],
+    )
+    async def deprecate(
+        self,
+        session: Session,
+        audit_context: Audit,
+        principal: Caller,
+        slug: FromPath[str],
+        version: FromPath[str],
+        data: JSONBody[LifecycleIn],
+    ) -> VersionOut:
+        row = await service.change_lifecycle(
+            session, audit_context, principal, slug, version, to="deprecated", reason=data.reason
+        )
+        return await version_out(session, slug, row, show_pending=False)
+
+    @post(
+        VERSION_PATH + "/withdraw",
+        summary="Withdraw a version: no new downloads",
+        status_code=200,
+        security=BEARER,
+        guards=[authenticated],
+    )
+    async def withdraw(
+        self,
+        session: Session,
+        audit_context: Audit,
+        principal: Caller,
+        slug: FromPath[str],
+        version: FromPath[str],
+        data: JSONBody[LifecycleIn],
+    ) -> VersionOut:
+        row = await service.change_lifecycle(
+            session, audit_context, principal, slug, version, to="withdrawn", reason=data.reason
+        )
+        return await version_out(session, slug, row, show_pending=False)
