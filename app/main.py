@@ -29,6 +29,7 @@ from app.db import create_engine, provide_session
 from app.errors import exception_handlers
 from app.objectstore import ObjectStore, ObjectStoreUnavailable
 from app.settings import Settings
+from app.validation import strict_json_body
 from catalog import routes as catalog_routes
 
 log = logging.getLogger("corpora")
@@ -108,6 +109,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             DefineMiddleware(AuthMiddleware, settings=settings, keyring=keyring, sessionmaker=sessionmaker),
         ],
         exception_handlers=exception_handlers,
+        before_request=strict_json_body,
         request_max_body_size=settings.max_body_bytes,
         lifespan=[lifespan],
         on_app_init=[configure],

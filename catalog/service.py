@@ -60,18 +60,16 @@ def _spdx() -> Any:
 
 def validate_licence(expression: str) -> str:
     """An SPDX licence expression, normalised; ``LicenseRef-…`` ids name custom licences."""
-    from license_expression import ExpressionError
-
     # LicenseRef ids are free-form by design; check the expression's shape with a known id in their place.
     has_refs = re.search(r"LicenseRef-[\w.-]+", expression) is not None
     checked = re.sub(r"LicenseRef-[\w.-]+", "MIT", expression)
     try:
-        info = _spdx().validate(checked)
-    except ExpressionError as exc:
+        parsed = _spdx().parse(checked, validate=True, strict=True)
+    except Exception as exc:  # the library raises several unrelated types for malformed input
         raise invalid("licence_id", f"'{expression}' is not a valid SPDX expression: {exc}") from None
-    if info.errors:
-        raise invalid("licence_id", f"'{expression}' is not a valid SPDX expression: {'; '.join(info.errors)}")
-    return expression.strip() if has_refs else str(info.normalized_expression)
+    if parsed is None:
+        raise invalid("licence_id", "the licence expression is empty")
+    return expression.strip() if has_refs else str(parsed)
 
 
 def manifest_digest(files: Sequence[VersionFile]) -> str:
