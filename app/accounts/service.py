@@ -207,8 +207,8 @@ async def create_api_key(
     if expires_at > now + dt.timedelta(days=MAX_API_KEY_DAYS):
         raise invalid("expires_at", f"must be within {MAX_API_KEY_DAYS} days; rotate keys instead")
     org, role = await visible_org(session, principal, org_slug)
-    if role is None:
-        raise not_found(f"organisation '{org_slug}'")
+    if role is None:  # platform staff see every org, but only members make its keys
+        raise forbidden("only members of the organisation can create API keys for it")
     if role == "auditor" and set(scopes) - {"catalog:read", "usage:read", "audit:read"}:
         raise forbidden("an auditor's keys can only carry read scopes")
     secret = opaque_secret(API_KEY_PREFIX)
