@@ -31,6 +31,9 @@ from app.objectstore import ObjectStore, ObjectStoreUnavailable
 from app.settings import Settings
 from app.validation import strict_json_body
 from catalog import routes as catalog_routes
+from licensing import routes as licensing_routes
+from licensing.sweeps import run_sweeps
+from catalog.janitor import run_janitor
 
 log = logging.getLogger("corpora")
 
@@ -63,6 +66,8 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
         tasks = [
             asyncio.create_task(_ensure_bucket(store), name="ensure-bucket"),
             asyncio.create_task(run_checkpointer(settings, sessionmaker, store, keyring), name="audit-checkpoints"),
+            asyncio.create_task(run_janitor(settings, engine, store), name="storage-janitor"),
+            asyncio.create_task(run_sweeps(sessionmaker), name="licensing-sweeps"),
         ]
         try:
             yield
@@ -81,6 +86,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             auth_routes.router,
             audit_routes.router,
             catalog_routes.ProductController,
+            *licensing_routes.route_handlers,
         ],
     )
 

@@ -65,6 +65,12 @@ class Settings:
     audit_checkpoint_every_events: int = 1000
     audit_checkpoint_every_seconds: int = 60
     db_pool_size: int = 10
+    # HMAC-SHA256 secret shared with the payment provider; unset disables the payment webhook.
+    payment_webhook_secret: str | None = None
+    # The storage janitor (catalog/janitor.py): uploads unfinished this long after their plan are abandoned,
+    # and unreferenced objects this old are deleted; it runs in every server process this often (0: never).
+    janitor_max_age_seconds: int = 24 * 3600
+    janitor_every_seconds: int = 3600
 
     @property
     def embedded_database(self) -> bool:
@@ -96,6 +102,7 @@ class Settings:
             ("HOST", "host"),
             ("JWT_ISSUER", "jwt_issuer"),
             ("JWT_AUDIENCE", "jwt_audience"),
+            ("PAYMENT_WEBHOOK_SECRET", "payment_webhook_secret"),
         ]:
             if (raw := get(name)) is not None:
                 values[field] = raw
@@ -118,6 +125,8 @@ class Settings:
             ("AUDIT_CHECKPOINT_EVERY_EVENTS", "audit_checkpoint_every_events", 1, 10_000_000),
             ("AUDIT_CHECKPOINT_EVERY_SECONDS", "audit_checkpoint_every_seconds", 1, 24 * 3600),
             ("DB_POOL_SIZE", "db_pool_size", 1, 200),
+            ("JANITOR_MAX_AGE_SECONDS", "janitor_max_age_seconds", 60, 365 * 24 * 3600),
+            ("JANITOR_EVERY_SECONDS", "janitor_every_seconds", 0, 7 * 24 * 3600),
         ]:
             if (raw := get(name)) is not None:
                 values[field] = _int(raw, f"CORPORA_{name}", low=low, high=high)
@@ -157,11 +166,15 @@ class Settings:
             "CORPORA_AUDIT_CHECKPOINT_EVERY_EVENTS": str(self.audit_checkpoint_every_events),
             "CORPORA_AUDIT_CHECKPOINT_EVERY_SECONDS": str(self.audit_checkpoint_every_seconds),
             "CORPORA_DB_POOL_SIZE": str(self.db_pool_size),
+            "CORPORA_JANITOR_MAX_AGE_SECONDS": str(self.janitor_max_age_seconds),
+            "CORPORA_JANITOR_EVERY_SECONDS": str(self.janitor_every_seconds),
         }
         if self.database_url is not None:
             env["CORPORA_DATABASE_URL"] = self.database_url
         if self.s3_endpoint is not None:
             env["CORPORA_S3_ENDPOINT"] = self.s3_endpoint
+        if self.payment_webhook_secret is not None:
+            env["CORPORA_PAYMENT_WEBHOOK_SECRET"] = self.payment_webhook_secret
         if self.signing_key_files:
             env["CORPORA_SIGNING_KEY_FILES"] = ",".join(str(p) for p in self.signing_key_files)
         return env

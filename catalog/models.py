@@ -105,7 +105,7 @@ class ProductVersion(Base):
     patch: Mapped[int] = mapped_column(Integer)
     prerelease: Mapped[str | None] = mapped_column(String(60))
     changelog: Mapped[str] = mapped_column(Text, default="")
-    licence_id: Mapped[str | None] = mapped_column(String(200))
+    licence_id: Mapped[str | None] = mapped_column(ForeignKey("licences.id"))
     provenance: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     state: Mapped[str] = mapped_column(String(12), default="draft")
     manifest_digest: Mapped[str | None] = mapped_column(String(71))

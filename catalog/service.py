@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import re
@@ -20,10 +19,12 @@ from app.audit.service import AuditContext
 from app.auth.principal import Principal
 from app.db import utcnow
 from app.errors import ProblemError, conflict, forbidden, invalid, not_found
+from catalog import provenance as provenance_rules
 from catalog.models import Product, ProductVersion, VersionFile
 from catalog.search import product_terms
 
 WRITER_ROLES = ("owner", "admin", "member")
+LICENCE_FOREIGN_KEY = "fk_product_versions_licence_id_licences"
 CATALOG_STAFF_ROLES = ("admin", "reviewer", "auditor")
 
 # https://semver.org/#is-there-a-suggested-regular-expression-regex-to-check-a-semver-string
@@ -51,25 +52,11 @@ def normalise_language(tag: str) -> str:
     return out + (variants or "").lower()
 
 
-@functools.cache
-def _spdx() -> Any:
-    from license_expression import get_spdx_licensing
-
-    return get_spdx_licensing()
-
-
-def validate_licence(expression: str) -> str:
-    """An SPDX licence expression, normalised; ``LicenseRef-…`` ids name custom licences."""
-    # LicenseRef ids are free-form by design; check the expression's shape with a known id in their place.
-    has_refs = re.search(r"LicenseRef-[\w.-]+", expression) is not None
-    checked = re.sub(r"LicenseRef-[\w.-]+", "MIT", expression)
-    try:
-        parsed = _spdx().parse(checked, validate=True, strict=True)
-    except Exception as exc:  # the library raises several unrelated types for malformed input
-        raise invalid("licence_id", f"'{expression}' is not a valid SPDX expression: {exc}") from None
-    if parsed is None:
-        raise invalid("licence_id", "the licence expression is empty")
-    return expression.strip() if has_refs else str(parsed)
+def _unknown_licence(exc: IntegrityError, licence_id: str | None) -> ProblemError | None:
+    """The database refuses a licence id that is not in the licence catalogue (a foreign key)."""
+    if LICENCE_FOREIGN_KEY in str(exc.orig):
+        return invalid("licence_id", f"no licence '{licence_id}' in the catalogue; see GET /api/v1/licences")
+    return None
 
 
 def manifest_digest(files: Sequence[VersionFile]) -> str:
@@ -250,8 +237,7 @@ async def create_version(
 ) -> ProductVersion:
     product, _ = await product_for_writing(session, principal, slug, lock=True)
     major, minor, patch, prerelease = parse_semver(version)
-    if licence_id is not None:
-        licence_id = validate_licence(licence_id)
+    provenance = None if provenance is None else provenance_rules.validate_provenance(provenance)
     exists = await session.scalar(
         select(ProductVersion.id).where(ProductVersion.product_id == product.id, ProductVersion.version == version)
     )
@@ -273,8 +259,10 @@ async def create_version(
     session.add(row)
     try:
         await session.flush()
-    except IntegrityError:
-        raise conflict(f"version {version} of '{slug}' already exists", "version-exists") from None
+    except IntegrityError as exc:
+        raise _unknown_licence(exc, licence_id) or conflict(
+            f"version {version} of '{slug}' already exists", "version-exists"
+        ) from None
     await audit.record(
         session,
         context,
@@ -333,13 +321,15 @@ async def update_version(
 ) -> ProductVersion:
     product, row = await version_for_writing(session, principal, slug, version)
     require_draft(row)
-    if "licence_id" in changes:
-        changes["licence_id"] = validate_licence(changes["licence_id"])
     if "provenance" in changes:
+        changes["provenance"] = provenance_rules.validate_provenance(changes["provenance"])
         changes["synthetic_fraction"] = changes["provenance"].get("synthetic_fraction")
     for name, value in changes.items():
         setattr(row, name, value)
-    await session.flush()
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise _unknown_licence(exc, changes.get("licence_id")) or exc from None
     await audit.record(
         session,
         context,

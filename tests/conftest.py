@@ -7,9 +7,12 @@ and a new bucket are created on them); otherwise the embedded ones are started i
 from __future__ import annotations
 
 import asyncio
+import atexit
 import dataclasses
 import os
 import secrets
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -55,8 +58,12 @@ class Servers:
 
 
 @pytest.fixture(scope="session")
-def servers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("corpora")
+def servers_dir() -> Path:
+    # Not pytest's tmp_path: it prunes old numbered dirs, which would pull the data from under a server
+    # that another test run (in parallel) still uses. Removed at exit, after the embedded servers stop.
+    path = Path(tempfile.mkdtemp(prefix="corpora-test-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 @pytest.fixture(scope="session")
