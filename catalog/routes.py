@@ -6,16 +6,17 @@ import uuid
 from typing import Any
 
 import msgspec
-from litestar import Controller, delete, get, patch, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.guards import authenticated
 from app.deps import Audit, Caller, OptionalCaller, Session
-from app.errors import invalid
+from app.errors import PROBLEM_MEDIA_TYPE, Problem, invalid
 from app.settings import Settings
-from catalog import service, uploads
+from catalog import provenance, service, uploads
 from catalog.models import Product, ProductVersion
 from catalog.schemas import (
     CompleteIn,
@@ -40,6 +41,9 @@ from catalog.schemas import (
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 VERSION_PATH = "/{slug:str}/versions/{version:str}"
+NOT_VISIBLE = ResponseSpec(
+    Problem, description="No such version, or a draft the caller may not see", media_type=PROBLEM_MEDIA_TYPE
+)
 
 
 def product_out(product: Product, org_slug: str, versions: list[ProductVersion] | None = None) -> ProductOut:
@@ -374,3 +378,55 @@ class ProductController(Controller):
             session, audit_context, principal, slug, version, to="withdrawn", reason=data.reason
         )
         return await version_out(session, slug, row, show_pending=False)
+
+    @get(
+        VERSION_PATH + "/croissant",
+        summary="The version as Croissant 1.1 JSON-LD, with Responsible-AI (RAI) fields",
+        description=(
+            "Croissant 1.1 metadata (conforming to Croissant 1.1 and RAI 1.0): the product's name, description, "
+            "version, SPDX licence URL, provider, keywords and languages; one `cr:FileObject` per verified file "
+            "with its download URL, size, media type and SHA-256; the RAI fields drawn from the provenance "
+            "(collection, its type and timeframe, preprocessing, annotation, personal information, social impact, "
+            "use cases); and the sources and processing activities as PROV-O terms. Anyone may read a released "
+            "version; a draft or a version in review only its provider's members and platform staff (else 404)."
+        ),
+        media_type=provenance.CROISSANT_MEDIA_TYPE,
+        security=[{}, *BEARER],
+        responses={404: NOT_VISIBLE},
+    )
+    async def croissant_export(
+        self,
+        request: Request[Any, Any, Any],
+        session: Session,
+        optional_principal: OptionalCaller,
+        slug: FromPath[str],
+        version: FromPath[str],
+    ) -> Response[dict[str, Any]]:
+        export = await provenance.load_version_export(session, optional_principal, slug, version, str(request.base_url))
+        return Response(provenance.croissant_document(export), media_type=provenance.CROISSANT_MEDIA_TYPE)
+
+    @get(
+        VERSION_PATH + "/provenance",
+        summary="The version's provenance as W3C PROV-JSON",
+        description=(
+            "A PROV-JSON document (https://www.w3.org/submissions/prov-json/): the version, a `prov:Collection` "
+            "of its files, attributed to the provider; each source an entity attributed to its rights holder or "
+            "its generator (synthetic sources), derived sources derived from the version they name; the collect, "
+            "clean, label and test activities with their times, tool, parameters and metrics, associated with the "
+            "provider and their operator, and chained by `used` and `wasGeneratedBy`. Anyone may read a released "
+            "version; a draft or a version in review only its provider's members and platform staff (else 404)."
+        ),
+        media_type=provenance.PROV_JSON_MEDIA_TYPE,
+        security=[{}, *BEARER],
+        responses={404: NOT_VISIBLE},
+    )
+    async def provenance_export(
+        self,
+        request: Request[Any, Any, Any],
+        session: Session,
+        optional_principal: OptionalCaller,
+        slug: FromPath[str],
+        version: FromPath[str],
+    ) -> Response[dict[str, Any]]:
+        export = await provenance.load_version_export(session, optional_principal, slug, version, str(request.base_url))
+        return Response(provenance.prov_document(export), media_type=provenance.PROV_JSON_MEDIA_TYPE)
