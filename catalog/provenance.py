@@ -20,6 +20,7 @@ The exports are built from the stored provenance, the product and the verified f
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 import json
@@ -691,7 +692,7 @@ def croissant_document(export: VersionExport) -> dict[str, Any]:
     organisation = {"@type": "sc:Organization", "@id": _org_url(export), "name": org.name, "url": _org_url(export)}
     year = (row.published_at or row.created_at).year
     doc: dict[str, Any] = {
-        "@context": CROISSANT_CONTEXT,
+        "@context": copy.deepcopy(CROISSANT_CONTEXT),
         "@type": "sc:Dataset",
         "conformsTo": [CROISSANT_SPEC, CROISSANT_RAI_SPEC],
         "name": product.title,
