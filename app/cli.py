@@ -146,6 +146,34 @@ def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report["ok"] else 2
 
 
+def cmd_janitor(args: argparse.Namespace, settings: Settings) -> int:
+    import datetime as dt
+
+    from app.db import create_engine
+    from app.objectstore import ObjectStore
+    from catalog.janitor import JanitorReport, sweep
+
+    runtime = resolve(settings)
+    max_age = runtime.settings.janitor_max_age_seconds if args.max_age is None else args.max_age
+
+    async def run() -> JanitorReport:
+        assert runtime.settings.database_url is not None
+        engine = create_engine(runtime.settings.database_url, pool_size=2)
+        try:
+            store = ObjectStore(runtime.settings)
+            return await sweep(engine, store, max_age=dt.timedelta(seconds=max_age), wait=args.wait)
+        finally:
+            await engine.dispose()
+
+    try:
+        report = asyncio.run(run())
+    finally:
+        runtime.stop()
+    print(report.describe(), file=sys.stderr)
+    print(json.dumps(report.as_dict(), indent=2))
+    return 1 if report.errors else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="corpora",
@@ -191,6 +219,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="recompute the hash chain and compare it with the signed checkpoints (exit 2 if broken)",
     )
     verify.set_defaults(handler=cmd_audit_verify)
+
+    janitor = commands.add_parser(
+        "janitor",
+        help="sweep abandoned uploads, unreferenced staged objects and orphan blobs from the object store",
+        description=(
+            "Abort multipart uploads and delete staged objects of files still pending MAX_AGE seconds after "
+            "their plan (those file rows are deleted too, each with a 'file.abandoned' audit event), delete "
+            "staged objects and uploads no pending file references, and blob objects without a blobs row, once "
+            "older than MAX_AGE. Verified files and blobs with a row are never touched. The service runs the "
+            "same sweep every CORPORA_JANITOR_EVERY_SECONDS; concurrent sweeps are serialised by a PostgreSQL "
+            "advisory lock (without --wait a second one skips). Prints a JSON summary."
+        ),
+    )
+    janitor.add_argument(
+        "--max-age",
+        type=int,
+        metavar="SECONDS",
+        help="age after which an unfinished upload is abandoned (CORPORA_JANITOR_MAX_AGE_SECONDS, default 86400); "
+        "0 sweeps every unfinished upload, including ones in progress",
+    )
+    janitor.add_argument("--wait", action="store_true", help="wait for a sweep running elsewhere instead of skipping")
+    janitor.set_defaults(handler=cmd_janitor)
     return parser
 
 

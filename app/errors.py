@@ -7,6 +7,7 @@ references that clients compare as strings.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -95,6 +96,23 @@ def invalid(field: str, message: str) -> ProblemError:
     )
 
 
+_NAMED_FIELD = re.compile(r"^Object (?:missing required|contains unknown) field `(?P<name>[^`]+)`")
+
+
+def _name_fields(errors: list[FieldProblem] | None) -> list[FieldProblem] | None:
+    """Blame the field itself when the decoder reports a missing or unknown field against its parent object."""
+    if not errors:
+        return errors
+    named: list[FieldProblem] = []
+    for problem in errors:
+        match = _NAMED_FIELD.match(problem.message)
+        if match is not None:
+            parent = "" if problem.field in ("", "body", "data", "$") else f"{problem.field}."
+            problem = FieldProblem(field=parent + match.group("name"), message=problem.message)
+        named.append(problem)
+    return named
+
+
 def problem_response(
     status: int,
     type_: str,
@@ -112,7 +130,7 @@ def problem_response(
             title=title,
             status=status,
             detail=detail,
-            errors=errors,
+            errors=_name_fields(errors),
             instance=request.url.path if request is not None else None,
         )
     )
@@ -144,10 +162,21 @@ def handle_problem(request: Request[Any, Any, Any], exc: ProblemError) -> Respon
     )
 
 
+def _body_missing(extra: Any) -> bool:
+    """Litestar reports a handler's absent ``data`` (an empty body) as the message ``'data'`` for key ``data``."""
+    return isinstance(extra, list) and any(
+        isinstance(item, dict) and item.get("key") == "data" and item.get("message") == "'data'" for item in extra
+    )
+
+
 def handle_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     detail = str(exc.detail)
     if "JSON is malformed" in detail or "malformed" in detail.lower():
         return problem_response(400, "malformed-json", "Malformed JSON", detail, request=request)
+    if _body_missing(exc.extra):
+        return problem_response(
+            400, "malformed-json", "Malformed JSON", "the request body is empty; send a JSON object", request=request
+        )
     errors = _validation_errors(exc.extra)
     if errors:
         detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
@@ -170,8 +199,27 @@ def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     status = exc.status_code
     if status >= 500:
         return handle_internal(request, exc)
+    if status == 400 and str(exc.detail).startswith("JSON is malformed"):
+        # Litestar parses every body as JSON, whatever its declared type.
+        media_type = request.content_type[0]
+        if media_type and "json" not in media_type:
+            return problem_response(
+                415,
+                "unsupported-media-type",
+                "Unsupported media type",
+                f"send the body as application/json, not {media_type}",
+                request=request,
+            )
+        return problem_response(400, "malformed-json", "Malformed JSON", str(exc.detail), request=request)
     type_, title = _TITLES.get(status, ("about:blank", "Request refused"))
     return problem_response(status, type_, title, str(exc.detail), request=request, headers=exc.headers)
+
+
+def handle_undecodable(request: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Response[Any]:
+    """Request bodies and parameters are UTF-8; bytes that are not reach here from the JSON decoder."""
+    return problem_response(
+        400, "malformed-json", "Malformed JSON", f"the request is not valid UTF-8 text: {exc.reason}", request=request
+    )
 
 
 def handle_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -236,6 +284,7 @@ exception_handlers: dict[Any, Any] = {
     DBAPIError: handle_dbapi,
     PoolTimeoutError: handle_unavailable,
     OSError: handle_unavailable,
+    UnicodeDecodeError: handle_undecodable,
     ExceptionGroup: handle_exception_group,
     Exception: handle_internal,
 }

@@ -31,9 +31,9 @@ from app.objectstore import ObjectStore, ObjectStoreUnavailable
 from app.settings import Settings
 from app.validation import strict_json_body
 from catalog import routes as catalog_routes
+from catalog.janitor import run_janitor
 from licensing import routes as licensing_routes
 from licensing.sweeps import run_sweeps
-from catalog.janitor import run_janitor
 
 log = logging.getLogger("corpora")
 
