@@ -63,6 +63,15 @@ class ObjectStore:
             region=settings.s3_region,
             http_client=http,
         )
+        # Readiness checks must answer quickly: a store that accepts connections but never replies is down.
+        self.probe_client = Minio(
+            endpoint,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key,
+            secure=secure,
+            region=settings.s3_region,
+            http_client=urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=3), maxsize=2, retries=False),
+        )
 
     async def _run(self, fn: Callable[[], T]) -> T:
         try:
@@ -80,7 +89,7 @@ class ObjectStore:
         await self._run(create)
 
     async def ping(self) -> None:
-        await self._run(partial(self.client.bucket_exists, self.bucket))
+        await self._run(partial(self.probe_client.bucket_exists, self.bucket))
 
     async def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
         await self._run(partial(self.client.put_object, self.bucket, key, io.BytesIO(data), len(data), content_type))
@@ -241,3 +250,26 @@ class ObjectStore:
             ]
 
         return await self._run(names)
+
+    # --- downloads ----------------------------------------------------------------------------------------
+
+    async def open_range(self, key: str, offset: int, length: int) -> ObjectReader:
+        """A reader over ``length`` bytes from ``offset``; read it in chunks and always ``close()`` it."""
+        response = await self._run(partial(self.client.get_object, self.bucket, key, offset=offset, length=length))
+        return ObjectReader(self, response)
+
+
+class ObjectReader:
+    """Chunks of one object read in a worker thread; closing releases the upstream connection at once."""
+
+    def __init__(self, store: ObjectStore, response: urllib3.BaseHTTPResponse) -> None:
+        self._store = store
+        self._response = response
+
+    async def read(self, size: int) -> bytes:
+        return await self._store._run(partial(self._response.read, size))
+
+    def close(self) -> None:
+        # Closing (not draining) drops the connection instead of reading the rest of the object.
+        self._response.close()
+        self._response.release_conn()
