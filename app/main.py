@@ -32,6 +32,7 @@ from app.settings import Settings
 from app.validation import strict_json_body
 from catalog import routes as catalog_routes
 from catalog.janitor import run_janitor
+from licensing import download_routes
 from licensing import routes as licensing_routes
 from licensing.sweeps import run_sweeps
 
@@ -87,6 +88,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             audit_routes.router,
             catalog_routes.ProductController,
             *licensing_routes.route_handlers,
+            *download_routes.route_handlers,
         ],
     )
 

@@ -3,36 +3,42 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
-from litestar.datastructures import State
+from litestar.datastructures import ResponseHeader, State
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, Parameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.guards import authenticated
 from app.deps import Audit, Caller, OptionalCaller, Session
-from app.errors import PROBLEM_MEDIA_TYPE, Problem, invalid
+from app.errors import PROBLEM_MEDIA_TYPE, Problem, invalid, not_found
 from app.settings import Settings
-from catalog import provenance, service, uploads
+from catalog import provenance, search, service, uploads
 from catalog.models import Product, ProductVersion
 from catalog.schemas import (
+    Access,
     CompleteIn,
+    FacetCount,
     FileIn,
     FileOut,
     FilePlanOut,
+    Industry,
     LifecycleIn,
     ManifestEntry,
+    Modality,
     MultipartUpload,
     PartUrl,
     PendingFile,
     ProductIn,
     ProductOut,
+    ProductPage,
     ProductPatch,
     ReviewIn,
     SingleUpload,
+    UploadedPart,
     VersionIn,
     VersionOut,
     VersionPatch,
@@ -41,6 +47,23 @@ from catalog.schemas import (
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 VERSION_PATH = "/{slug:str}/versions/{version:str}"
+# One template for every file route: GET on it (the download redirect) takes a file path, so the upload
+# routes share it and parse their file id from it.
+FILE_PATH = VERSION_PATH + "/files/{path:path}"
+
+
+def file_ref(path: str, *, action: str | None) -> uuid.UUID:
+    """The file id in ``<file_id>`` or ``<file_id>/<action>``; 404 for anything else."""
+    parts = path.strip("/").split("/")
+    expected = 1 if action is None else 2
+    if len(parts) != expected or (action is not None and parts[1] != action):
+        raise not_found("file route")
+    try:
+        return uuid.UUID(parts[0])
+    except ValueError:
+        raise not_found("file") from None
+
+
 NOT_VISIBLE = ResponseSpec(
     Problem, description="No such version, or a draft the caller may not see", media_type=PROBLEM_MEDIA_TYPE
 )
@@ -108,6 +131,7 @@ def plan_out(plan: uploads.Plan) -> FilePlanOut:
             part_size=plan.file.part_size,
             parts=[PartUrl(number, url) for number, url in plan.part_urls],
             expires_at=plan.expires_at,
+            uploaded_parts=[UploadedPart(n, etag, size) for n, etag, size in plan.uploaded_parts or []],
         )
     return FilePlanOut(file_id=plan.file.id, path=plan.file.path, upload=upload)
 
@@ -134,6 +158,69 @@ class ProductController(Controller):
         org = fields.pop("org")
         product, org_slug = await service.create_product(session, audit_context, principal, org_slug=org, fields=fields)
         return product_out(product, org_slug, [])
+
+    @get(
+        "/",
+        summary="Search and browse the catalogue, with facet counts",
+        response_headers=[
+            ResponseHeader(
+                name="Corpora-Facets",
+                description="`exact`, or `estimated` when the query matches too many products to count each one",
+                documentation_only=True,
+            )
+        ],
+    )
+    async def list_products(
+        self,
+        session: Session,
+        optional_principal: OptionalCaller,
+        q: Annotated[
+            str | None,
+            Parameter(
+                max_length=search.MAX_QUERY_LENGTH,
+                description="words, Chinese or English, matched in title, summary, description and tags; "
+                "every word must match (case-insensitive; Chinese is matched by characters and character pairs)",
+            ),
+        ] = None,
+        industry: Industry | None = None,
+        modality: Modality | None = None,
+        language: Annotated[str | None, Parameter(max_length=35, description="a BCP 47 tag, e.g. zh-Hans")] = None,
+        access: Access | None = None,
+        org: Annotated[str | None, Parameter(max_length=63, description="the provider organisation's slug")] = None,
+        use: Annotated[
+            search.Use | None,
+            Parameter(description="a permitted use: products with a released version under a licence allowing it"),
+        ] = None,
+        cursor: Annotated[
+            str | None, Parameter(max_length=40, description="the next_cursor of the previous page")
+        ] = None,
+        limit: Annotated[int, Parameter(ge=1, le=search.MAX_LIMIT)] = search.DEFAULT_LIMIT,
+    ) -> Response[ProductPage]:
+        """Published products, and the drafts of the caller's organisations, newest listing first. Facets count
+        the products matching the whole query per industry, modality, language, access and provider; for a
+        query that matches very many products they are estimated (header ``Corpora-Facets: estimated``).
+        ``next_cursor`` pages on; products listed meanwhile never shift later pages."""
+        result = await search.search_products(
+            session,
+            optional_principal,
+            search.SearchQuery(
+                q=q,
+                industry=industry,
+                modality=modality,
+                language=language,
+                access=access,
+                org=org,
+                use=use,
+                cursor=cursor,
+                limit=limit,
+            ),
+        )
+        page = ProductPage(
+            items=[product_out(product, org_slug) for product, org_slug in result.products],
+            next_cursor=result.next_cursor,
+            facets={facet: [FacetCount(value, n) for value, n in values] for facet, values in result.facets.items()},
+        )
+        return Response(page, headers={"Corpora-Facets": "exact" if result.facets_exact else "estimated"})
 
     @get("/{slug:str}", summary="A product with its versions")
     async def read(self, session: Session, optional_principal: OptionalCaller, slug: FromPath[str]) -> ProductOut:
@@ -248,8 +335,8 @@ class ProductController(Controller):
         return plan_out(plan)
 
     @post(
-        VERSION_PATH + "/files/{file_id:uuid}/complete",
-        summary="Finish an upload; the server verifies size and SHA-256",
+        FILE_PATH,
+        summary="Finish an upload: POST …/files/{file_id}/complete; the server verifies size and SHA-256",
         status_code=200,
         security=BEARER,
         guards=[authenticated],
@@ -262,11 +349,12 @@ class ProductController(Controller):
         state: State,
         slug: FromPath[str],
         version: FromPath[str],
-        file_id: FromPath[uuid.UUID],
+        path: FromPath[str],
         data: JSONBody[CompleteIn],
     ) -> FileOut:
         """Answers 422 with problem type ``checksum-mismatch`` or ``size-mismatch`` when the bytes differ
         from what was declared; the uploaded object is then deleted."""
+        file_id = file_ref(path, action="complete")
         parts = [(p.part_number, p.etag) for p in data.parts] if data.parts else None
         file = await uploads.complete_upload(
             session, audit_context, principal, state.object_store, slug, version, file_id, parts=parts
@@ -274,8 +362,8 @@ class ProductController(Controller):
         return FileOut(file.id, file.path, file.size, file.sha256, file.media_type, file.status)
 
     @delete(
-        VERSION_PATH + "/files/{file_id:uuid}",
-        summary="Remove a file from a draft version",
+        FILE_PATH,
+        summary="Remove a file from a draft version: DELETE …/files/{file_id}",
         status_code=204,
         security=BEARER,
         guards=[authenticated],
@@ -288,8 +376,9 @@ class ProductController(Controller):
         state: State,
         slug: FromPath[str],
         version: FromPath[str],
-        file_id: FromPath[uuid.UUID],
+        path: FromPath[str],
     ) -> None:
+        file_id = file_ref(path, action=None)
         await uploads.delete_file(session, audit_context, principal, state.object_store, slug, version, file_id)
 
     @post(

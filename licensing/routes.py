@@ -14,6 +14,7 @@ import msgspec
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+from litestar.types import ControllerRouterHandler
 from sqlalchemy import literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -68,7 +69,8 @@ def decode_cursor(cursor: str | None) -> str | None:
     if cursor is None:
         return None
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        # validate=True: characters outside the alphabet are an error, not silently dropped.
+        return base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError):
         raise ProblemError(400, "invalid-cursor", "Invalid cursor", "pass next_cursor exactly as returned") from None
 
@@ -530,7 +532,7 @@ async def licence_check(session: Session, optional_principal: OptionalCaller, da
     )
 
 
-route_handlers = [
+route_handlers: list[ControllerRouterHandler] = [
     LicenceController,
     OfferController,
     OrderController,

@@ -1,0 +1,88 @@
+"""Proxy delivery: byte ranges, and a stream that stops reading upstream the moment the client goes away."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import anyio
+
+from app.objectstore import ObjectStore
+
+CHUNK_SIZE = 1024 * 1024
+_SPEC = re.compile(r"^(\d*)-(\d*)$")
+
+
+class MalformedRange(ValueError):
+    """The Range header is not a ``bytes=`` range this server understands."""
+
+
+class RangeNotSatisfiable(ValueError):
+    """The range lies wholly outside the file."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ByteRange:
+    start: int
+    end: int  # inclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+def parse_range(header: str, size: int) -> ByteRange | None:
+    """One ``bytes=`` range of a file of ``size`` bytes. ``None`` means "send it all": a multi-range request is
+    answered with the whole file, as RFC 9110 allows."""
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or not spec.strip():
+        raise MalformedRange(f"expected 'bytes=START-END', got {header!r}")
+    parts = [part.strip() for part in spec.split(",")]
+    matches = [_SPEC.match(part) for part in parts]
+    if any(m is None or m.group(0) == "-" for m in matches):
+        raise MalformedRange(f"expected 'bytes=START-END', got {header!r}")
+    if len(parts) > 1:
+        return None
+    match = matches[0]
+    assert match is not None
+    first, last = match.group(1), match.group(2)
+    if first == "":
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise RangeNotSatisfiable("an empty suffix range selects nothing")
+        return ByteRange(max(0, size - suffix), size - 1)
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        raise MalformedRange(f"the range ends before it starts: {header!r}")
+    if start >= size:
+        raise RangeNotSatisfiable(f"the file has {size} bytes; the range starts at {start}")
+    return ByteRange(start, min(end, size - 1))
+
+
+async def stream_object(
+    store: ObjectStore,
+    key: str,
+    byte_range: ByteRange,
+    on_done: Callable[[int], Awaitable[None]],
+    chunk_size: int = CHUNK_SIZE,
+) -> AsyncIterator[bytes]:
+    """Yield the range in chunks; whatever ends the stream (completion, a client gone, an error), close the
+    upstream connection at once and report how many bytes were handed to the server to send."""
+    sent = 0
+    reader = await store.open_range(key, byte_range.start, byte_range.length) if byte_range.length else None
+    try:
+        remaining = byte_range.length
+        while remaining > 0 and reader is not None:
+            chunk = await reader.read(min(chunk_size, remaining))
+            if not chunk:
+                break
+            yield chunk
+            sent += len(chunk)
+            remaining -= len(chunk)
+    finally:
+        if reader is not None:
+            reader.close()
+        with anyio.CancelScope(shield=True):
+            await on_done(sent)

@@ -1,0 +1,445 @@
+"""HTTP routes of metered downloads: grants, refreshes, proxy delivery with ranges, usage."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import posixpath
+import uuid
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
+from litestar.response import Redirect, Stream
+from litestar.types import ControllerRouterHandler
+from prometheus_client import Counter
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.accounts.schemas import Strict
+from app.auth.guards import authenticated
+from app.deps import Audit, Caller, Session
+from app.errors import ProblemError
+from app.objectstore import ObjectStore
+from app.settings import Settings
+from catalog.uploads import blob_key
+from licensing import delivery, downloads
+from licensing.schemas import Use
+
+BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
+
+GRANTS = Counter("corpora_download_grants", "Download grants issued", ["mode"])
+REFRESHES = Counter("corpora_download_refreshes", "Download URLs refreshed without a new charge")
+REFUSALS = Counter("corpora_download_refusals", "Download grants refused", ["reason"])
+BYTES_SERVED = Counter("corpora_download_bytes_served", "Bytes streamed through proxy downloads")
+
+
+class DownloadIn(Strict):
+    entitlement_id: uuid.UUID
+    product: Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
+    version: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    path: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    purpose: Use
+
+
+class ManifestIn(Strict):
+    entitlement_id: uuid.UUID
+    product: Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
+    version: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    purpose: Use
+    include: Annotated[
+        list[Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]], msgspec.Meta(max_length=50)
+    ] = msgspec.field(default_factory=lambda: ["*"])
+
+
+class RefreshIn(Strict):
+    download_ids: Annotated[list[uuid.UUID], msgspec.Meta(min_length=1, max_length=10_000)]
+
+
+class DownloadOut(msgspec.Struct):
+    download_id: uuid.UUID
+    url: str
+    expires_at: dt.datetime
+    size: int
+    sha256: str
+    mode: str
+    receipt: str
+    product: str
+    version: str
+    path: str
+    manifest_digest: str
+    window_ends_at: dt.datetime
+
+
+class ManifestOut(msgspec.Struct):
+    product: str
+    version: str
+    manifest_digest: str
+    items: list[DownloadOut]
+
+
+class DownloadList(msgspec.Struct):
+    items: list[DownloadOut]
+
+
+def _url_seconds(settings: Settings) -> int:
+    return min(settings.presign_ttl_seconds, 3600)
+
+
+async def _out(
+    request: Request[Any, Any, Any], store: ObjectStore, settings: Settings, grant: downloads.Grant
+) -> DownloadOut:
+    row = grant.row
+    if row.mode == "presigned":
+        url = await store.presigned_get(
+            blob_key(row.sha256), _url_seconds(settings), filename=posixpath.basename(row.path)
+        )
+    else:
+        url = str(request.url_for("download-content", download_id=row.id))
+    return DownloadOut(
+        download_id=row.id,
+        url=url,
+        expires_at=row.url_expires_at,
+        size=row.size,
+        sha256=row.sha256,
+        mode=row.mode,
+        receipt=grant.receipt,
+        product=grant.product,
+        version=grant.version,
+        path=row.path,
+        manifest_digest=row.manifest_digest,
+        window_ends_at=row.window_ends_at,
+    )
+
+
+async def _grant(
+    request: Request[Any, Any, Any],
+    session: AsyncSession,
+    audit_context: Any,
+    principal: Any,
+    state: State,
+    *,
+    entitlement_id: uuid.UUID,
+    product: str,
+    version: str,
+    paths: list[str] | None,
+    patterns: list[str] | None,
+    purpose: str,
+) -> list[downloads.Grant]:
+    settings: Settings = state.settings
+    try:
+        granted = await downloads.grant(
+            session,
+            audit_context,
+            principal,
+            state.keyring,
+            entitlement_id=entitlement_id,
+            slug=product,
+            version=version,
+            paths=paths,
+            patterns=patterns,
+            purpose=purpose,
+            mode=settings.download_mode,
+            url_seconds=_url_seconds(settings),
+            issuer=settings.jwt_issuer,
+        )
+    except downloads.Refused as refused:
+        REFUSALS.labels(reason=refused.reason).inc()
+        raise
+    GRANTS.labels(mode=settings.download_mode).inc(len(granted))
+    return granted
+
+
+@post(
+    "/downloads",
+    summary="Grant one download of one file under an entitlement",
+    status_code=201,
+    tags=["downloads"],
+    security=BEARER,
+    guards=[authenticated],
+)
+async def create_download(
+    request: Request[Any, Any, Any],
+    session: Session,
+    audit_context: Audit,
+    principal: Caller,
+    state: State,
+    data: JSONBody[DownloadIn],
+) -> DownloadOut:
+    """Charges one download and the file's size against the entitlement's quota (refused with 429
+    ``quota-exceeded`` and what remains, charging nothing); 403 when the entitlement is revoked, suspended or
+    expired, the purpose is not among its purposes, or the version is withdrawn or not covered. The answer
+    carries a signed ``receipt`` (Ed25519 JWS, keys at ``/.well-known/jwks.json``)."""
+    granted = await _grant(
+        request,
+        session,
+        audit_context,
+        principal,
+        state,
+        entitlement_id=data.entitlement_id,
+        product=data.product,
+        version=data.version,
+        paths=[data.path],
+        patterns=None,
+        purpose=data.purpose,
+    )
+    return await _out(request, state.object_store, state.settings, granted[0])
+
+
+@post(
+    "/downloads/manifest",
+    summary="Grant every file of a version (or those matching globs) at once",
+    status_code=201,
+    tags=["downloads"],
+    security=BEARER,
+    guards=[authenticated],
+)
+async def create_manifest(
+    request: Request[Any, Any, Any],
+    session: Session,
+    audit_context: Audit,
+    principal: Caller,
+    state: State,
+    data: JSONBody[ManifestIn],
+) -> ManifestOut:
+    """One grant per file, charged together (all or nothing), every URL pinned to the version's manifest
+    digest. Refresh them as a set with ``POST /downloads/refresh``."""
+    granted = await _grant(
+        request,
+        session,
+        audit_context,
+        principal,
+        state,
+        entitlement_id=data.entitlement_id,
+        product=data.product,
+        version=data.version,
+        paths=None,
+        patterns=data.include,
+        purpose=data.purpose,
+    )
+    items = [await _out(request, state.object_store, state.settings, g) for g in granted]
+    return ManifestOut(data.product, data.version, items[0].manifest_digest, items)
+
+
+@post(
+    "/downloads/refresh",
+    summary="Fresh URLs for grants still in their window, without charging again",
+    status_code=200,
+    tags=["downloads"],
+    security=BEARER,
+    guards=[authenticated],
+)
+async def refresh_downloads(
+    request: Request[Any, Any, Any],
+    session: Session,
+    audit_context: Audit,
+    principal: Caller,
+    state: State,
+    data: JSONBody[RefreshIn],
+) -> DownloadList:
+    settings: Settings = state.settings
+    refreshed = await downloads.refresh(
+        session,
+        audit_context,
+        principal,
+        state.keyring,
+        data.download_ids,
+        url_seconds=_url_seconds(settings),
+        issuer=settings.jwt_issuer,
+    )
+    REFRESHES.inc(len(refreshed))
+    return DownloadList([await _out(request, state.object_store, settings, g) for g in refreshed])
+
+
+@post(
+    "/downloads/{download_id:uuid}/refresh",
+    summary="A fresh URL for one grant, without charging again",
+    status_code=200,
+    tags=["downloads"],
+    security=BEARER,
+    guards=[authenticated],
+)
+async def refresh_download(
+    request: Request[Any, Any, Any],
+    session: Session,
+    audit_context: Audit,
+    principal: Caller,
+    state: State,
+    download_id: FromPath[uuid.UUID],
+) -> DownloadOut:
+    settings: Settings = state.settings
+    refreshed = await downloads.refresh(
+        session,
+        audit_context,
+        principal,
+        state.keyring,
+        [download_id],
+        url_seconds=_url_seconds(settings),
+        issuer=settings.jwt_issuer,
+    )
+    REFRESHES.inc()
+    return await _out(request, state.object_store, settings, refreshed[0])
+
+
+@get(
+    "/downloads/{download_id:uuid}/content",
+    name="download-content",
+    summary="Stream a granted file (proxy mode)",
+    tags=["downloads"],
+    security=BEARER,
+    guards=[authenticated],
+)
+async def download_content(
+    session: Session,
+    principal: Caller,
+    state: State,
+    download_id: FromPath[uuid.UUID],
+    range_header: Annotated[str | None, HeaderParameter(name="Range", description="bytes=START-END")] = None,
+    if_range: Annotated[str | None, HeaderParameter(name="If-Range", description="the ETag")] = None,
+) -> Response[Any]:
+    """Honours ``Range`` (206 with ``Content-Range``; 416 beyond the end), ``If-Range`` and ``ETag`` (the
+    file's SHA-256), so interrupted transfers resume. Every request re-checks the entitlement and the
+    version: a revocation or withdrawal cuts the next request. Bytes actually sent are recorded."""
+    row = await downloads.grant_for_content(session, principal, download_id)
+    etag = f'"{row.sha256}"'
+    headers = {
+        "Accept-Ranges": "bytes",
+        "ETag": etag,
+        "Content-Disposition": f'attachment; filename="{posixpath.basename(row.path)}"',
+        "Cache-Control": "private, no-store",
+    }
+    byte_range: delivery.ByteRange | None = None
+    if range_header is not None and (if_range is None or if_range == etag):
+        try:
+            byte_range = delivery.parse_range(range_header, row.size)
+        except delivery.RangeNotSatisfiable as exc:
+            raise ProblemError(
+                416,
+                "range-not-satisfiable",
+                "Range not satisfiable",
+                str(exc),
+                headers={"Content-Range": f"bytes */{row.size}"},
+            ) from None
+        except delivery.MalformedRange as exc:
+            raise ProblemError(400, "malformed-range", "Malformed Range header", str(exc)) from None
+    status = 206 if byte_range is not None else 200
+    if byte_range is None:
+        byte_range = delivery.ByteRange(0, row.size - 1)
+    else:
+        headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{row.size}"
+    headers["Content-Length"] = str(byte_range.length)
+    sessionmaker: async_sessionmaker[AsyncSession] = state.sessionmaker
+
+    async def record(sent: int) -> None:
+        BYTES_SERVED.inc(sent)
+        async with sessionmaker() as recording, recording.begin():
+            await downloads.record_served(recording, download_id, sent)
+
+    return Stream(
+        delivery.stream_object(state.object_store, blob_key(row.sha256), byte_range, record),
+        status_code=status,
+        headers=headers,
+        media_type="application/octet-stream",
+    )
+
+
+@get(
+    "/products/{slug:str}/versions/{version:str}/files/{path:path}",
+    summary="Redirect to a fresh download URL (for curl -L)",
+    status_code=307,
+    tags=["downloads"],
+    security=BEARER,
+    guards=[authenticated],
+)
+async def file_redirect(
+    request: Request[Any, Any, Any],
+    session: Session,
+    audit_context: Audit,
+    principal: Caller,
+    state: State,
+    slug: FromPath[str],
+    version: FromPath[str],
+    path: FromPath[str],
+    entitlement_id: FromQuery[uuid.UUID],
+    purpose: Annotated[str, QueryParameter(description="one of the entitlement's purposes")],
+) -> Redirect:
+    """Grants the download (charged like ``POST /downloads``) and answers 307 to its URL."""
+    granted = await _grant(
+        request,
+        session,
+        audit_context,
+        principal,
+        state,
+        entitlement_id=entitlement_id,
+        product=slug,
+        version=version,
+        paths=[path.lstrip("/")],
+        patterns=None,
+        purpose=purpose,
+    )
+    out = await _out(request, state.object_store, state.settings, granted[0])
+    return Redirect(out.url, status_code=307, headers={"X-Corpora-Download-Id": str(out.download_id)})
+
+
+class UsageOut(msgspec.Struct):
+    since: dt.date
+    buyer: list[dict[str, Any]]
+    provider: list[dict[str, Any]]
+
+
+@get(
+    "/usage",
+    summary="Metered usage per entitlement, product and day (CSV with Accept: text/csv)",
+    tags=["downloads"],
+    security=BEARER,
+    guards=[authenticated],
+)
+async def usage(
+    request: Request[Any, Any, Any],
+    session: Session,
+    principal: Caller,
+    days: Annotated[int, QueryParameter(ge=1, le=366, description="how many days back")] = 30,
+) -> Response[Any]:
+    """``buyer``: grants, bytes charged and bytes served for the caller's organisations, per entitlement,
+    product and day. ``provider``: the same for the caller's products, per product and buyer organisation
+    (no buyer member is named)."""
+    if not principal.has_scope("usage:read") and not principal.has_scope("downloads"):
+        raise ProblemError(403, "forbidden", "Forbidden", "this API key lacks the 'usage:read' scope")
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+    buyer = await downloads.buyer_usage(session, principal, since)
+    provider = await downloads.provider_usage(session, principal, since)
+    if "text/csv" in request.headers.get("accept", ""):
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(
+            ["view", "day", "product", "buyer_org", "entitlement_id", "grants", "bytes_charged", "bytes_served"]
+        )
+        for view, rows in (("buyer", buyer), ("provider", provider)):
+            for r in rows:
+                writer.writerow(
+                    [
+                        view,
+                        r["day"],
+                        r["product"],
+                        r["buyer_org"],
+                        r.get("entitlement_id", ""),
+                        r["grants"],
+                        r["bytes_charged"],
+                        r["bytes_served"],
+                    ]
+                )
+        return Response(out.getvalue(), media_type="text/csv; charset=utf-8")
+    return Response(UsageOut(since=since.date(), buyer=buyer, provider=provider))
+
+
+route_handlers: list[ControllerRouterHandler] = [
+    create_download,
+    create_manifest,
+    refresh_downloads,
+    refresh_download,
+    download_content,
+    file_redirect,
+    usage,
+]

@@ -1,0 +1,447 @@
+"""Download grants: checks, metering, receipts, and the usage they add up to.
+
+A grant charges one download and the file's size against the entitlement with a single conditional
+UPDATE, records the grant and appends its audit event, all in the caller's transaction: concurrent grants
+never overshoot a quota, and a grant never exists without its audit event (or the reverse).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import fnmatch
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import jwt
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.accounts.models import Membership, Organization
+from app.audit import service as audit
+from app.audit.service import AuditContext
+from app.auth.keys import ALGORITHM, KeyRing
+from app.auth.principal import Principal
+from app.db import utcnow
+from app.errors import ProblemError, forbidden, not_found
+from catalog.models import Product, ProductVersion, VersionFile
+from catalog.service import semver_key
+from licensing.models import DownloadGrant, Entitlement
+from licensing.service import expire_due
+
+# A grant's URL may be refreshed, and its transfer resumed, for this long without a new charge.
+GRANT_WINDOW = dt.timedelta(hours=24)
+DOWNLOADER_ROLES = ("owner", "admin", "member")
+RECEIPT_TYPE = "corpora-receipt+jwt"
+RELEASED = ("published", "deprecated")
+
+
+class Refused(ProblemError):
+    """A grant refused for a reason the metrics count (revoked, expired, quota, …)."""
+
+    def __init__(self, status: int, reason: str, detail: str, **extra: Any) -> None:
+        titles = {
+            "quota-exceeded": "Quota exceeded",
+            "entitlement-inactive": "Entitlement not active",
+            "purpose-not-permitted": "Purpose not permitted",
+            "version-not-covered": "Version not covered",
+            "version-withdrawn": "Version withdrawn",
+        }
+        super().__init__(status, reason, titles.get(reason, "Download refused"), detail, extra=extra)
+        self.reason = reason
+
+
+@dataclasses.dataclass(slots=True)
+class Target:
+    entitlement: Entitlement
+    product: Product
+    version: ProductVersion
+    buyer_org: str
+
+
+@dataclasses.dataclass(slots=True)
+class Grant:
+    row: DownloadGrant
+    product: str
+    version: str
+    receipt: str
+    charged: bool
+
+
+async def _entitlement_for_download(
+    session: AsyncSession, principal: Principal, entitlement_id: uuid.UUID
+) -> tuple[Entitlement, str]:
+    """The entitlement, locked, if the caller may download under it; 404 otherwise."""
+    if not principal.has_scope("downloads"):
+        raise forbidden("this API key lacks the 'downloads' scope")
+    await expire_due(session, [entitlement_id])
+    row = (
+        await session.execute(
+            select(Entitlement, Organization.slug)
+            .join(Organization, Organization.id == Entitlement.buyer_org_id)
+            .join(
+                Membership,
+                and_(
+                    Membership.org_id == Entitlement.buyer_org_id,
+                    Membership.user_id == principal.user_id,
+                    Membership.role.in_(DOWNLOADER_ROLES),
+                ),
+            )
+            .where(Entitlement.id == entitlement_id)
+        )
+    ).one_or_none()
+    if row is None or (principal.api_key_org_id is not None and principal.api_key_org_id != row[0].buyer_org_id):
+        raise not_found("entitlement")
+    return row[0], row[1]
+
+
+def _check_active(entitlement: Entitlement, now: dt.datetime) -> None:
+    if entitlement.status != "active":
+        reason = f" ({entitlement.status_reason})" if entitlement.status_reason else ""
+        raise Refused(403, "entitlement-inactive", f"the entitlement is {entitlement.status}{reason}")
+    if not entitlement.valid_from <= now < entitlement.valid_until:
+        raise Refused(403, "entitlement-inactive", "the entitlement is outside its term")
+
+
+async def resolve_target(
+    session: AsyncSession, principal: Principal, entitlement_id: uuid.UUID, slug: str, version: str, purpose: str
+) -> Target:
+    """Every check a grant needs: membership, status, term, product, version coverage, purpose."""
+    entitlement, buyer_org = await _entitlement_for_download(session, principal, entitlement_id)
+    now = utcnow()
+    _check_active(entitlement, now)
+    product = await session.get(Product, entitlement.product_id)
+    assert product is not None
+    if product.slug != slug:
+        raise Refused(403, "version-not-covered", f"this entitlement is for '{product.slug}', not '{slug}'")
+    versions = list(
+        (await session.scalars(select(ProductVersion).where(ProductVersion.product_id == product.id))).all()
+    )
+    chosen = next((v for v in versions if v.version == version), None)
+    if chosen is None or chosen.state in ("draft", "in_review"):
+        raise not_found(f"version {version} of '{slug}'")
+    if chosen.state == "withdrawn":
+        raise Refused(403, "version-withdrawn", f"version {version} was withdrawn: {chosen.withdrawn_reason or ''}")
+    if entitlement.versions == "latest":
+        latest = max((v for v in versions if v.state in RELEASED), key=semver_key)
+        if latest.id != chosen.id:
+            raise Refused(
+                403,
+                "version-not-covered",
+                f"this entitlement covers the latest version only ({latest.version}), not {version}",
+                latest_version=latest.version,
+            )
+    if purpose not in entitlement.purposes:
+        raise Refused(
+            403,
+            "purpose-not-permitted",
+            f"this entitlement was granted for {', '.join(entitlement.purposes)}, not {purpose}",
+            permitted_purposes=list(entitlement.purposes),
+        )
+    return Target(entitlement, product, chosen, buyer_org)
+
+
+async def _charge(session: AsyncSession, entitlement: Entitlement, downloads: int, size: int) -> None:
+    """Charge atomically, or refuse with what remains: the WHERE clause is the quota check."""
+    now = utcnow()
+    charged = await session.scalar(
+        update(Entitlement)
+        .where(
+            Entitlement.id == entitlement.id,
+            Entitlement.status == "active",
+            Entitlement.valid_from <= now,
+            Entitlement.valid_until > now,
+            (Entitlement.downloads_limit.is_(None))
+            | (Entitlement.downloads_used + downloads <= Entitlement.downloads_limit),
+            (Entitlement.bytes_limit.is_(None)) | (Entitlement.bytes_used + size <= Entitlement.bytes_limit),
+        )
+        .values(downloads_used=Entitlement.downloads_used + downloads, bytes_used=Entitlement.bytes_used + size)
+        .returning(Entitlement.id)
+        .execution_options(synchronize_session=False)
+    )
+    if charged is not None:
+        return
+    current = (
+        await session.execute(
+            select(Entitlement).where(Entitlement.id == entitlement.id).execution_options(populate_existing=True)
+        )
+    ).scalar_one()
+    _check_active(current, now)
+    remaining = {
+        "downloads_remaining": None
+        if current.downloads_limit is None
+        else current.downloads_limit - current.downloads_used,
+        "bytes_remaining": None if current.bytes_limit is None else current.bytes_limit - current.bytes_used,
+    }
+    raise Refused(
+        429,
+        "quota-exceeded",
+        f"this needs {downloads} download(s) and {size} bytes; the entitlement has "
+        f"{remaining['downloads_remaining'] if remaining['downloads_remaining'] is not None else 'unlimited'} "
+        f"download(s) and "
+        f"{remaining['bytes_remaining'] if remaining['bytes_remaining'] is not None else 'unlimited'} bytes left",
+        **remaining,
+    )
+
+
+def sign_receipt(
+    keyring: KeyRing, grant: DownloadGrant, *, product: str, version: str, buyer_org: str, issuer: str
+) -> str:
+    """An Ed25519 JWS the buyer keeps as proof of lawful acquisition; verifiable with the public JWKS."""
+    key = keyring.active
+    claims = {
+        "iss": issuer,
+        "sub": buyer_org,
+        "iat": int(grant.granted_at.timestamp()),
+        "download_id": str(grant.id),
+        "entitlement_id": str(grant.entitlement_id),
+        "product": product,
+        "version": version,
+        "path": grant.path,
+        "sha256": grant.sha256,
+        "size": grant.size,
+        "purpose": grant.purpose,
+        "manifest_digest": grant.manifest_digest,
+        "granted_at": grant.granted_at.isoformat(),
+        "audit_event_hash": grant.audit_hash,
+    }
+    return jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": RECEIPT_TYPE})
+
+
+async def _files(session: AsyncSession, version: ProductVersion, patterns: Sequence[str] | None) -> list[VersionFile]:
+    files = list(
+        (
+            await session.scalars(
+                select(VersionFile)
+                .where(VersionFile.version_id == version.id, VersionFile.status == "verified")
+                .order_by(VersionFile.path)
+            )
+        ).all()
+    )
+    if patterns is None:
+        return files
+    return [f for f in files if any(fnmatch.fnmatchcase(f.path, p) for p in patterns)]
+
+
+async def grant(
+    session: AsyncSession,
+    context: AuditContext,
+    principal: Principal,
+    keyring: KeyRing,
+    *,
+    entitlement_id: uuid.UUID,
+    slug: str,
+    version: str,
+    paths: Sequence[str] | None,
+    patterns: Sequence[str] | None = None,
+    purpose: str,
+    mode: str,
+    url_seconds: int,
+    issuer: str,
+) -> list[Grant]:
+    """Grant the named files (or those matching ``patterns``), charged together: all or nothing."""
+    target = await resolve_target(session, principal, entitlement_id, slug, version, purpose)
+    files = await _files(session, target.version, patterns)
+    if paths is not None:
+        by_path = {f.path: f for f in files}
+        missing = [p for p in paths if p not in by_path]
+        if missing:
+            raise not_found(f"file '{missing[0]}' in {slug}@{version}")
+        files = [by_path[p] for p in dict.fromkeys(paths)]
+    if not files:
+        raise not_found(f"files matching {list(patterns or [])} in {slug}@{version}")
+    await _charge(session, target.entitlement, len(files), sum(f.size for f in files))
+    assert target.version.manifest_digest is not None
+    now = utcnow()
+    results: list[Grant] = []
+    for file in files:
+        row = DownloadGrant(
+            id=uuid.uuid4(),
+            entitlement_id=entitlement_id,
+            user_id=principal.user_id,
+            api_key_id=principal.api_key_id,
+            file_id=file.id,
+            version_id=target.version.id,
+            path=file.path,
+            sha256=file.sha256,
+            size=file.size,
+            purpose=purpose,
+            mode=mode,
+            manifest_digest=target.version.manifest_digest,
+            granted_at=now,
+            window_ends_at=now + GRANT_WINDOW,
+            url_expires_at=now + dt.timedelta(seconds=url_seconds),
+            refreshed=0,
+            bytes_charged=file.size,
+            bytes_served=0,
+            audit_hash="",
+        )
+        session.add(row)
+        await session.flush()
+        event = await audit.record(
+            session,
+            context,
+            "download.granted",
+            org_id=target.entitlement.buyer_org_id,
+            target_type="download",
+            target_id=row.id,
+            details={
+                "entitlement_id": str(entitlement_id),
+                "product": slug,
+                "version": version,
+                "path": file.path,
+                "sha256": file.sha256,
+                "bytes_charged": file.size,
+                "purpose": purpose,
+                "mode": mode,
+            },
+        )
+        row.audit_hash = event.hash.hex()
+        receipt = sign_receipt(keyring, row, product=slug, version=version, buyer_org=target.buyer_org, issuer=issuer)
+        results.append(Grant(row, slug, version, receipt, charged=True))
+    await session.flush()
+    return results
+
+
+async def refresh(
+    session: AsyncSession,
+    context: AuditContext,
+    principal: Principal,
+    keyring: KeyRing,
+    download_ids: Sequence[uuid.UUID],
+    *,
+    url_seconds: int,
+    issuer: str,
+) -> list[Grant]:
+    """Fresh URLs for the caller's grants still in their window; nothing is charged again."""
+    grants: list[Grant] = []
+    for download_id in dict.fromkeys(download_ids):
+        row = await grant_for_content(session, principal, download_id, lock=True)
+        now = utcnow()
+        row.refreshed += 1
+        row.url_expires_at = min(now + dt.timedelta(seconds=url_seconds), row.window_ends_at)
+        slug, version, buyer_org, buyer_org_id = (
+            await session.execute(
+                select(Product.slug, ProductVersion.version, Organization.slug, Organization.id)
+                .join(Product, Product.id == ProductVersion.product_id)
+                .join(Entitlement, Entitlement.product_id == Product.id)
+                .join(Organization, Organization.id == Entitlement.buyer_org_id)
+                .where(ProductVersion.id == row.version_id, Entitlement.id == row.entitlement_id)
+            )
+        ).one()
+        await session.flush()
+        await audit.record(
+            session,
+            context,
+            "download.refreshed",
+            org_id=buyer_org_id,
+            target_type="download",
+            target_id=row.id,
+            details={"path": row.path, "refreshed": row.refreshed},
+        )
+        receipt = sign_receipt(keyring, row, product=slug, version=version, buyer_org=buyer_org, issuer=issuer)
+        grants.append(Grant(row, slug, version, receipt, charged=False))
+    return grants
+
+
+async def grant_for_content(
+    session: AsyncSession, principal: Principal, download_id: uuid.UUID, *, lock: bool = False
+) -> DownloadGrant:
+    """The caller's grant, re-checked now: revocation, expiry and withdrawal cut proxied transfers and refreshes."""
+    query = select(DownloadGrant).where(DownloadGrant.id == download_id, DownloadGrant.user_id == principal.user_id)
+    row = await session.scalar(query.with_for_update() if lock else query)
+    if row is None:
+        raise not_found("download")
+    entitlement, _ = await _entitlement_for_download(session, principal, row.entitlement_id)
+    now = utcnow()
+    _check_active(entitlement, now)
+    if row.window_ends_at <= now:
+        raise Refused(403, "grant-expired", "this download's window has ended; request a new grant")
+    state = await session.scalar(select(ProductVersion.state).where(ProductVersion.id == row.version_id))
+    if state == "withdrawn":
+        raise Refused(403, "version-withdrawn", "the version was withdrawn; its files are no longer delivered")
+    return row
+
+
+async def record_served(session: AsyncSession, download_id: uuid.UUID, sent: int) -> None:
+    await session.execute(
+        update(DownloadGrant)
+        .where(DownloadGrant.id == download_id)
+        .values(bytes_served=DownloadGrant.bytes_served + sent)
+    )
+
+
+# --- usage -----------------------------------------------------------------------------------------------
+
+
+async def buyer_usage(session: AsyncSession, principal: Principal, since: dt.datetime) -> list[dict[str, Any]]:
+    """Grants, bytes charged and bytes served per entitlement, product and day, for the caller's orgs."""
+    day = func.date_trunc("day", DownloadGrant.granted_at)
+    buyer_orgs = select(Membership.org_id).where(Membership.user_id == principal.user_id)
+    if principal.api_key_org_id is not None:
+        buyer_orgs = buyer_orgs.where(Membership.org_id == principal.api_key_org_id)
+    rows = await session.execute(
+        select(
+            Entitlement.id,
+            Organization.slug,
+            Product.slug,
+            day,
+            func.count(),
+            func.sum(DownloadGrant.bytes_charged),
+            func.sum(DownloadGrant.bytes_served),
+        )
+        .join(Entitlement, Entitlement.id == DownloadGrant.entitlement_id)
+        .join(Product, Product.id == Entitlement.product_id)
+        .join(Organization, Organization.id == Entitlement.buyer_org_id)
+        .where(Entitlement.buyer_org_id.in_(buyer_orgs), DownloadGrant.granted_at >= since)
+        .group_by(Entitlement.id, Organization.slug, Product.slug, day)
+        .order_by(day, Product.slug)
+    )
+    return [
+        {
+            "entitlement_id": str(e),
+            "buyer_org": org,
+            "product": product,
+            "day": d.date().isoformat(),
+            "grants": n,
+            "bytes_charged": int(charged or 0),
+            "bytes_served": int(served or 0),
+        }
+        for e, org, product, d, n, charged, served in rows
+    ]
+
+
+async def provider_usage(session: AsyncSession, principal: Principal, since: dt.datetime) -> list[dict[str, Any]]:
+    """The same, aggregated per product and buyer org, for the caller's products — no buyer members named."""
+    day = func.date_trunc("day", DownloadGrant.granted_at)
+    provider_orgs = select(Membership.org_id).where(Membership.user_id == principal.user_id)
+    if principal.api_key_org_id is not None:
+        provider_orgs = provider_orgs.where(Membership.org_id == principal.api_key_org_id)
+    rows = await session.execute(
+        select(
+            Product.slug,
+            Organization.slug,
+            day,
+            func.count(),
+            func.sum(DownloadGrant.bytes_charged),
+            func.sum(DownloadGrant.bytes_served),
+        )
+        .join(Entitlement, Entitlement.id == DownloadGrant.entitlement_id)
+        .join(Product, Product.id == Entitlement.product_id)
+        .join(Organization, Organization.id == Entitlement.buyer_org_id)
+        .where(Product.org_id.in_(provider_orgs), DownloadGrant.granted_at >= since)
+        .group_by(Product.slug, Organization.slug, day)
+        .order_by(day, Product.slug)
+    )
+    return [
+        {
+            "product": product,
+            "buyer_org": org,
+            "day": d.date().isoformat(),
+            "grants": n,
+            "bytes_charged": int(charged or 0),
+            "bytes_served": int(served or 0),
+        }
+        for product, org, d, n, charged, served in rows
+    ]
