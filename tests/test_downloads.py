@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import time
 import uuid
 from typing import Any
 
@@ -205,7 +204,7 @@ async def test_tampered_and_expired_presigned_urls_are_refused_by_the_object_sto
         assert (await s3.get(tampered_expiry)).status_code == 403
         short = await app.state.object_store.presigned_get(f"blobs/sha256/{body['sha256'][:2]}/{body['sha256']}", 1)
         assert (await s3.get(short)).status_code == 200
-        time.sleep(2.2)
+        await asyncio.sleep(2.2)
         assert (await s3.get(short)).status_code == 403
 
 
