@@ -118,7 +118,7 @@ def measure(
     *,
     headers: dict[str, str] | None = None,
     db_pid: int | None = None,
-) -> float:
+) -> _common.LoadResult:
     if args.warmup > 0:
         _common.run_load(url, tool=args.tool, duration=args.warmup, connections=args.connections, headers=headers)
     result = _common.run_load(
@@ -133,7 +133,26 @@ def measure(
     )
     _common.require_clean(result, name)
     print(f"  {name:<5} {result.describe()}", flush=True)
-    return result.rps
+    return result
+
+
+def _cpu_per_request_us(runs: list[_common.LoadResult], field: str) -> float | None:
+    values = [getattr(run, field) / run.requests for run in runs if getattr(run, field) is not None and run.requests]
+    return 1e6 * statistics.median(values) if values else None
+
+
+def cpu_summary(bare_runs: list[_common.LoadResult], me_runs: list[_common.LoadResult]) -> str:
+    """The cost side of the ratio: server CPU per request, which other load on the machine moves less."""
+    bare = _cpu_per_request_us(bare_runs, "server_cpu_s")
+    me = _cpu_per_request_us(me_runs, "server_cpu_s")
+    if bare is None or me is None:
+        return "server CPU per request: not measured (needs Linux /proc)"
+    db = _cpu_per_request_us(me_runs, "db_cpu_s")
+    db_text = f" + {db:.0f} us in PostgreSQL" if db is not None else ""
+    return (
+        f"server CPU per request: bare {bare:.0f} us, /me {me:.0f} us{db_text}; "
+        f"bare / /me = {_common.ratio(bare, me):.2f}"
+    )
 
 
 # --- profiling ----------------------------------------------------------------------------------------------
@@ -175,28 +194,38 @@ LEAF_GROUPS = [
 ]
 
 
-def _frames(stack: str) -> list[str]:
-    return [frame for frame in stack.split(";") if frame and not frame.startswith(("process ", "thread "))]
+# Innermost frames of a thread that is waiting, not working: the event loop's select, idle executor threads.
+IDLE_LEAF = re.compile(
+    r"^(?:\S+\.)?(?:select|poll|wait|_worker|_wait_for_tstate_lock) \((?:[^()]*/)?(?:selectors|threading|"
+    r"concurrent/futures/thread|multiprocessing/\S+|asyncio/\S+)\.py"
+)
 
 
 def summarise_profile(path: Path) -> str:
+    """Where the corpora worker processes spent their time, from py-spy's raw (collapsed) output."""
     samples: list[tuple[list[str], int]] = []
-    native = 0
+    skipped = collections.Counter[str]()
     for line in path.read_text().splitlines():
         stack, _, number = line.rpartition(" ")
         if not (stack and number.isdigit()):
             continue
-        frames = _frames(stack)
-        if frames:
-            samples.append((frames, int(number)))
+        parts = stack.split(";")
+        processes = sum(1 for part in parts if part.startswith("process "))
+        frames = [part for part in parts if part and not part.startswith(("process ", "thread "))]
+        if processes < 2:
+            skipped["in the supervisor process"] += int(number)
+        elif not frames:
+            skipped["without a Python frame (granian's native threads)"] += int(number)
+        elif IDLE_LEAF.search(frames[-1]):
+            skipped["waiting (event loop select, idle threads)"] += int(number)
         else:
-            native += int(number)
+            samples.append((frames, int(number)))
     total = sum(count for _, count in samples)
     if total == 0:
-        return "py-spy recorded no Python samples"
+        return "py-spy recorded no busy samples in the worker processes"
+    left_out = ", ".join(f"{count} {why}" for why, count in skipped.most_common()) or "none"
     lines = [
-        f"{total} samples with Python frames in the corpora processes (idle excluded; another {native} samples "
-        "had no Python frame: granian's native threads)",
+        f"{total} busy samples in the worker processes' Python threads (left out: {left_out})",
         "",
         "inclusive (share of Python samples with such a frame anywhere on the stack):",
     ]
@@ -237,7 +266,7 @@ def profile(servers: Servers, email: str, args: argparse.Namespace) -> None:
     )
     try:
         time.sleep(1)  # py-spy attaches
-        _common.run_load(
+        result = _common.run_load(
             f"{servers.corpora_url}{ME_PATH}",
             tool=args.tool,
             duration=duration,
@@ -245,6 +274,7 @@ def profile(servers: Servers, email: str, args: argparse.Namespace) -> None:
             threads=args.threads,
             headers={"Authorization": f"Bearer {token}"},
         )
+        _common.require_clean(result, "/me under the profiler")
         _, stderr = recorder.communicate(timeout=60)
     finally:
         if recorder.poll() is None:
@@ -252,7 +282,9 @@ def profile(servers: Servers, email: str, args: argparse.Namespace) -> None:
             recorder.wait()
     if recorder.returncode != 0 or not out.exists():
         raise RuntimeError(f"py-spy failed ({recorder.returncode}): {stderr.decode(errors='replace')}")
-    print(f"\nprofile of GET {ME_PATH} ({duration}s under load; collapsed stacks in {out}):")
+    print(
+        f"\nprofile of GET {ME_PATH}, {duration}s under load ({result.rps:.0f} req/s while sampled; stacks in {out}):"
+    )
     print(summarise_profile(out))
 
 
@@ -313,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     from app.cli import resolve
     from app.settings import Settings
 
-    bare_rps: list[float] = []
-    me_rps: list[float] = []
+    bare_runs: list[_common.LoadResult] = []
+    me_runs: list[_common.LoadResult] = []
     with _common.exit_on_sigterm():
         print("starting embedded PostgreSQL and SeaweedFS, migrating ...", flush=True)
         started = time.monotonic()
@@ -332,18 +364,20 @@ def main(argv: list[str] | None = None) -> int:
                     if args.rounds > 1:
                         print(f"round {round_no}/{args.rounds}")
                     bare_url = f"{servers.bare_url}{_common.BARE_PATH}"
-                    bare_rps.append(measure(bare_url, "bare", args, servers.bare))
+                    bare_runs.append(measure(bare_url, "bare", args, servers.bare))
                     token = access_token(servers.corpora_url, email)  # fresh, so it cannot expire mid-run
                     headers = {"Authorization": f"Bearer {token}"}
                     me_url = f"{servers.corpora_url}{ME_PATH}"
-                    me_rps.append(measure(me_url, "/me", args, servers.corpora, headers=headers, db_pid=postmaster))
-                bare, me = statistics.median(bare_rps), statistics.median(me_rps)
+                    me_runs.append(measure(me_url, "/me", args, servers.corpora, headers=headers, db_pid=postmaster))
+                bare = statistics.median(run.rps for run in bare_runs)
+                me = statistics.median(run.rps for run in me_runs)
                 share = _common.ratio(me, bare)
                 print()
                 print(f"bare Litestar JSON endpoint (GET {_common.BARE_PATH}): {bare:10.0f} req/s")
                 print(f"authenticated GET {ME_PATH}:                {me:10.0f} req/s")
                 verdict = "meets" if share >= TARGET_RATIO else "is BELOW"
                 print(f"ratio /me / bare: {share:.2f} ({verdict} the target of {TARGET_RATIO:.2f})", flush=True)
+                print(cpu_summary(bare_runs, me_runs), flush=True)
                 if args.profile:
                     profile(servers, email, args)
         finally:
