@@ -1,22 +1,42 @@
-"""Appending to and verifying the audit hash chain."""
+"""Appending to and verifying the audit hash chain.
+
+``hash = sha256(prev_hash || canonical(event))``, starting from 32 zero bytes. ``canonical`` is a compact
+JSON array with the fields in this fixed order::
+
+    [seq, "occurred_at", "actor", "org_id"|null, "action", "target_type"|null, "target_id"|null,
+     "request_id"|null, "client_addr"|null, details]
+
+``occurred_at`` is written ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (UTC, microseconds), ``org_id`` as the
+lowercase hyphenated UUID, strings with JSON's minimal escaping (``"``, ``\\`` and control characters;
+everything else as UTF-8), and ``details`` exactly as PostgreSQL prints the stored ``jsonb`` value
+(``details::text``). Hashing the database's own rendering of ``details`` keeps the chain independent of
+how any client would re-serialise numbers or order keys.
+
+The append statement renders these bytes in SQL (so the head lock is held for one statement only);
+verification renders them again in Python from the column values, independently of that SQL.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import hashlib
-import json
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import insert, select, update
+import msgspec
+from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, Text, bindparam, cast, column, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEvent, AuditHead
-from app.db import utcnow
 
 GENESIS_HASH = bytes(32)
+VERIFY_BATCH = 20_000
+
+_encode = msgspec.json.Encoder().encode
+_sha256 = hashlib.sha256
+_Raw = msgspec.Raw
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -31,55 +51,136 @@ class AuditContext:
 SYSTEM = AuditContext(actor="system")
 
 
+def format_time(moment: dt.datetime) -> str:
+    """The hashed form of ``occurred_at``: UTC, microseconds, ``Z``."""
+    return f"{moment.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%S.%fZ}"
+
+
 def canonical(
     *,
     seq: int,
-    occurred_at: dt.datetime,
+    occurred_at: dt.datetime | str,
     actor: str,
-    org_id: uuid.UUID | None,
+    org_id: uuid.UUID | str | None,
     action: str,
     target_type: str | None,
     target_id: str | None,
     request_id: str | None,
     client_addr: str | None,
-    details: Mapping[str, Any],
+    details_json: str | bytes,
 ) -> bytes:
-    """The byte encoding that is hashed: sorted-key compact JSON, UTC time with microseconds."""
-    document = {
-        "seq": seq,
-        "occurred_at": occurred_at.astimezone(dt.UTC).isoformat(timespec="microseconds"),
-        "actor": actor,
-        "org_id": str(org_id) if org_id is not None else None,
-        "action": action,
-        "target_type": target_type,
-        "target_id": target_id,
-        "request_id": request_id,
-        "client_addr": client_addr,
-        "details": details,
-    }
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """The bytes that are hashed for one event; ``details_json`` is the stored ``jsonb`` as PostgreSQL prints it."""
+    return _encode(
+        (
+            seq,
+            occurred_at if isinstance(occurred_at, str) else format_time(occurred_at),
+            actor,
+            str(org_id) if org_id is not None else None,
+            action,
+            target_type,
+            target_id,
+            request_id,
+            client_addr,
+            _Raw(details_json),
+        )
+    )
 
 
 def chain_hash(prev_hash: bytes, encoded: bytes) -> bytes:
-    return hashlib.sha256(prev_hash + encoded).digest()
+    return _sha256(prev_hash + encoded).digest()
 
 
-def event_hash(event: AuditEvent) -> bytes:
-    return chain_hash(
-        event.prev_hash,
-        canonical(
-            seq=event.seq,
-            occurred_at=event.occurred_at,
-            actor=event.actor,
-            org_id=event.org_id,
-            action=event.action,
-            target_type=event.target_type,
-            target_id=event.target_id,
-            request_id=event.request_id,
-            client_addr=event.client_addr,
-            details=event.details,
-        ),
-    )
+# The columns verification reads, as plain values in the text forms that ``canonical`` hashes.
+CHAIN_COLUMNS = (
+    AuditEvent.seq,
+    func.to_char(func.timezone("UTC", AuditEvent.occurred_at), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"', type_=Text).label(
+        "occurred_at"
+    ),
+    AuditEvent.actor,
+    cast(AuditEvent.org_id, Text).label("org_id"),
+    AuditEvent.action,
+    AuditEvent.target_type,
+    AuditEvent.target_id,
+    AuditEvent.request_id,
+    AuditEvent.client_addr,
+    cast(AuditEvent.details, Text).label("details"),
+    AuditEvent.prev_hash,
+    AuditEvent.hash,
+)
+ChainRow = tuple[int, str, str, str | None, str, str | None, str | None, str | None, str | None, str, bytes, bytes]
+
+
+def row_hash(row: Sequence[Any]) -> bytes:
+    """The hash a row of ``CHAIN_COLUMNS`` should carry, from its own ``prev_hash`` and content."""
+    seq, occurred, actor, org, action, ttype, tid, rid, addr, details, prev_hash, _ = row
+    encoded = _encode((seq, occurred, actor, org, action, ttype, tid, rid, addr, _Raw(details)))
+    return _sha256(prev_hash + encoded).digest()
+
+
+def _details_json(details: Mapping[str, Any] | None) -> str:
+    """``details`` as JSON text for ``jsonb``; values JSON lacks (UUIDs, datetimes, …) become strings."""
+    encoded = msgspec.json.encode(dict(details or {}), enc_hook=str)
+    if b"\\u0000" in encoded:  # jsonb cannot store NUL characters
+        encoded = msgspec.json.encode(_without_nul(msgspec.json.decode(encoded)))
+    return encoded.decode()
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+# One statement appends an event: it locks the head row, inserts the event with its hash computed by
+# PostgreSQL from exactly the encoding ``canonical`` describes, and advances the head. The lock is held
+# only from here to the end of the caller's transaction, with no client round trip in between, and the
+# timestamp is taken under the lock, so ``occurred_at`` never decreases along the chain.
+_APPEND = text(
+    """
+WITH input AS (
+    SELECT CAST(:actor AS text) AS actor, CAST(:org_id AS uuid) AS org_id, CAST(:action AS text) AS action,
+           CAST(:target_type AS text) AS target_type, CAST(:target_id AS text) AS target_id,
+           CAST(:request_id AS text) AS request_id, CAST(:client_addr AS text) AS client_addr,
+           CAST(CAST(:details AS text) AS jsonb) AS details
+), head AS (
+    SELECT seq + 1 AS seq, hash AS prev_hash FROM audit_head WHERE id = 1 FOR UPDATE
+), event AS (
+    SELECT head.seq, head.prev_hash, pg_catalog.clock_timestamp() AS occurred_at, input.* FROM head, input
+), appended AS (
+    INSERT INTO audit_events (seq, occurred_at, actor, org_id, action, target_type, target_id, request_id,
+                              client_addr, details, prev_hash, hash)
+    SELECT e.seq, e.occurred_at, e.actor, e.org_id, e.action, e.target_type, e.target_id, e.request_id,
+           e.client_addr, e.details, e.prev_hash,
+           pg_catalog.sha256(e.prev_hash || pg_catalog.convert_to(
+               '[' || e.seq
+               || ',"' || pg_catalog.to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+               || '",' || pg_catalog.to_json(e.actor)
+               || ',' || coalesce('"' || CAST(e.org_id AS text) || '"', 'null')
+               || ',' || pg_catalog.to_json(e.action)
+               || ',' || coalesce(CAST(pg_catalog.to_json(e.target_type) AS text), 'null')
+               || ',' || coalesce(CAST(pg_catalog.to_json(e.target_id) AS text), 'null')
+               || ',' || coalesce(CAST(pg_catalog.to_json(e.request_id) AS text), 'null')
+               || ',' || coalesce(CAST(pg_catalog.to_json(e.client_addr) AS text), 'null')
+               || ',' || CAST(e.details AS text)
+               || ']',
+               'UTF8'))
+    FROM event AS e
+    RETURNING seq, occurred_at, prev_hash, hash, CAST(details AS text) AS details
+)
+UPDATE audit_head SET seq = a.seq, hash = a.hash FROM appended AS a WHERE audit_head.id = 1
+RETURNING a.seq, a.occurred_at, a.prev_hash, a.hash, a.details
+"""
+).columns(
+    column("seq", BigInteger),
+    column("occurred_at", DateTime(timezone=True)),
+    column("prev_hash", LargeBinary),
+    column("hash", LargeBinary),
+    column("details", Text),
+)
 
 
 async def record(
@@ -97,37 +198,36 @@ async def record(
     Taking the head row's lock serialises appends until the transaction ends, so call this as the last
     write of a request. A rolled-back transaction takes its sequence number back with it: no gaps.
     """
-    head = (
+    target = str(target_id) if target_id is not None else None
+    row = (
         await session.execute(
-            update(AuditHead)
-            .where(AuditHead.id == 1)
-            .values(seq=AuditHead.seq + 1)
-            .returning(AuditHead.seq, AuditHead.hash)
+            _APPEND,
+            {
+                "actor": context.actor,
+                "org_id": str(org_id) if org_id is not None else None,
+                "action": action,
+                "target_type": target_type,
+                "target_id": target,
+                "request_id": context.request_id,
+                "client_addr": context.client_addr,
+                "details": _details_json(details),
+            },
         )
     ).one()
-    seq, prev_hash = head.seq, head.hash
-    # Round-trip through JSON so the hashed details equal what JSONB gives back on verification.
-    body = json.loads(json.dumps(dict(details or {}), default=str))
-    event = AuditEvent(
-        seq=seq,
-        occurred_at=utcnow(),
+    return AuditEvent(
+        seq=row.seq,
+        occurred_at=row.occurred_at,
         actor=context.actor,
         org_id=org_id,
         action=action,
         target_type=target_type,
-        target_id=str(target_id) if target_id is not None else None,
+        target_id=target,
         request_id=context.request_id,
         client_addr=context.client_addr,
-        details=body,
-        prev_hash=prev_hash,
-        hash=b"",
+        details=msgspec.json.decode(row.details),
+        prev_hash=row.prev_hash,
+        hash=row.hash,
     )
-    event.hash = event_hash(event)
-    await session.execute(
-        insert(AuditEvent).values({c.key: getattr(event, c.key) for c in AuditEvent.__table__.columns})
-    )
-    await session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=event.hash))
-    return event
 
 
 @dataclasses.dataclass(slots=True)
@@ -138,64 +238,115 @@ class ChainReport:
     head_hash: str | None
     first_bad_event: int | None
     problem: str | None
+    checkpoints_checked: int = 0
+    last_checkpoint_seq: int | None = None
 
 
-async def iter_events(session: AsyncSession, batch: int = 5000) -> AsyncIterator[AuditEvent]:
-    """Every event in ``seq`` order, read in keyset batches."""
-    after = 0
-    while True:
-        rows = (
-            await session.scalars(
-                select(AuditEvent).where(AuditEvent.seq > after).order_by(AuditEvent.seq).limit(batch)
-            )
-        ).all()
-        if not rows:
-            return
-        for row in rows:
-            yield row
-        after = rows[-1].seq
+_CHAIN_QUERY = (
+    select(*CHAIN_COLUMNS)
+    .where(AuditEvent.seq > bindparam("after", type_=BigInteger))
+    .where(AuditEvent.seq <= bindparam("until", type_=BigInteger))
+    .order_by(AuditEvent.seq)
+    .limit(bindparam("batch", type_=Integer))
+)
 
 
-async def verify_chain(session: AsyncSession, checkpoints: Mapping[int, bytes] | None = None) -> ChainReport:
+async def chain_rows(session: AsyncSession, *, after: int, until: int, batch: int = VERIFY_BATCH) -> Sequence[Any]:
+    """One keyset batch of ``CHAIN_COLUMNS`` tuples with ``after < seq <= until``, in ``seq`` order.
+
+    The Core select is run on the driver connection of the session's own connection (in its transaction):
+    asyncpg's records are plain tuples already, and skipping SQLAlchemy's per-row result objects more than
+    halves the client-side cost of reading the chain.
+    """
+    connection = await session.connection()
+    values = {"after": after, "until": until, "batch": batch}
+    driver: Any = (await connection.get_raw_connection()).driver_connection
+    compiled = _CHAIN_QUERY.compile(dialect=connection.dialect)
+    positions = getattr(compiled, "positiontup", None)
+    if not hasattr(driver, "fetch") or positions is None:  # not asyncpg: the ordinary Core path
+        return (await connection.execute(_CHAIN_QUERY, values)).all()
+    params = {**compiled.params, **values}
+    rows: Sequence[Any] = await driver.fetch(compiled.string, *(params[name] for name in positions))
+    return rows
+
+
+async def verify_chain(
+    session: AsyncSession, checkpoints: Mapping[int, bytes] | None = None, *, batch: int = VERIFY_BATCH
+) -> ChainReport:
     """Recompute the chain from the genesis and compare it with signed checkpoints (``seq → hash``).
 
-    Detects a modified row (hash mismatch), a deleted row (sequence gap), reordered rows (broken links)
-    and a truncated tail (a checkpoint beyond the last event, or one that no longer matches).
+    Detects a modified row (hash mismatch), a deleted row (sequence gap), reordered rows (broken links or
+    hashes), a truncated tail (the head row, or a checkpoint beyond the last event) and a consistent
+    rewrite (the recomputed chain no longer matches a signed checkpoint).
+
+    Only events up to the head read at the start are checked, so appends running concurrently neither
+    disturb nor slow the check. Read the checkpoints *before* calling this: every checkpoint then covers
+    an event that was committed before the head was read.
     """
     checkpoints = dict(checkpoints or {})
-    expected_seq = 1
+    head = (await session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one_or_none()
+    if head is None:
+        return ChainReport(False, 0, 0, None, 1, "the chain head row is missing")
+    head_seq: int = head.seq
+
+    expected = 1
     prev = GENESIS_HASH
     checked = 0
+    compared = 0
+    good_checkpoint = 0  # the last signed checkpoint the recomputed chain matched
 
-    def bad(seq: int, problem: str) -> ChainReport:
-        return ChainReport(False, checked, expected_seq - 1, prev.hex(), seq, problem)
+    def report(first_bad: int | None, problem: str | None) -> ChainReport:
+        return ChainReport(
+            ok=problem is None,
+            events_checked=checked,
+            head_seq=expected - 1,
+            head_hash=prev.hex() if expected > 1 else None,
+            first_bad_event=first_bad,
+            problem=problem,
+            checkpoints_checked=compared,
+            last_checkpoint_seq=good_checkpoint or None,
+        )
 
-    async for event in iter_events(session):
-        if event.seq != expected_seq:
-            return bad(expected_seq, f"event {expected_seq} is missing (next present is {event.seq})")
-        if event.prev_hash != prev:
-            return bad(event.seq, f"event {event.seq} does not link to the event before it")
-        if event_hash(event) != event.hash:
-            return bad(event.seq, f"event {event.seq} was altered: its content does not match its hash")
-        if (signed := checkpoints.get(event.seq)) is not None and signed != event.hash:
-            return bad(event.seq, f"event {event.seq} differs from the signed checkpoint at that position")
-        prev = event.hash
-        checked += 1
-        expected_seq += 1
-    last = expected_seq - 1
+    encode = _encode
+    raw = _Raw
+    sha256 = _sha256
+    signed_at = checkpoints.get
+    after = 0
+    while after < head_seq:
+        rows = await chain_rows(session, after=after, until=head_seq, batch=batch)
+        if not rows:
+            break
+        for seq, occurred, actor, org, action, ttype, tid, rid, addr, details, prev_hash, stored in rows:
+            if seq != expected:
+                return report(expected, f"event {expected} is missing (the next present is {seq})")
+            own = sha256(prev_hash + encode((seq, occurred, actor, org, action, ttype, tid, rid, addr, raw(details))))
+            if own.digest() != stored:
+                return report(seq, f"event {seq} was altered: its content does not match its hash")
+            if prev_hash != prev:
+                # The row is self-consistent, so the one before it was rewritten with a new hash.
+                return report(seq - 1, f"event {seq} does not link to event {seq - 1}: event {seq - 1} was altered")
+            if (signed := signed_at(seq)) is not None:
+                compared += 1
+                if signed != stored:
+                    return report(
+                        good_checkpoint + 1,
+                        f"event {seq} differs from the signed checkpoint at that position: events "
+                        f"{good_checkpoint + 1}..{seq} were rewritten",
+                    )
+                good_checkpoint = seq
+            prev = stored
+            checked += 1
+            expected += 1
+        after = expected - 1
+    last = expected - 1
+    if last < head_seq:
+        return report(last + 1, f"the chain head records {head_seq} events but the log ends at event {last}")
+    if checked and head.hash != prev:
+        return report(last, f"the chain head's hash does not match event {last}")
     beyond = [seq for seq in checkpoints if seq > last]
     if beyond:
-        return ChainReport(
-            False,
-            checked,
-            last,
-            prev.hex() if checked else None,
+        return report(
             last + 1,
             f"the log ends at event {last} but a signed checkpoint covers event {max(beyond)}: the tail was truncated",
         )
-    head = (await session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one_or_none()
-    if head is not None and head.seq != last:
-        return ChainReport(
-            False, checked, last, prev.hex(), last + 1, f"the chain head says {head.seq} events, found {last}"
-        )
-    return ChainReport(True, checked, last, prev.hex() if checked else None, None, None)
+    return report(None, None)

@@ -1,0 +1,470 @@
+"""Tampering with the audit chain as a database superuser, detected by verification and the signed checkpoints.
+
+Everything here runs in a private database and bucket created for this module: tampering needs
+``ALTER TABLE audit_events DISABLE TRIGGER ALL``, and each scenario runs inside a transaction that is
+rolled back afterwards, so the scenarios do not see each other's damage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import logging
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import jwt
+import pytest
+import pytest_asyncio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from litestar.testing import AsyncTestClient
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.accounts import service as accounts
+from app.audit import checkpoints
+from app.audit.service import SYSTEM, AuditContext, canonical, chain_rows, record, row_hash, verify_chain
+from app.auth.keys import KeyRing, SigningKey, load_keyring
+from app.db import create_engine
+from app.main import create_app
+from app.migrate import upgrade
+from app.objectstore import ObjectStore
+from app.settings import Settings
+from tests.conftest import PASSWORD, Servers, create_database
+
+# Strings that JSON escapes (quotes, backslashes, control characters) or that are easy to mis-encode.
+AWKWARD = 'q" b\\ n\n t\t \x07 \x7f \u00e9 \u2028 \U0001f600'
+
+
+@dataclasses.dataclass
+class Private:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    store: ObjectStore
+    keyring: KeyRing
+    early_checkpoint: int
+
+
+async def _append(sessionmaker: async_sessionmaker[AsyncSession], count: int, **fields: Any) -> None:
+    for i in range(count):
+        async with sessionmaker() as session, session.begin():
+            await record(
+                session,
+                AuditContext(actor=f"user:{uuid.uuid4()}", request_id=f"req-{i}", client_addr="192.0.2.7"),
+                "test.event",
+                org_id=uuid.uuid4(),
+                target_type="thing",
+                target_id=i,
+                details={"i": i, "price": 12.5, "tags": ["a", "b"], "big": 10**20, **fields},
+            )
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def private(servers: Servers, settings: Settings) -> AsyncIterator[Private]:
+    name = f"corpora_audit_{secrets.token_hex(4)}"
+    url = await create_database(servers.database_url, name)
+    await asyncio.to_thread(upgrade, url)
+    mine = dataclasses.replace(settings, database_url=url, s3_bucket=f"corpora-audit-{secrets.token_hex(4)}")
+    engine = create_engine(url, pool_size=4)
+    sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+    store = ObjectStore(mine)
+    await store.ensure_bucket()
+    keyring = load_keyring(mine)
+    await _append(sessionmaker, 5)
+    early = await checkpoints.write_checkpoint(mine, sessionmaker, store, keyring)
+    assert early is not None
+    await _append(sessionmaker, 25, note=AWKWARD)
+    async with sessionmaker() as session, session.begin():
+        await record(
+            session,
+            AuditContext(actor=AWKWARD, request_id=None, client_addr=None),
+            AWKWARD,
+            target_type=None,
+            target_id=AWKWARD,
+            details={AWKWARD: [AWKWARD, None, True, -0.0, 1e-7, 1e16], "nul": "a\x00b"},
+        )
+    assert await checkpoints.write_checkpoint(mine, sessionmaker, store, keyring) is not None
+    yield Private(mine, engine, sessionmaker, store, keyring, early.seq)
+    await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def tampering(private: Private) -> AsyncIterator[tuple[AsyncConnection, AsyncSession]]:
+    """A superuser transaction with the audit triggers disabled, rolled back at the end."""
+    async with private.engine.connect() as connection:
+        transaction = await connection.begin()
+        try:
+            await connection.execute(text("ALTER TABLE audit_events DISABLE TRIGGER ALL"))
+            async with AsyncSession(bind=connection) as session:
+                yield connection, session
+        finally:
+            await transaction.rollback()
+
+
+async def head_of(connection: AsyncConnection) -> int:
+    return int((await connection.execute(text("SELECT seq FROM audit_head WHERE id = 1"))).scalar_one())
+
+
+async def test_intact_chain_verifies_and_matches_the_python_canonical_form(private: Private) -> None:
+    async with private.sessionmaker() as session:
+        report = await checkpoints.verify(session, private.store, private.keyring, private.settings)
+    assert report["ok"] is True, report
+    assert report["first_bad_event"] is None
+    assert report["checkpoints_checked"] >= 2
+    assert report["bad_checkpoints"] == []
+
+    # The append statement hashes in SQL; canonical() must produce exactly the same bytes.
+    async with private.sessionmaker() as session, session.begin():
+        event = await record(
+            session, AuditContext(actor=AWKWARD, request_id="r", client_addr="::1"), "x.y", details={"k": AWKWARD}
+        )
+        details_text = (
+            await session.execute(text("SELECT details::text FROM audit_events WHERE seq = :s"), {"s": event.seq})
+        ).scalar_one()
+    encoded = canonical(
+        seq=event.seq,
+        occurred_at=event.occurred_at,
+        actor=event.actor,
+        org_id=event.org_id,
+        action=event.action,
+        target_type=event.target_type,
+        target_id=event.target_id,
+        request_id=event.request_id,
+        client_addr=event.client_addr,
+        details_json=details_text,
+    )
+    assert hashlib.sha256(event.prev_hash + encoded).digest() == event.hash
+    assert encoded.startswith(f'[{event.seq},"'.encode())
+    assert event.details == {"k": AWKWARD}
+
+
+async def test_concurrent_appends_with_rollbacks_leave_no_gaps(private: Private) -> None:
+    async def one(i: int) -> None:
+        async with private.sessionmaker() as session, session.begin():
+            await record(session, SYSTEM, "test.concurrent", target_id=i)
+            if i % 3 == 0:
+                raise RuntimeError("rolled back after recording")
+
+    async with private.sessionmaker() as session:
+        before = int((await session.execute(text("SELECT seq FROM audit_head"))).scalar_one())
+    results = await asyncio.gather(*(one(i) for i in range(24)), return_exceptions=True)
+    assert sum(isinstance(r, RuntimeError) for r in results) == 8
+    async with private.sessionmaker() as session:
+        seqs = await session.execute(text("SELECT seq FROM audit_events WHERE seq > :b ORDER BY seq"), {"b": before})
+        assert [s for (s,) in seqs] == list(range(before + 1, before + 17))
+        report = await verify_chain(session)
+    assert report.ok, report
+
+
+async def test_a_modified_row_is_detected(private: Private) -> None:
+    for column, value, seq in [
+        ("details", "'{\"i\": 999}'::jsonb", 10),
+        ("actor", "'user:someone-else'", 12),
+        ("occurred_at", "occurred_at + interval '1 second'", 14),
+        ("prev_hash", "sha256('x')", 15),
+    ]:
+        async with tampering(private) as (connection, session):
+            await connection.execute(text(f"UPDATE audit_events SET {column} = {value} WHERE seq = {seq}"))  # noqa: S608
+            report = await verify_chain(session)
+        assert report.ok is False, column
+        assert report.first_bad_event == seq, (column, report)
+        assert "altered" in (report.problem or ""), report
+
+    # Altered and re-hashed, but the next event still points at the old hash.
+    async with tampering(private) as (connection, session):
+        row = (await chain_rows(session, after=9, until=10))[0]
+        forged = (*tuple(row)[:9], '{"i": 1000}', row[10], b"")
+        new_hash = row_hash(forged)
+        await connection.execute(
+            text("UPDATE audit_events SET details = '{\"i\": 1000}', hash = :h WHERE seq = 10"), {"h": new_hash}
+        )
+        report = await verify_chain(session)
+    assert report.ok is False
+    assert report.first_bad_event == 10, report
+
+
+async def test_a_deleted_row_is_detected(private: Private) -> None:
+    async with tampering(private) as (connection, session):
+        await connection.execute(text("DELETE FROM audit_events WHERE seq = 10"))
+        report = await verify_chain(session)
+    assert report.ok is False
+    assert report.first_bad_event == 10
+    assert "missing" in (report.problem or "")
+    assert report.events_checked == 9
+
+
+async def test_reordered_rows_are_detected(private: Private) -> None:
+    columns = (
+        "occurred_at, actor, org_id, action, target_type, target_id, request_id, client_addr, details, prev_hash, hash"
+    )
+    async with tampering(private) as (connection, session):
+        # Swap the whole content of events 10 and 11; only their positions stay.
+        await connection.execute(
+            text(
+                f"UPDATE audit_events AS a SET ({columns}) = "  # noqa: S608
+                f"(SELECT {columns} FROM audit_events AS b WHERE b.seq = CASE a.seq WHEN 10 THEN 11 ELSE 10 END) "
+                "WHERE a.seq IN (10, 11)"
+            )
+        )
+        swapped = (
+            await connection.execute(text("SELECT seq, target_id FROM audit_events WHERE seq IN (10, 11)"))
+        ).all()
+        assert sorted(swapped) == [(10, "5"), (11, "4")]
+        report = await verify_chain(session)
+    assert report.ok is False
+    assert report.first_bad_event == 10, report
+
+
+async def test_a_truncated_tail_is_detected_through_the_checkpoints(private: Private) -> None:
+    written = await checkpoints.write_checkpoint(private.settings, private.sessionmaker, private.store, private.keyring)
+    assert written is not None
+    cut = written.seq - 5
+    async with tampering(private) as (connection, session):
+        await connection.execute(text("DELETE FROM audit_events WHERE seq > :cut"), {"cut": cut})
+        await connection.execute(
+            text("UPDATE audit_head SET seq = :cut, hash = (SELECT hash FROM audit_events WHERE seq = :cut)"),
+            {"cut": cut},
+        )
+        alone = await verify_chain(session)
+        report = await checkpoints.verify(session, private.store, private.keyring, private.settings)
+    assert alone.ok is True, "the database alone cannot tell: the head was moved back with the tail"
+    assert report["ok"] is False
+    assert report["first_bad_event"] == cut + 1
+    assert "truncated" in report["problem"]
+
+    # Without moving the head back, the head row alone gives it away.
+    async with tampering(private) as (connection, session):
+        await connection.execute(text("DELETE FROM audit_events WHERE seq > :cut"), {"cut": cut})
+        report_head = await verify_chain(session)
+    assert report_head.ok is False
+    assert report_head.first_bad_event == cut + 1
+
+
+async def test_a_consistent_rewrite_is_detected_through_the_checkpoints(private: Private) -> None:
+    async with tampering(private) as (connection, session):
+        head = await head_of(connection)
+        await connection.execute(text("UPDATE audit_events SET details = '{\"i\": -1}' WHERE seq = 10"))
+        # Recompute every later hash, as an attacker with the code and superuser access would.
+        rows = await chain_rows(session, after=0, until=head)
+        prev = rows[8][11]
+        for row in rows[9:]:
+            new = row_hash((*tuple(row)[:10], prev, b""))
+            await connection.execute(
+                text("UPDATE audit_events SET prev_hash = :p, hash = :h WHERE seq = :s"),
+                {"p": prev, "h": new, "s": row[0]},
+            )
+            prev = new
+        await connection.execute(text("UPDATE audit_head SET hash = :h"), {"h": prev})
+        alone = await verify_chain(session)
+        report = await checkpoints.verify(session, private.store, private.keyring, private.settings)
+    assert alone.ok is True, "a consistent rewrite passes the chain check on its own"
+    assert report["ok"] is False
+    assert "rewritten" in report["problem"]
+    assert report["last_checkpoint_seq"] == private.early_checkpoint
+    assert report["first_bad_event"] == private.early_checkpoint + 1
+
+
+def _forge(keyring: KeyRing, issuer: str, seq: int, digest: bytes, *, kind: str) -> str:
+    payload = {"seq": seq, "hash": digest.hex(), "issued_at": "2030-01-01T00:00:00Z", "iss": issuer}
+    stranger = Ed25519PrivateKey.generate()
+    if kind == "same-kid":
+        return jwt.encode(payload, stranger, "EdDSA", headers={"kid": keyring.active.kid, "typ": checkpoints.JWS_TYPE})
+    if kind == "unknown-kid":
+        return jwt.encode(payload, stranger, "EdDSA", headers={"kid": "not-ours", "typ": checkpoints.JWS_TYPE})
+    if kind == "hs256":
+        secret = keyring.active.jwk()["x"]
+        return jwt.encode(payload, secret, "HS256", headers={"kid": keyring.active.kid, "typ": checkpoints.JWS_TYPE})
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [("same-kid", "signature does not verify"), ("unknown-kid", "unknown key"), ("hs256", "not accepted")],
+)
+async def test_a_forged_checkpoint_is_reported(private: Private, kind: str, reason: str) -> None:
+    async with private.sessionmaker() as session:
+        head = int((await session.execute(text("SELECT seq FROM audit_head"))).scalar_one())
+        digest = (await session.execute(text("SELECT hash FROM audit_head"))).scalar_one()
+    seq = head + 1000  # a checkpoint claiming events that never existed
+    key = checkpoints.checkpoint_key(seq)
+    await private.store.put_bytes(
+        key, _forge(private.keyring, private.settings.jwt_issuer, seq, digest, kind=kind).encode()
+    )
+    try:
+        async with private.sessionmaker() as session:
+            report = await checkpoints.verify(session, private.store, private.keyring, private.settings)
+        assert report["ok"] is False
+        assert [b["key"] for b in report["bad_checkpoints"]] == [key]
+        assert reason in report["bad_checkpoints"][0]["problem"]
+        assert reason in report["problem"]
+        # A forged checkpoint is not used: it neither vouches for nor condemns the chain.
+        assert report["first_bad_event"] is None
+    finally:
+        await asyncio.to_thread(private.store.client.remove_object, private.store.bucket, key)
+
+
+async def test_checkpoint_parsing_rejects_what_it_must(private: Private) -> None:
+    keyring, issuer = private.keyring, private.settings.jwt_issuer
+    good = checkpoints.sign_checkpoint(keyring, issuer, 7, bytes(range(32)), dt.datetime.now(dt.UTC))
+    parsed = checkpoints.parse_checkpoint(keyring, issuer, checkpoints.checkpoint_key(7), good)
+    assert (parsed.seq, parsed.hash, parsed.kid) == (7, bytes(range(32)), keyring.active.kid)
+    with pytest.raises(checkpoints.CheckpointInvalid, match="signed for event 7"):
+        checkpoints.parse_checkpoint(keyring, issuer, checkpoints.checkpoint_key(8), good)
+    with pytest.raises(checkpoints.CheckpointInvalid, match="rejected"):
+        checkpoints.parse_checkpoint(keyring, "someone-else", checkpoints.checkpoint_key(7), good)
+    unsigned = jwt.encode({"seq": 7}, "", "none", headers={"typ": checkpoints.JWS_TYPE})
+    with pytest.raises(checkpoints.CheckpointInvalid, match="not accepted"):
+        checkpoints.parse_checkpoint(keyring, issuer, checkpoints.checkpoint_key(7), unsigned)
+    # A rotated-out key still verifies the checkpoints it signed.
+    old = SigningKey(kid="old-key", private=Ed25519PrivateKey.generate())
+    by_old = checkpoints.sign_checkpoint(KeyRing((old,)), issuer, 7, bytes(32), dt.datetime.now(dt.UTC))
+    rotated = KeyRing((keyring.active, old))
+    assert checkpoints.parse_checkpoint(rotated, issuer, checkpoints.checkpoint_key(7), by_old).kid == "old-key"
+
+
+async def _keys(store: ObjectStore) -> set[str]:
+    return set(await checkpoints.list_checkpoint_keys(store))
+
+
+async def _head(private: Private) -> int:
+    async with private.sessionmaker() as session:
+        return int((await session.execute(text("SELECT seq FROM audit_head"))).scalar_one())
+
+
+async def _eventually(predicate: Any, within: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not await predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_checkpointer_writes_by_event_count_and_on_shutdown(private: Private) -> None:
+    settings = dataclasses.replace(
+        private.settings, audit_checkpoint_every_events=3, audit_checkpoint_every_seconds=3600
+    )
+    workers = [
+        asyncio.create_task(
+            checkpoints.run_checkpointer(
+                settings, private.sessionmaker, private.store, private.keyring, poll_seconds=0.05
+            )
+        )
+        for _ in range(2)  # two server processes: the advisory lock lets one write at a time
+    ]
+    try:
+        await _append(private.sessionmaker, 3)
+        head = await _head(private)
+
+        async def covered() -> bool:
+            return checkpoints.checkpoint_key(head) in await _keys(private.store)
+
+        await _eventually(covered)
+        await _append(private.sessionmaker, 1)  # not due: fewer than 3 events since
+        before = await _keys(private.store)
+        await asyncio.sleep(0.4)
+        assert await _keys(private.store) == before
+        assert not any(w.done() for w in workers)
+    finally:
+        for worker in workers:
+            worker.cancel()
+        results = await asyncio.wait_for(asyncio.gather(*workers, return_exceptions=True), 10)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    # Cancelled with one event pending: a last checkpoint covers it.
+    assert checkpoints.checkpoint_key(await _head(private)) in await _keys(private.store)
+
+
+async def test_checkpointer_writes_by_time(private: Private) -> None:
+    settings = dataclasses.replace(
+        private.settings, audit_checkpoint_every_events=1000, audit_checkpoint_every_seconds=1
+    )
+    await _append(private.sessionmaker, 1)
+    head = await _head(private)
+    worker = asyncio.create_task(
+        checkpoints.run_checkpointer(settings, private.sessionmaker, private.store, private.keyring, poll_seconds=0.05)
+    )
+    try:
+
+        async def covered() -> bool:
+            return checkpoints.checkpoint_key(head) in await _keys(private.store)
+
+        await _eventually(covered, within=4)
+    finally:
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+
+
+async def test_checkpointer_survives_outages_and_stops_when_cancelled(
+    private: Private, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead_store = ObjectStore(dataclasses.replace(private.settings, s3_endpoint="http://127.0.0.1:9"))
+    dead_engine = create_engine("postgresql://nobody@127.0.0.1:9/none", pool_size=1)
+    settings = dataclasses.replace(private.settings, audit_checkpoint_every_events=1)
+    await _append(private.sessionmaker, 1)
+    caplog.set_level(logging.WARNING, logger="corpora.audit")
+    workers = [
+        asyncio.create_task(
+            checkpoints.run_checkpointer(settings, private.sessionmaker, dead_store, private.keyring, poll_seconds=0.05)
+        ),
+        asyncio.create_task(
+            checkpoints.run_checkpointer(
+                settings, async_sessionmaker(dead_engine), private.store, private.keyring, poll_seconds=0.05
+            )
+        ),
+    ]
+    try:
+        await asyncio.sleep(1.0)
+        assert not any(w.done() for w in workers), "an outage must not end the checkpointer"
+        failures = [r.getMessage() for r in caplog.records if "audit checkpoint failed" in r.getMessage()]
+        assert any("ObjectStoreUnavailable" in m for m in failures), failures
+        assert len(failures) >= 2
+    finally:
+        for worker in workers:
+            worker.cancel()
+        await asyncio.wait_for(asyncio.gather(*workers, return_exceptions=True), 15)
+        await dead_engine.dispose()
+    assert all(w.cancelled() for w in workers)
+
+
+async def test_forged_checkpoint_over_http(private: Private) -> None:
+    """The endpoints of an app on the private database report a checkpoint signed by another key."""
+    async with private.sessionmaker() as session, session.begin():
+        auditor = await accounts.create_user(
+            session,
+            SYSTEM,
+            email="auditor@example.com",
+            password=PASSWORD,
+            display_name="A",
+            platform_roles=["auditor"],
+        )
+    assert auditor.id
+    digest = bytes(32)
+    key = checkpoints.checkpoint_key(1)
+    await private.store.put_bytes(
+        key, _forge(private.keyring, private.settings.jwt_issuer, 1, digest, kind="same-kid").encode()
+    )
+    app = create_app(private.settings, keyring=private.keyring)
+    try:
+        async with AsyncTestClient(app=app, base_url="http://testserver.local") as client:
+            token = await client.post(
+                "/api/v1/auth/token",
+                json={"grant_type": "password", "username": "auditor@example.com", "password": PASSWORD},
+            )
+            headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+            verified = await client.get("/api/v1/audit/verify", headers=headers)
+            assert verified.status_code == 200
+            body = verified.json()
+            assert body["ok"] is False
+            assert body["bad_checkpoints"][0]["key"] == key
+            listed = await client.get("/api/v1/audit/checkpoints", headers=headers)
+            forged = next(item for item in listed.json()["items"] if item["key"] == key)
+            assert forged["valid"] is False
+            assert forged["seq"] == 1
+            assert "signature" in forged["problem"]
+            assert any(item["valid"] for item in listed.json()["items"])
+    finally:
+        await asyncio.to_thread(private.store.client.remove_object, private.store.bucket, key)
