@@ -1,7 +1,363 @@
-"""The audit trail over HTTP."""
+"""The audit trail over HTTP: events, export, verification and the signed checkpoints."""
 
 from __future__ import annotations
 
-from litestar import Router
+import base64
+import binascii
+import csv
+import datetime as dt
+import io
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated, Any, Literal
 
-router = Router(path="/audit", route_handlers=[])
+import msgspec
+from litestar import Router, get
+from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromQuery, QueryParameter
+from litestar.response import Stream
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.audit import checkpoints, queries
+from app.audit.schemas import (
+    AuditEventOut,
+    AuditEventPage,
+    CheckpointOut,
+    CheckpointPage,
+    VerifyOut,
+)
+from app.auth.guards import authenticated, requires_platform_role, requires_scope
+from app.auth.keys import KeyRing
+from app.auth.principal import Principal
+from app.deps import Caller, Session
+from app.errors import PROBLEM_MEDIA_TYPE, Problem, ProblemError
+from app.objectstore import ObjectStore
+from app.settings import Settings
+
+log = logging.getLogger("corpora.audit")
+
+BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
+EXPORT_BATCH = 2000
+JSONL_MEDIA_TYPE = "application/x-ndjson"
+CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
+CSV_COLUMNS = (
+    "seq",
+    "occurred_at",
+    "actor",
+    "org",
+    "action",
+    "target_type",
+    "target_id",
+    "request_id",
+    "client_addr",
+    "details",
+    "prev_hash",
+    "hash",
+)
+
+Limit = Annotated[int, QueryParameter(ge=1, le=500, description="page size, 1 to 500 (default 50)")]
+OrgSlug = Annotated[
+    str | None, QueryParameter(description="only this organisation's events (its slug); 404 if not visible")
+]
+Action = Annotated[str | None, QueryParameter(description='only this action, e.g. "org.created"')]
+Actor = Annotated[str | None, QueryParameter(description='only this actor, e.g. "user:<id>" or "api_key:<id>"')]
+Since = Annotated[dt.datetime | None, QueryParameter(description="events at or after this time (ISO 8601)")]
+Until = Annotated[dt.datetime | None, QueryParameter(description="events before this time (ISO 8601)")]
+
+READ_GUARDS = [authenticated, requires_scope("audit:read")]
+PLATFORM_GUARDS = [*READ_GUARDS, requires_platform_role(*queries.PLATFORM_READERS)]
+
+
+def _problem(description: str) -> ResponseSpec:
+    return ResponseSpec(Problem, description=description, media_type=PROBLEM_MEDIA_TYPE)
+
+
+UNAUTHORIZED = _problem("No bearer token, or an invalid or expired one")
+VISIBILITY_ERRORS: dict[int, ResponseSpec] = {
+    400: _problem("An invalid cursor"),
+    401: UNAUTHORIZED,
+    403: _problem(
+        "The caller reads no audit events: neither a platform auditor or admin, nor an owner or auditor of an "
+        "organisation (or of the one named by `org`); or an API key without the audit:read scope"
+    ),
+    404: _problem("The organisation named by `org` does not exist or the caller does not belong to it"),
+}
+PLATFORM_ERRORS: dict[int, ResponseSpec] = {
+    401: UNAUTHORIZED,
+    403: _problem("The caller is not a platform auditor or admin"),
+}
+
+VISIBILITY_RULES = (
+    "Platform auditors and admins read every event; owners and auditors of an organisation read the events of "
+    "their organisations (an API key: of its organisation, and only with the `audit:read` scope); anyone else "
+    "gets 403. `org` narrows to one organisation: 404 if the caller does not belong to it, 403 if they belong "
+    "without the owner or auditor role."
+)
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _unb64(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise _invalid_cursor() from None
+
+
+def _invalid_cursor() -> ProblemError:
+    return ProblemError(400, "invalid-cursor", "Invalid cursor", "pass next_cursor exactly as returned")
+
+
+def _encode_cursor(order: str, seq: int) -> str:
+    return _b64(f"{order}:{seq}")
+
+
+def _decode_cursor(cursor: str | None, order: str) -> int | None:
+    """The seq a page continues after; the cursor must come from a listing in the same ``order``."""
+    if cursor is None:
+        return None
+    found_order, _, seq = _unb64(cursor).partition(":")
+    if found_order != order or not seq.isdigit():
+        raise _invalid_cursor()
+    return int(seq)
+
+
+def _utc(moment: dt.datetime | None) -> dt.datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=dt.UTC)  # a time without an offset is read as UTC
+
+
+def _event_out(row: Any) -> AuditEventOut:
+    return AuditEventOut(
+        seq=row.seq,
+        occurred_at=row.occurred_at,
+        actor=row.actor,
+        org=row.org,
+        action=row.action,
+        target_type=row.target_type,
+        target_id=row.target_id,
+        request_id=row.request_id,
+        client_addr=row.client_addr,
+        details=row.details,
+        prev_hash=row.prev_hash.hex(),
+        hash=row.hash.hex(),
+    )
+
+
+async def _filters(
+    session: AsyncSession,
+    principal: Principal,
+    org: str | None,
+    action: str | None,
+    actor: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+) -> queries.EventFilter:
+    scope = await queries.visible_scope(session, principal, org)
+    return queries.EventFilter(scope=scope, action=action, actor=actor, since=_utc(since), until=_utc(until))
+
+
+@get(
+    "/events",
+    summary="Audit events the caller may read, newest first",
+    description=(
+        "Events of the hash-chained audit log, filtered by organisation, action, actor and time, in keyset pages "
+        "(`cursor`, `limit` up to 500). Each event carries its `prev_hash` and `hash` (hex) so a reader can "
+        "check the links. `order=asc` pages oldest first. " + VISIBILITY_RULES
+    ),
+    tags=["audit"],
+    security=BEARER,
+    guards=READ_GUARDS,
+    responses=VISIBILITY_ERRORS,
+)
+async def list_events(
+    session: Session,
+    principal: Caller,
+    org: OrgSlug = None,
+    action: Action = None,
+    actor: Actor = None,
+    since: Since = None,
+    until: Until = None,
+    order: FromQuery[Literal["desc", "asc"]] = "desc",
+    cursor: FromQuery[str | None] = None,
+    limit: Limit = 50,
+) -> AuditEventPage:
+    filters = await _filters(session, principal, org, action, actor, since, until)
+    descending = order == "desc"
+    rows = await queries.list_events(
+        session, filters, after=_decode_cursor(cursor, order), limit=limit + 1, descending=descending
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return AuditEventPage(
+        items=[_event_out(row) for row in rows],
+        next_cursor=_encode_cursor(order, rows[-1].seq) if more else None,
+    )
+
+
+def _jsonl(rows: Sequence[Any]) -> bytes:
+    encode = msgspec.json.encode
+    return b"".join(encode(_event_out(row)) + b"\n" for row in rows)
+
+
+def _csv(rows: Sequence[Any], *, header: bool) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    if header:
+        writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        writer.writerow(
+            (
+                row.seq,
+                row.occurred_at.isoformat(),
+                row.actor,
+                row.org or "",
+                row.action,
+                row.target_type or "",
+                row.target_id or "",
+                row.request_id or "",
+                row.client_addr or "",
+                msgspec.json.encode(row.details).decode(),
+                row.prev_hash.hex(),
+                row.hash.hex(),
+            )
+        )
+    return buffer.getvalue().encode()
+
+
+async def _export_chunks(
+    sessionmaker: async_sessionmaker[AsyncSession], filters: queries.EventFilter, up_to: int, fmt: str
+) -> AsyncIterator[bytes]:
+    """Batches read oldest first, each in its own short transaction, up to the head seen at the start."""
+    after = 0
+    first = True
+    try:
+        while True:
+            async with sessionmaker() as session:
+                rows = await queries.list_events(session, filters, after=after, limit=EXPORT_BATCH, up_to=up_to)
+            if fmt == "csv":
+                if rows or first:
+                    yield _csv(rows, header=first)
+            elif rows:
+                yield _jsonl(rows)
+            first = False
+            if len(rows) < EXPORT_BATCH:
+                return
+            after = rows[-1].seq
+    except Exception:
+        # The status line is sent already; the truncated body is all a client can be told.
+        log.exception("audit export failed after event %d", after)
+        raise
+
+
+@get(
+    "/export",
+    summary="Export audit events as JSON Lines or CSV",
+    description=(
+        "Every event the caller may read (same filters and visibility as `/audit/events`), oldest first, up to "
+        "the chain head at the time of the request, streamed: `format=jsonl` (default; "
+        f"`{JSONL_MEDIA_TYPE}`, one JSON object per line, the shape of an `/audit/events` item) or `format=csv` "
+        f"(`{CSV_MEDIA_TYPE}`, a header row then one row per event, `details` as JSON). " + VISIBILITY_RULES
+    ),
+    tags=["audit"],
+    security=BEARER,
+    guards=READ_GUARDS,
+    responses={**VISIBILITY_ERRORS, 422: _problem("An unknown `format`")},
+)
+async def export_events(
+    state: State,
+    session: Session,
+    principal: Caller,
+    fmt: Annotated[
+        Literal["jsonl", "csv"], QueryParameter(name="format", description="jsonl (default) or csv")
+    ] = "jsonl",
+    org: OrgSlug = None,
+    action: Action = None,
+    actor: Actor = None,
+    since: Since = None,
+    until: Until = None,
+) -> Stream:
+    filters = await _filters(session, principal, org, action, actor, since, until)
+    up_to = await queries.head_seq(session)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return Stream(
+        _export_chunks(state.sessionmaker, filters, up_to, fmt),
+        media_type=CSV_MEDIA_TYPE if fmt == "csv" else JSONL_MEDIA_TYPE,
+        headers={"Content-Disposition": f'attachment; filename="audit-events-{stamp}.{fmt}"'},
+    )
+
+
+@get(
+    "/verify",
+    summary="Verify the audit chain against the signed checkpoints",
+    description=(
+        "Recomputes the SHA-256 chain from the first event and compares it with every signed checkpoint in the "
+        "object store (each checkpoint's Ed25519 signature is verified first; a rejected one makes `ok` false). "
+        "Detects altered, deleted and reordered events, a truncated tail and a consistent rewrite of the chain "
+        "before a checkpoint. `first_bad_event` is the first event that cannot be trusted. Platform auditors "
+        "and admins only."
+    ),
+    tags=["audit"],
+    security=BEARER,
+    guards=PLATFORM_GUARDS,
+    responses=PLATFORM_ERRORS,
+)
+async def verify(state: State, session: Session) -> VerifyOut:
+    store: ObjectStore = state.object_store
+    keyring: KeyRing = state.keyring
+    settings: Settings = state.settings
+    report = await checkpoints.verify(session, store, keyring, settings)
+    return msgspec.convert(report, VerifyOut)
+
+
+@get(
+    "/checkpoints",
+    summary="The signed checkpoints of the chain head",
+    description=(
+        "The checkpoint objects in the object store (`audit/checkpoints/<seq>.jws`), oldest first, each with "
+        "its verified content (`seq`, `hash`, `issued_at`, `kid`) and the raw compact JWS, which anyone can "
+        "check against `/.well-known/jwks.json`. One whose signature, key or content is rejected is listed with "
+        "`valid: false` and the reason. Platform auditors and admins only."
+    ),
+    tags=["audit"],
+    security=BEARER,
+    guards=PLATFORM_GUARDS,
+    responses={**PLATFORM_ERRORS, 400: _problem("An invalid cursor")},
+)
+async def list_checkpoints(state: State, cursor: FromQuery[str | None] = None, limit: Limit = 50) -> CheckpointPage:
+    store: ObjectStore = state.object_store
+    keyring: KeyRing = state.keyring
+    settings: Settings = state.settings
+    start_after = _unb64(cursor) if cursor is not None else None
+    if start_after is not None and not start_after.startswith(checkpoints.PREFIX):
+        raise _invalid_cursor()
+    keys = await checkpoints.list_checkpoint_keys(store, start_after=start_after, limit=limit + 1)
+    more = len(keys) > limit
+    keys = keys[:limit]
+    good, bad = await checkpoints.read_checkpoints(store, keyring, settings.jwt_issuer, keys)
+    items = [
+        CheckpointOut(key=c.key, valid=True, seq=c.seq, hash=c.hash.hex(), issued_at=c.issued_at, kid=c.kid, jws=c.jws)
+        for c in good
+    ] + [
+        CheckpointOut(
+            key=b.key,
+            valid=False,
+            seq=checkpoints.seq_from_key(b.key),
+            hash=None,
+            issued_at=None,
+            kid=None,
+            jws=b.jws,
+            problem=b.problem,
+        )
+        for b in bad
+    ]
+    items.sort(key=lambda item: item.key)
+    next_cursor = _b64(keys[-1]) if more else None
+    return CheckpointPage(items=items, next_cursor=next_cursor)
+
+
+router = Router(path="/audit", route_handlers=[list_events, export_events, verify, list_checkpoints])

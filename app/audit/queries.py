@@ -1,0 +1,140 @@
+"""Reading the audit trail: who may see which events, filtered, in keyset pages."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.accounts.models import Membership, Organization
+from app.audit.models import AuditEvent, AuditHead
+from app.auth.principal import Principal
+from app.errors import forbidden, not_found
+
+# Platform roles that read the whole trail, and organisation roles that read their organisation's events.
+PLATFORM_READERS = ("admin", "auditor")
+ORG_READERS = ("owner", "auditor")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scope:
+    """The events a caller may read: those of ``org_ids``, or every event when ``org_ids`` is None."""
+
+    org_ids: tuple[uuid.UUID, ...] | None
+
+
+def reads_everything(principal: Principal) -> bool:
+    """Platform auditors and admins, signed in interactively (API keys belong to one organisation)."""
+    return principal.api_key_id is None and principal.has_platform_role(*PLATFORM_READERS)
+
+
+async def visible_scope(session: AsyncSession, principal: Principal, org_slug: str | None) -> Scope:
+    """What ``principal`` may read, narrowed to ``org_slug`` if given.
+
+    An organisation the caller does not belong to is a 404; one they belong to without an owner or auditor
+    role is a 403; without ``org_slug``, a caller who reads no organisation's events at all gets a 403.
+    """
+    everything = reads_everything(principal)
+    if org_slug is not None:
+        row = (
+            await session.execute(
+                select(Organization.id, Membership.role)
+                .outerjoin(
+                    Membership,
+                    (Membership.org_id == Organization.id) & (Membership.user_id == principal.user_id),
+                )
+                .where(Organization.slug == org_slug)
+            )
+        ).one_or_none()
+        if row is None:
+            raise not_found(f"organisation '{org_slug}'")
+        org_id, role = row
+        if everything:
+            return Scope((org_id,))
+        if role is None or (principal.api_key_id is not None and principal.api_key_org_id != org_id):
+            raise not_found(f"organisation '{org_slug}'")
+        if role not in ORG_READERS:
+            raise forbidden(f"only owners and auditors of '{org_slug}' (or platform auditors) read its audit trail")
+        return Scope((org_id,))
+    if everything:
+        return Scope(None)
+    query = select(Membership.org_id).where(Membership.user_id == principal.user_id, Membership.role.in_(ORG_READERS))
+    if principal.api_key_id is not None:
+        query = query.where(Membership.org_id == principal.api_key_org_id)
+    org_ids = tuple((await session.scalars(query.order_by(Membership.org_id))).all())
+    if not org_ids:
+        raise forbidden(
+            "the audit trail is readable by platform auditors and admins, and by organisation owners and "
+            "auditors for their organisation's events"
+        )
+    return Scope(org_ids)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventFilter:
+    scope: Scope
+    action: str | None = None
+    actor: str | None = None
+    since: dt.datetime | None = None  # inclusive
+    until: dt.datetime | None = None  # exclusive
+
+
+EVENT_COLUMNS = (
+    AuditEvent.seq,
+    AuditEvent.occurred_at,
+    AuditEvent.actor,
+    Organization.slug.label("org"),
+    AuditEvent.action,
+    AuditEvent.target_type,
+    AuditEvent.target_id,
+    AuditEvent.request_id,
+    AuditEvent.client_addr,
+    AuditEvent.details,
+    AuditEvent.prev_hash,
+    AuditEvent.hash,
+)
+
+
+def _filtered(filters: EventFilter) -> Select[Any]:
+    query = select(*EVENT_COLUMNS).outerjoin(Organization, Organization.id == AuditEvent.org_id)
+    org_ids = filters.scope.org_ids
+    if org_ids is not None:
+        query = query.where(AuditEvent.org_id == org_ids[0] if len(org_ids) == 1 else AuditEvent.org_id.in_(org_ids))
+    if filters.action is not None:
+        query = query.where(AuditEvent.action == filters.action)
+    if filters.actor is not None:
+        query = query.where(AuditEvent.actor == filters.actor)
+    if filters.since is not None:
+        query = query.where(AuditEvent.occurred_at >= filters.since)
+    if filters.until is not None:
+        query = query.where(AuditEvent.occurred_at < filters.until)
+    return query
+
+
+async def list_events(
+    session: AsyncSession,
+    filters: EventFilter,
+    *,
+    after: int | None,
+    limit: int,
+    descending: bool = False,
+    up_to: int | None = None,
+) -> Sequence[Any]:
+    """One keyset page of events as plain rows of ``EVENT_COLUMNS``, after ``after`` in the given order."""
+    query = _filtered(filters)
+    if after is not None:
+        query = query.where(AuditEvent.seq < after if descending else AuditEvent.seq > after)
+    if up_to is not None:
+        query = query.where(AuditEvent.seq <= up_to)
+    query = query.order_by(AuditEvent.seq.desc() if descending else AuditEvent.seq).limit(limit)
+    rows: Sequence[Any] = (await session.execute(query)).all()
+    return rows
+
+
+async def head_seq(session: AsyncSession) -> int:
+    return int(await session.scalar(select(AuditHead.seq).where(AuditHead.id == 1)) or 0)
