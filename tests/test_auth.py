@@ -367,6 +367,23 @@ async def test_expired_api_key_is_refused(client: AsyncTestClient[Litestar], db:
     assert "expired" in body["detail"]
 
 
+async def test_disabled_account_loses_its_api_keys_and_sessions(
+    client: AsyncTestClient[Litestar], db: asyncpg.Connection
+) -> None:
+    owner = await sign_up(client)
+    org = await make_org(client, owner)
+    key = await create_api_key(client, owner, org)
+    assert (await me_status(client, key["key"])).status_code == 200
+    await db.execute("UPDATE users SET disabled_at = now() WHERE id = $1", uuid.UUID(owner.id))
+    try:
+        assert_problem(await me_status(client, key["key"]), 401, "unauthorized")
+        assert_problem(await refresh(client, owner.refresh_token), 401, "unauthorized")
+    finally:
+        await db.execute("UPDATE users SET disabled_at = NULL WHERE id = $1", uuid.UUID(owner.id))
+    # Re-enabled, the same key works again: it was refused for the account, not revoked.
+    assert (await me_status(client, key["key"])).status_code == 200
+
+
 async def test_api_key_secret_is_stored_only_as_a_hash(
     client: AsyncTestClient[Litestar], db: asyncpg.Connection
 ) -> None:

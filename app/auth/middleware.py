@@ -16,7 +16,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.accounts.models import ApiKey
+from app.accounts.models import ApiKey, User
 from app.auth.keys import KeyRing
 from app.auth.principal import Principal
 from app.auth.tokens import API_KEY_PREFIX, InvalidToken, secret_digest, verify_access_token
@@ -91,8 +91,12 @@ class AuthMiddleware:
         async with self.sessionmaker() as session:
             key = (
                 await session.execute(
-                    select(ApiKey.id, ApiKey.user_id, ApiKey.org_id, ApiKey.scopes, ApiKey.expires_at).where(
-                        ApiKey.secret_hash == secret_digest(secret), ApiKey.revoked_at.is_(None)
+                    select(ApiKey.id, ApiKey.user_id, ApiKey.org_id, ApiKey.scopes, ApiKey.expires_at)
+                    .join(User, User.id == ApiKey.user_id)
+                    .where(
+                        ApiKey.secret_hash == secret_digest(secret),
+                        ApiKey.revoked_at.is_(None),
+                        User.disabled_at.is_(None),  # a disabled account's keys stop working with it
                     )
                 )
             ).one_or_none()
