@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from app.accounts import service as accounts
 from app.audit import checkpoints
+from app.audit import cli as audit_cli
 from app.audit.service import SYSTEM, AuditContext, canonical, chain_rows, record, row_hash, verify_chain
 from app.auth.keys import KeyRing, SigningKey, load_keyring
 from app.db import create_engine
@@ -468,3 +469,14 @@ async def test_forged_checkpoint_over_http(private: Private) -> None:
             assert any(item["valid"] for item in listed.json()["items"])
     finally:
         await asyncio.to_thread(private.store.client.remove_object, private.store.bucket, key)
+
+
+async def test_cli_verify_answers_like_the_endpoint(private: Private) -> None:
+    report = await audit_cli.verify(private.settings)
+    assert report["ok"] is True, report
+    assert set(report) >= {"ok", "events_checked", "head_hash", "first_bad_event", "problem", "checkpoints_checked"}
+    assert report["events_checked"] == await _head(private)
+    await _append(private.sessionmaker, 1)
+    anchored = await audit_cli.verify(private.settings, checkpoint=True)
+    assert anchored["ok"] is True
+    assert anchored["checkpoint_written"] == checkpoints.checkpoint_key(await _head(private))

@@ -266,7 +266,16 @@ async def _export_chunks(
     tags=["audit"],
     security=BEARER,
     guards=READ_GUARDS,
-    responses={**VISIBILITY_ERRORS, 422: _problem("An unknown `format`")},
+    media_type=JSONL_MEDIA_TYPE,
+    responses={
+        200: ResponseSpec(
+            data_container=str,
+            media_type=JSONL_MEDIA_TYPE,
+            description=f"One event per line; with `format=csv` the body is `{CSV_MEDIA_TYPE}` instead",
+        ),
+        **VISIBILITY_ERRORS,
+        422: _problem("An unknown `format`"),
+    },
 )
 async def export_events(
     state: State,
@@ -286,8 +295,11 @@ async def export_events(
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     return Stream(
         _export_chunks(state.sessionmaker, filters, up_to, fmt),
-        media_type=CSV_MEDIA_TYPE if fmt == "csv" else JSONL_MEDIA_TYPE,
-        headers={"Content-Disposition": f'attachment; filename="audit-events-{stamp}.{fmt}"'},
+        headers={
+            # An explicit header, as the route's declared media type would otherwise win.
+            "Content-Type": CSV_MEDIA_TYPE if fmt == "csv" else JSONL_MEDIA_TYPE,
+            "Content-Disposition": f'attachment; filename="audit-events-{stamp}.{fmt}"',
+        },
     )
 
 
