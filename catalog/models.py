@@ -161,3 +161,23 @@ class VersionFile(Base):
     part_size: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[dt.datetime] = server_now()
     verified_at: Mapped[dt.datetime | None]
+
+
+class ProductFacetCount(Base):
+    """How many products share one combination of status, provider and facet values.
+
+    Maintained by statement-level triggers on ``products`` (migration 0003), so every write path — the
+    service, bulk COPY of ``corpora seed`` — keeps it exact. The search reads facet counts for queries
+    without text from here: its size is bounded by the combinations, not by the number of products.
+    """
+
+    __tablename__ = "product_facet_counts"
+    __table_args__ = (CheckConstraint("products >= 0", "not_negative"),)
+
+    status: Mapped[str] = mapped_column(String(10), primary_key=True)
+    org_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    industry: Mapped[str] = mapped_column(String(20), primary_key=True)
+    modality: Mapped[str] = mapped_column(String(20), primary_key=True)
+    access: Mapped[str] = mapped_column(String(10), primary_key=True)
+    languages: Mapped[list[str]] = mapped_column(ARRAY(String(35)), primary_key=True)
+    products: Mapped[int] = mapped_column(BigInteger)
