@@ -9,7 +9,7 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import ResponseHeader, State
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.guards import authenticated
@@ -176,25 +176,27 @@ class ProductController(Controller):
         optional_principal: OptionalCaller,
         q: Annotated[
             str | None,
-            Parameter(
+            QueryParameter(
                 max_length=search.MAX_QUERY_LENGTH,
                 description="words, Chinese or English, matched in title, summary, description and tags; "
                 "every word must match (case-insensitive; Chinese is matched by characters and character pairs)",
             ),
         ] = None,
-        industry: Industry | None = None,
-        modality: Modality | None = None,
-        language: Annotated[str | None, Parameter(max_length=35, description="a BCP 47 tag, e.g. zh-Hans")] = None,
-        access: Access | None = None,
-        org: Annotated[str | None, Parameter(max_length=63, description="the provider organisation's slug")] = None,
+        industry: FromQuery[Industry | None] = None,
+        modality: FromQuery[Modality | None] = None,
+        language: Annotated[str | None, QueryParameter(max_length=35, description="a BCP 47 tag, e.g. zh-Hans")] = None,
+        access: FromQuery[Access | None] = None,
+        org: Annotated[
+            str | None, QueryParameter(max_length=63, description="the provider organisation's slug")
+        ] = None,
         use: Annotated[
             search.Use | None,
-            Parameter(description="a permitted use: products with a released version under a licence allowing it"),
+            QueryParameter(description="a permitted use: products with a released version under a licence allowing it"),
         ] = None,
         cursor: Annotated[
-            str | None, Parameter(max_length=40, description="the next_cursor of the previous page")
+            str | None, QueryParameter(max_length=40, description="the next_cursor of the previous page")
         ] = None,
-        limit: Annotated[int, Parameter(ge=1, le=search.MAX_LIMIT)] = search.DEFAULT_LIMIT,
+        limit: Annotated[int, QueryParameter(ge=1, le=search.MAX_LIMIT)] = search.DEFAULT_LIMIT,
     ) -> Response[ProductPage]:
         """Published products, and the drafts of the caller's organisations, newest listing first. Facets count
         the products matching the whole query per industry, modality, language, access and provider; for a
