@@ -241,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     janitor.add_argument("--wait", action="store_true", help="wait for a sweep running elsewhere instead of skipping")
     janitor.set_defaults(handler=cmd_janitor)
+
+    from catalog import seed  # argparse only at import; the command imports the rest when it runs
+
+    seed.add_command(commands)
     return parser
 
 
