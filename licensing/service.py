@@ -190,7 +190,7 @@ def _price(amount: decimal.Decimal, currency: str) -> decimal.Decimal:
         raise invalid("price.amount", "must have at most two decimals and be below 10^12")
     if currency not in CURRENCIES:
         raise invalid("price.currency", f"'{currency}' is not an ISO 4217 currency code")
-    return amount
+    return amount.quantize(decimal.Decimal("0.01"))  # as stored, so the answer matches what is read back
 
 
 async def _check_offer_terms(session: AsyncSession, licence_id: str, purposes: list[str]) -> Licence:
@@ -263,6 +263,21 @@ async def update_offer(
     )
     if offer is None:
         raise not_found("offer")
+    # Orders not yet fulfilled were placed on these terms, and their entitlements are cut from the offer when
+    # approved or paid; so the terms stay as they are while such orders are open.
+    terms_changed = sorted(set(changes) & {"price", "quota", "purposes", "term_days"})
+    if terms_changed:
+        open_orders = await session.scalar(
+            select(func.count())
+            .select_from(Order)
+            .where(Order.offer_id == offer.id, Order.status.in_(("pending_approval", "awaiting_payment")))
+        )
+        if open_orders:
+            raise conflict(
+                f"{open_orders} open order(s) were placed on this offer's {', '.join(terms_changed)}; "
+                "archive it and make a new offer",
+                "offer-has-open-orders",
+            )
     if "price" in changes:
         offer.price_amount = _price(changes["price"]["amount"], changes["price"]["currency"])
         offer.currency = changes["price"]["currency"]
@@ -355,7 +370,10 @@ async def place_order(
     if previous is not None:
         return _replay(previous, fingerprint)
     org = await _org_role(session, principal, buyer_org, BUYER_ROLES, "ordering")
-    offer = await session.scalar(select(Offer).where(Offer.id == offer_id, Offer.archived_at.is_(None)))
+    # A share lock: an offer change waits for this order, and sees it when checking for open orders.
+    offer = await session.scalar(
+        select(Offer).where(Offer.id == offer_id, Offer.archived_at.is_(None)).with_for_update(read=True)
+    )
     if offer is None or (offer.target_org_ids and org.id not in offer.target_org_ids):
         raise not_found("offer")
     product = await session.get(Product, offer.product_id)
