@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, get, patch, post
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.types import ControllerRouterHandler
 from sqlalchemy import literal, select, tuple_
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.accounts.models import Organization
 from app.auth.guards import authenticated, requires_platform_role
 from app.deps import Audit, Caller, OptionalCaller, Session
-from app.errors import ProblemError, invalid, not_found, unauthorized
+from app.errors import PROBLEM_MEDIA_TYPE, Problem, ProblemError, invalid, not_found, unauthorized
 from catalog.models import Product
 from licensing import service, terms
 from licensing.models import Entitlement, Licence, Offer, Order
@@ -52,10 +53,14 @@ from licensing.schemas import (
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 Limit = Annotated[int, QueryParameter(ge=1, le=100)]
+# Checked in the handler rather than by the decoder: a missing or malformed key is a 400, not a 422 (the
+# IETF Idempotency-Key draft), and 422 stays the answer for a key reused with another body.
 IDEMPOTENCY_KEY = Annotated[
-    str,
+    str | None,
     HeaderParameter(
-        name="Idempotency-Key", min_length=8, max_length=200, description="unique per order; retries reuse it"
+        name="Idempotency-Key",
+        required=True,
+        description="unique per order, 8 to 200 characters; retries reuse it",
     ),
 ]
 PAYMENT_SIGNATURE_HEADER = "X-Corpora-Signature"
@@ -267,18 +272,34 @@ class OrderController(Controller):
     security = BEARER
     guards = [authenticated]
 
-    @post("/", summary="Order an offer or request access (needs an Idempotency-Key header)", status_code=201)
+    @post(
+        "/",
+        summary="Order an offer or request access (needs an Idempotency-Key header)",
+        status_code=201,
+        responses={
+            400: ResponseSpec(
+                Problem, description="Idempotency-Key missing or malformed", media_type=PROBLEM_MEDIA_TYPE
+            )
+        },
+    )
     async def create(
         self,
         session: Session,
         audit_context: Audit,
         principal: Caller,
-        idempotency_key: IDEMPOTENCY_KEY,
         data: JSONBody[OrderIn],
+        idempotency_key: IDEMPOTENCY_KEY = None,
     ) -> Response[OrderOut]:
         """The same key with the same body returns the same order (200); with another body it is refused (422).
         Free offers with automatic approval are fulfilled at once; paid ones wait for payment; manual ones for
         the provider's decision."""
+        if idempotency_key is None or not 8 <= len(idempotency_key) <= 200:
+            raise ProblemError(
+                400,
+                "idempotency-key-required",
+                "Idempotency-Key required",
+                "send an Idempotency-Key header of 8 to 200 characters, the same for every retry of this order",
+            )
         result = await service.place_order(
             session,
             audit_context,
@@ -301,6 +322,7 @@ class OrderController(Controller):
         cursor: FromQuery[str | None] = None,
         limit: Limit = 50,
     ) -> OrderPage:
+        await service.expire_due_requests(session)
         query = service.list_orders_query(principal, status, product).order_by(Order.created_at.desc(), Order.id.desc())
         if (after := decode_cursor(cursor)) is not None:
             try:

@@ -530,6 +530,24 @@ async def get_order(session: AsyncSession, principal: Principal, order_id: uuid.
     return order
 
 
+async def expire_due_requests(session: AsyncSession) -> int:
+    """Mark access requests nobody decided within ``REQUEST_TTL`` as expired (also run by the periodic sweep), so
+    lists and counts never show an overdue request as pending."""
+    expired = (
+        await session.execute(
+            update(Order)
+            .where(Order.status == "pending_approval", Order.expires_at <= utcnow())
+            .values(status="expired")
+            .returning(Order.id, Order.buyer_org_id)
+        )
+    ).all()
+    for order_id, org_id in expired:
+        await audit.record(
+            session, audit.SYSTEM, "order.expired", org_id=org_id, target_type="order", target_id=order_id
+        )
+    return len(expired)
+
+
 async def _expire_if_due(session: AsyncSession, order: Order) -> None:
     if order.status == "pending_approval" and order.expires_at is not None and order.expires_at <= utcnow():
         order.status = "expired"
@@ -646,6 +664,7 @@ async def entitlement_for_order(session: AsyncSession, order_id: uuid.UUID) -> u
 async def transparency(session: AsyncSession, principal: Principal | None, slug: str) -> dict[str, Any]:
     """How many access requests a product had, how many were approved, and how fast they were decided."""
     product, _, _ = await product_for_reading(session, principal, slug)
+    await expire_due_requests(session)
     rows = (
         await session.execute(
             select(Order.status, Order.created_at, Order.decided_at)
@@ -734,6 +753,8 @@ async def change_entitlement_status(
     platform_admin = principal.api_key_id is None and principal.has_platform_role("admin")
     if role not in ADMIN_ROLES and not platform_admin:
         raise forbidden("only the provider's owners and admins, or a platform admin, change an entitlement")
+    if to != "active" and not reason.strip():
+        raise invalid("reason", f"an entitlement is {to} with a reason the buyer can act on")
     allowed_from = {"revoked": ("active", "suspended"), "suspended": ("active",), "active": ("suspended",)}[to]
     if entitlement.status not in allowed_from:
         raise conflict(f"the entitlement is {entitlement.status}; it cannot become {to}", "invalid-transition")
