@@ -215,11 +215,20 @@ class SingleUpload(msgspec.Struct, tag_field="kind", tag="single"):
     expires_at: dt.datetime
 
 
+class UploadedPart(msgspec.Struct):
+    """A part the object store already holds: a resumed upload sends only the others."""
+
+    part_number: int
+    etag: str
+    size: int
+
+
 class MultipartUpload(msgspec.Struct, tag_field="kind", tag="multipart"):
     upload_id: str
     part_size: int
     parts: list[PartUrl]
     expires_at: dt.datetime
+    uploaded_parts: list[UploadedPart] = msgspec.field(default_factory=list)
 
 
 class FilePlanOut(msgspec.Struct):
