@@ -86,10 +86,6 @@ def canonical(
     )
 
 
-def chain_hash(prev_hash: bytes, encoded: bytes) -> bytes:
-    return _sha256(prev_hash + encoded).digest()
-
-
 # The columns verification reads, as plain values in the text forms that ``canonical`` hashes.
 CHAIN_COLUMNS = (
     AuditEvent.seq,
@@ -107,7 +103,6 @@ CHAIN_COLUMNS = (
     AuditEvent.prev_hash,
     AuditEvent.hash,
 )
-ChainRow = tuple[int, str, str, str | None, str, str | None, str | None, str | None, str | None, str, bytes, bytes]
 
 
 def row_hash(row: Sequence[Any]) -> bytes:
@@ -136,9 +131,9 @@ def _without_nul(value: Any) -> Any:
 
 
 # One statement appends an event: it locks the head row, inserts the event with its hash computed by
-# PostgreSQL from exactly the encoding ``canonical`` describes, and advances the head. The lock is held
-# only from here to the end of the caller's transaction, with no client round trip in between, and the
-# timestamp is taken under the lock, so ``occurred_at`` never decreases along the chain.
+# PostgreSQL from exactly the encoding ``canonical`` describes, and advances the head. Taking the lock and
+# releasing it at commit are thus separated by no extra client round trip inside record(). The timestamp is
+# taken under the lock, so ``occurred_at`` does not decrease along the chain (unless the server clock does).
 _APPEND = text(
     """
 WITH input AS (
@@ -196,7 +191,9 @@ async def record(
     """Append one event in the caller's transaction.
 
     Taking the head row's lock serialises appends until the transaction ends, so call this as the last
-    write of a request. A rolled-back transaction takes its sequence number back with it: no gaps.
+    write of a request (anything written after it lengthens the time other appends wait). A rolled-back
+    transaction takes its sequence number back with it: no gaps. Use it in READ COMMITTED transactions (the
+    default); under REPEATABLE READ a concurrent append makes it fail with a serialization error.
     """
     target = str(target_id) if target_id is not None else None
     row = (
