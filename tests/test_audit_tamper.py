@@ -26,17 +26,17 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.accounts import service as accounts
 from app.audit import checkpoints
 from app.audit import cli as audit_cli
 from app.audit.service import SYSTEM, AuditContext, canonical, chain_rows, record, row_hash, verify_chain
 from app.auth.keys import KeyRing, SigningKey, load_keyring
+from app.auth.tokens import issue_access_token
 from app.db import create_engine
 from app.main import create_app
 from app.migrate import upgrade
 from app.objectstore import ObjectStore
 from app.settings import Settings
-from tests.conftest import PASSWORD, Servers, create_database
+from tests.conftest import Servers, create_database
 
 # Strings that JSON escapes (quotes, backslashes, control characters) or that are easy to mis-encode.
 AWKWARD = 'q" b\\ n\n t\t \x07 \x7f \u00e9 \u2028 \U0001f600'
@@ -418,7 +418,7 @@ async def test_checkpointer_survives_outages_and_stops_when_cancelled(
         ),
     ]
     try:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.7)
         assert not any(w.done() for w in workers), "an outage must not end the checkpointer"
         failures = [r.getMessage() for r in caplog.records if "audit checkpoint failed" in r.getMessage()]
         assert any("ObjectStoreUnavailable" in m for m in failures), failures
@@ -433,39 +433,32 @@ async def test_checkpointer_survives_outages_and_stops_when_cancelled(
 
 async def test_forged_checkpoint_over_http(private: Private) -> None:
     """The endpoints of an app on the private database report a checkpoint signed by another key."""
-    async with private.sessionmaker() as session, session.begin():
-        auditor = await accounts.create_user(
-            session,
-            SYSTEM,
-            email="auditor@example.com",
-            password=PASSWORD,
-            display_name="A",
-            platform_roles=["auditor"],
-        )
-    assert auditor.id
-    digest = bytes(32)
-    key = checkpoints.checkpoint_key(1)
-    await private.store.put_bytes(
-        key, _forge(private.keyring, private.settings.jwt_issuer, 1, digest, kind="same-kid").encode()
+    token = issue_access_token(
+        private.keyring,
+        user_id=uuid.uuid4(),
+        platform_roles=["auditor"],
+        issuer=private.settings.jwt_issuer,
+        audience=private.settings.jwt_audience,
+        ttl_seconds=300,
     )
+    headers = {"Authorization": f"Bearer {token}"}
+    key = checkpoints.checkpoint_key(1)
+    forged = _forge(private.keyring, private.settings.jwt_issuer, 1, bytes(32), kind="same-kid")
+    await private.store.put_bytes(key, forged.encode())
     app = create_app(private.settings, keyring=private.keyring)
     try:
         async with AsyncTestClient(app=app, base_url="http://testserver.local") as client:
-            token = await client.post(
-                "/api/v1/auth/token",
-                json={"grant_type": "password", "username": "auditor@example.com", "password": PASSWORD},
-            )
-            headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
             verified = await client.get("/api/v1/audit/verify", headers=headers)
             assert verified.status_code == 200
             body = verified.json()
             assert body["ok"] is False
             assert body["bad_checkpoints"][0]["key"] == key
             listed = await client.get("/api/v1/audit/checkpoints", headers=headers)
-            forged = next(item for item in listed.json()["items"] if item["key"] == key)
-            assert forged["valid"] is False
-            assert forged["seq"] == 1
-            assert "signature" in forged["problem"]
+            reported = next(item for item in listed.json()["items"] if item["key"] == key)
+            assert reported["valid"] is False
+            assert reported["seq"] == 1
+            assert reported["jws"] == forged
+            assert "signature" in reported["problem"]
             assert any(item["valid"] for item in listed.json()["items"])
     finally:
         await asyncio.to_thread(private.store.client.remove_object, private.store.bucket, key)
