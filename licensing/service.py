@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.models import Membership, Organization
@@ -150,8 +151,9 @@ async def create_licence(
         raise invalid("url", "a custom licence needs its text: give url, text or text_sha256")
     name_slug = re.sub(r"[^A-Za-z0-9.]+", "-", fields["name"]).strip("-")[:80] or "licence"
     licence_id = f"LicenseRef-{org.slug}-{name_slug}"
+    taken = conflict(f"'{org.slug}' already has a licence named '{fields['name']}'", "licence-exists")
     if await session.get(Licence, licence_id) is not None:
-        raise conflict(f"'{org.slug}' already has a licence named '{fields['name']}'", "licence-exists")
+        raise taken
     licence = Licence(
         id=licence_id,
         name=fields["name"],
@@ -165,7 +167,10 @@ async def create_licence(
         owner_org_id=org.id,
     )
     session.add(licence)
-    await session.flush()
+    try:
+        await session.flush()
+    except IntegrityError:  # the same name, created concurrently (the failed flush expires ``org``)
+        raise taken from None
     await audit.record(
         session,
         context,

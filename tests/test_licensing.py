@@ -7,6 +7,8 @@ licence-check tests.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -22,6 +24,8 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.auth.tokens import issue_access_token
+from app.main import create_app
+from app.settings import Settings
 from tests.catalog_helpers import make_product, make_version, upload
 from tests.conftest import Account, Servers, asyncpg_dsn, make_org, unique_email
 
@@ -98,6 +102,23 @@ class People:
         return await quick_account(self.db, self.app, *platform_roles)
 
 
+@contextlib.asynccontextmanager
+async def live_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A client whose requests really run at the same time.
+
+    The ``client`` fixture (Litestar's AsyncTestClient) runs the app in a portal thread and blocks the test's
+    event loop until each response is complete, so requests gathered through it run one after another. This
+    is a second app on the test's own event loop, over ASGI, sharing the database and the signing keys.
+    """
+    app = create_app(settings)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local", timeout=60) as client:
+            yield client
+    finally:
+        await app.state.engine.dispose()
+
+
 async def staff_connection(servers: Servers) -> AsyncIterator[asyncpg.Connection]:
     """A direct connection for module-scoped fixtures (the ``db`` fixture is per test)."""
     connection = await asyncpg.connect(asyncpg_dsn(servers.database_url))
@@ -170,7 +191,7 @@ async def make_offer(client: Client, provider: Account, product: str, **override
 
 
 async def post_order(
-    client: Client,
+    client: httpx.AsyncClient,
     account: Account,
     offer_id: str,
     buyer_org: str,
@@ -695,3 +716,39 @@ async def test_offer_terms_are_frozen_while_orders_are_open(
         await client.get(f"/api/v1/entitlements/{approved.json()['entitlement_id']}", headers=market.buyer.headers)
     ).json()
     assert granted["quota"]["downloads_limit"] == 100
+
+
+async def test_licence_created_meanwhile_is_a_conflict(
+    client: Client, db: asyncpg.Connection, staff_db: asyncpg.Connection, settings: Settings, people: People
+) -> None:
+    """Two requests for one name: the loser waits on the winner's row and gets a 409, not a 500."""
+    owner = await people.new()
+    org = await make_org(client, owner, kind="provider")
+    licence_id = f"LicenseRef-{org}-Raced"
+    org_id = await db.fetchval("SELECT id FROM organizations WHERE slug = $1", org)
+    body = {"name": "Raced", "url": "https://example.com/raced", "uses": ["research"]}
+    async with live_client(settings) as live:
+        winner = db.transaction()
+        await winner.start()
+        try:
+            await db.execute(
+                "INSERT INTO licences (id, name, uses, duties, territories, note, owner_org_id) "
+                "VALUES ($1, 'Raced', ARRAY['research'], ARRAY[]::text[], ARRAY[]::text[], '', $2)",
+                licence_id,
+                org_id,
+            )
+            loser = asyncio.create_task(live.post("/api/v1/licences", json=body, headers=owner.headers))
+            waiting = 0
+            for _ in range(200):  # until the request waits for the winner's row
+                waiting = await staff_db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO licences%'"
+                )
+                if waiting or loser.done():
+                    break
+                await asyncio.sleep(0.05)
+            assert waiting == 1, "the request did not wait for the concurrent insert"
+        finally:
+            await winner.commit()
+        assert_problem(await loser, 409, "licence-exists")
+    assert await db.fetchval("SELECT count(*) FROM licences WHERE id = $1", licence_id) == 1
