@@ -3,7 +3,6 @@ with the duties that accumulate and the conflicts between the items' terms."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
@@ -66,13 +65,11 @@ async def shelf(client: Client, staff_db: asyncpg.Connection, app: Litestar) -> 
     )
     assert custom.status_code == 201, custom.text
     custom_id = custom.json()["id"]
-    made = await asyncio.gather(
-        *(
-            published_product(client, provider, org, reviewer, licence=custom_id if licence == "custom" else licence)
-            for licence in LICENCES.values()
+    slugs = {}
+    for name, licence in LICENCES.items():
+        slugs[name] = await published_product(
+            client, provider, org, reviewer, licence=custom_id if licence == "custom" else licence
         )
-    )
-    slugs = dict(zip(LICENCES, made, strict=True))
     draft = await make_product(client, provider, org)
     await make_version(client, provider, draft, licence="CC0-1.0")
     return Shelf(slugs, org, custom_id, draft)

@@ -31,6 +31,7 @@ from tests.test_licensing import (
     Market,
     People,
     assert_problem,
+    live_client,
     make_offer,
     open_market,
     order_ok,
@@ -62,6 +63,13 @@ async def reviewer(people: People) -> Account:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def platform_admin(people: People) -> Account:
     return await people.new("admin")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def live(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """For requests that must really run at the same time (see :func:`live_client`)."""
+    async with live_client(settings) as client:
+        yield client
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -166,12 +174,12 @@ async def test_buyers_and_providers_see_only_their_own(client: Client, people: P
 
 
 async def test_ten_concurrent_retries_make_one_order(
-    client: Client, db: asyncpg.Connection, people: People, market: Market
+    client: Client, live: httpx.AsyncClient, db: asyncpg.Connection, people: People, market: Market
 ) -> None:
     offer = await make_offer(client, market.provider, market.product)
     key = f"retry-{uuid.uuid4().hex}"
     responses = await asyncio.gather(
-        *(post_order(client, market.buyer, offer["id"], market.buyer_org, key=key) for _ in range(10))
+        *(post_order(live, market.buyer, offer["id"], market.buyer_org, key=key) for _ in range(10))
     )
     assert sorted(r.status_code for r in responses) == [200] * 9 + [201], [r.text for r in responses]
     bodies = [r.json() for r in responses]
@@ -205,13 +213,13 @@ async def test_ten_concurrent_retries_make_one_order(
 
 
 async def test_concurrent_requests_with_one_key_and_different_bodies(
-    client: Client, db: asyncpg.Connection, market: Market
+    client: Client, live: httpx.AsyncClient, db: asyncpg.Connection, market: Market
 ) -> None:
     offer = await make_offer(client, market.provider, market.product)
     key = f"race-{uuid.uuid4().hex}"
     purposes = ["research", "pretraining"] * 4
     responses = await asyncio.gather(
-        *(post_order(client, market.buyer, offer["id"], market.buyer_org, p, key=key) for p in purposes)
+        *(post_order(live, market.buyer, offer["id"], market.buyer_org, p, key=key) for p in purposes)
     )
     assert await db.fetchval("SELECT count(*) FROM orders WHERE idempotency_key = $1", key) == 1
     winner = await db.fetchrow("SELECT id, purpose FROM orders WHERE idempotency_key = $1", key)
@@ -505,14 +513,14 @@ async def test_overdue_requests_never_show_as_pending(client: Client, db: asyncp
 
 
 async def test_concurrent_decisions_grant_once(
-    client: Client, db: asyncpg.Connection, market: Market, platform_admin: Account
+    client: Client, live: httpx.AsyncClient, db: asyncpg.Connection, market: Market, platform_admin: Account
 ) -> None:
     manual = await make_offer(client, market.provider, market.product, approval="manual")
     request = await order_ok(client, market.buyer, manual["id"], market.buyer_org)
     decisions = [("approve", {})] * 5 + [("reject", {"reason": "changed my mind"})] * 2
     responses = await asyncio.gather(
         *(
-            client.post(f"/api/v1/orders/{request['id']}/{verb}", json=body, headers=market.provider.headers)
+            live.post(f"/api/v1/orders/{request['id']}/{verb}", json=body, headers=market.provider.headers)
             for verb, body in decisions
         )
     )
@@ -526,7 +534,7 @@ async def test_concurrent_decisions_grant_once(
     order = await order_ok(client, market.buyer, paid["id"], market.buyer_org)
     confirmations = await asyncio.gather(
         *(
-            client.post(
+            live.post(
                 f"/api/v1/orders/{order['id']}/confirm-payment",
                 json={"reference": "wire-7"},
                 headers=platform_admin.headers,
