@@ -258,13 +258,14 @@ def explain(response: httpx.Response, what: str, *, target: str) -> PushError:
     if status == 401:
         return PushError(
             f"{what}: the token was refused ({detail or 'expired or revoked'}). Access tokens live 15 minutes: "
-            "get a fresh one with POST /api/v1/auth/token, or use an API key (POST /api/v1/api-keys), and pass it "
-            "with --token or CORPORA_TOKEN."
+            "get a fresh one with POST /api/v1/auth/token, or, for long pushes, an API key with the "
+            "'catalog:write' scope (POST /api/v1/api-keys); pass it with --token or CORPORA_TOKEN and run the "
+            "same command again: it resumes where it stopped."
         )
     if status == 403:
         return PushError(
             f"{what}: forbidden ({detail}). Only owners, admins and members of the product's organisation may add "
-            "files; an API key also needs a scope that allows it."
+            "files, and an API key needs the 'catalog:write' scope."
         )
     if status == 404:
         return PushError(
@@ -512,6 +513,12 @@ class Uploader:
                 response = self.s3.put(url(renew), content=body(), headers={**headers, "Content-Length": str(length)})
             except httpx.TransportError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, httpx.ConnectError):
+                    host = httpx.URL(url(False)).netloc.decode()
+                    problem += (
+                        f"; the object store at {host} named in the upload URLs is not reachable from here — its "
+                        "operator must set CORPORA_S3_ENDPOINT to an address clients can reach"
+                    )
                 response = None
             if response is not None and response.status_code < 300:
                 etag = str(response.headers.get("etag") or "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import os
 import socket
@@ -20,6 +21,7 @@ from litestar.testing import AsyncTestClient
 from app import cli
 from app.main import create_app
 from app.settings import Settings
+from catalog import push as push_module
 from catalog.push import PushReport, push
 from tests.catalog_helpers import make_product, make_version
 from tests.conftest import Account, make_org, sign_up
@@ -164,6 +166,30 @@ async def test_an_interrupted_push_resumes_without_sending_parts_again(
     assert await _version_files(client, owner, slug) == _manifest(files)
     version = (await client.get(f"/api/v1/products/{slug}/versions/1.0.0", headers=owner.headers)).json()
     assert version["pending_files"] == []
+
+
+async def test_upload_urls_about_to_expire_are_renewed(
+    client: AsyncTestClient[Any], api_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every URL counts as about to expire: each transfer asks for the plan again and uses fresh URLs.
+    monkeypatch.setattr(push_module, "URL_MARGIN", dt.timedelta(hours=2))
+    plans: list[str] = []
+    plan = push_module.Api.plan
+
+    def counted(self: push_module.Api, slug: str, version: str, file: push_module.LocalFile) -> dict[str, Any]:
+        plans.append(file.path)
+        return plan(self, slug, version, file)
+
+    monkeypatch.setattr(push_module.Api, "plan", counted)
+    owner, slug = await _draft(client)
+    files = {"big.bin": os.urandom(9 * MIB), "small.txt": b"small"}
+    _write(tmp_path / "corpus", files)
+    report = await _push(api_url, owner, slug, tmp_path / "corpus", tmp_path / "cache")
+    assert report.ok, report.failures
+    assert (report.files_uploaded, report.parts_uploaded, report.parts_reused) == (2, 3, 0)
+    # the first plan, then a fresh one for each transfer
+    assert sorted(plans) == ["big.bin"] * 3 + ["small.txt"] * 2
+    assert await _version_files(client, owner, slug) == _manifest(files)
 
 
 async def test_push_failures_say_what_to_do(
