@@ -175,7 +175,10 @@ INCLUSIVE = [
     ("asyncpg, any frame", _in("asyncpg")),
     ("socket writes to PostgreSQL (asyncio transport write)", r"^_SelectorSocketTransport\.write "),
     ("prometheus_client, any frame", _in("prometheus_client")),
-    ("Prometheus middleware (litestar/plugins/prometheus), any frame", _in("litestar/plugins/prometheus")),
+    (
+        "Prometheus middleware and everything under it (its own cost: the self-time rows)",
+        _in("litestar/plugins/prometheus"),
+    ),
     ("msgspec encode/decode", r"msgspec"),
 ]
 
@@ -184,6 +187,7 @@ LEAF_GROUPS = [
     ("app (Corpora's own code)", _in("app")),
     ("sqlalchemy", _in("sqlalchemy")),
     ("asyncpg", _in("asyncpg")),
+    ("litestar Prometheus middleware", _in("litestar/plugins/prometheus")),
     ("litestar", _in("litestar")),
     ("prometheus_client", _in("prometheus_client")),
     ("jwt", _in("jwt")),

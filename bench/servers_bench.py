@@ -42,8 +42,10 @@ def uvicorn_label(*, nodelay_fix: bool) -> str:
     return f"uvicorn ({http}, {loop} loop{', TCP_NODELAY fixed' if nodelay_fix else ', as shipped'})"
 
 
-def measure(procs: _common.Processes, name: str, cmd: list[str], port: int, args: argparse.Namespace) -> float:
-    """Start one server, warm it up, measure it, stop it; return its requests per second."""
+def measure(
+    procs: _common.Processes, name: str, cmd: list[str], port: int, args: argparse.Namespace
+) -> _common.LoadResult:
+    """Start one server, warm it up, measure it, stop it."""
     proc = procs.start(name, cmd)
     url = f"http://127.0.0.1:{port}{_common.BARE_PATH}"
     try:
@@ -64,7 +66,12 @@ def measure(procs: _common.Processes, name: str, cmd: list[str], port: int, args
         proc.stop()
         procs.procs.remove(proc)
     print(f"  {name:<16} {result.describe()}", flush=True)
-    return result.rps
+    return result
+
+
+def cpu_per_request_us(runs: list[_common.LoadResult]) -> float | None:
+    values = [run.server_cpu_s / run.requests for run in runs if run.server_cpu_s is not None and run.requests]
+    return 1e6 * statistics.median(values) if values else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.skip_stock_uvicorn:
         del servers["uvicorn-stock"]
-    rps: dict[str, list[float]] = {name: [] for name in servers}
+    runs: dict[str, list[_common.LoadResult]] = {name: [] for name in servers}
     with (
         tempfile.TemporaryDirectory(prefix="servers-bench-") as logs,
         _common.exit_on_sigterm(),
@@ -131,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {round_no}/{args.rounds}")
             for name, make_cmd in servers.items():
                 port = _common.free_port()
-                rps[name].append(measure(procs, name, make_cmd(port, args.workers), port, args))
-    result = {name: statistics.median(values) for name, values in rps.items()}
+                runs[name].append(measure(procs, name, make_cmd(port, args.workers), port, args))
+    result = {name: statistics.median(run.rps for run in values) for name, values in runs.items()}
     labels = {
         "granian": granian_label(),
         "uvicorn-fixed": uvicorn_label(nodelay_fix=True),
@@ -145,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     if "uvicorn-stock" in result:
         stock = _common.ratio(result["granian"], result["uvicorn-stock"])
         print(f"ratio granian / uvicorn (as shipped):  {stock:.2f}  (Nagle + delayed ACK, see bench/README.md)")
+    granian_cpu, uvicorn_cpu = cpu_per_request_us(runs["granian"]), cpu_per_request_us(runs["uvicorn-fixed"])
+    if granian_cpu is not None and uvicorn_cpu is not None:
+        print(
+            f"server CPU per request: granian {granian_cpu:.0f} us, uvicorn {uvicorn_cpu:.0f} us "
+            f"(uvicorn / granian = {_common.ratio(uvicorn_cpu, granian_cpu):.2f})"
+        )
     return 0
 
 
