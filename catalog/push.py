@@ -171,6 +171,7 @@ class HashCache:
     def __init__(self, cache_dir: Path | None, directory: Path) -> None:
         self.path: Path | None = None
         self.entries: dict[str, list[Any]] = {}
+        self.dirty = False
         if cache_dir is None:
             return
         digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:20]
@@ -188,9 +189,10 @@ class HashCache:
 
     def put(self, file: LocalFile) -> None:
         self.entries[str(file.abspath)] = [file.size, file.mtime_ns, file.sha256]
+        self.dirty = True
 
     def save(self) -> None:
-        if self.path is None:
+        if self.path is None or not self.dirty:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
