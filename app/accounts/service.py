@@ -78,18 +78,19 @@ class OrgRole:
 
 
 async def user_with_orgs(session: AsyncSession, user_id: uuid.UUID) -> tuple[User, list[OrgRole]]:
-    user = await session.get(User, user_id)
-    if user is None or user.disabled_at is not None:
-        raise not_found("user")
+    """The user and their memberships in one round trip (``GET /me`` is the hottest authenticated path)."""
     rows = (
         await session.execute(
-            select(Organization, Membership.role)
-            .join(Membership, Membership.org_id == Organization.id)
-            .where(Membership.user_id == user_id)
+            select(User, Organization, Membership.role)
+            .outerjoin(Membership, Membership.user_id == User.id)
+            .outerjoin(Organization, Organization.id == Membership.org_id)
+            .where(User.id == user_id, User.disabled_at.is_(None))
             .order_by(Organization.slug)
         )
     ).all()
-    return user, [OrgRole(org, role) for org, role in rows]
+    if not rows:
+        raise not_found("user")
+    return rows[0][0], [OrgRole(org, role) for _, org, role in rows if org is not None]
 
 
 async def create_org(
