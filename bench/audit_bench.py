@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import datetime as dt
 import hashlib
+import multiprocessing
 import os
 import secrets
 import sys
@@ -25,11 +26,12 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -117,19 +119,13 @@ async def run_writers(writers: int, total: int, one: object) -> float:
     return time.perf_counter() - started
 
 
-async def bench_appends(url: str, writers: int, total: int) -> tuple[float, float]:
-    """Both sides through the same stack the service uses: an AsyncSession, one transaction, one statement."""
-    orgs = [uuid.uuid4() for _ in range(8)]
-    engine = create_engine(url, pool_size=writers)
-    sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
-    async with engine.begin() as connection:
-        for statement in PLAIN_TABLE.split(";"):
-            if statement.strip():
-                await connection.execute(text(statement))
+def _writer_fn(kind: str, sessionmaker: async_sessionmaker[AsyncSession], offset: int) -> Any:
+    """One transaction of the chained (``record()``) or the plain kind, through an AsyncSession."""
+    orgs = [uuid.UUID(int=k + 1) for k in range(8)]
     zero = bytes(32)
 
     async def plain(i: int) -> None:
-        fields = event_fields(i, orgs)
+        fields = event_fields(offset + i, orgs)
         async with sessionmaker() as session, session.begin():
             await session.execute(
                 PLAIN_INSERT,
@@ -149,19 +145,63 @@ async def bench_appends(url: str, writers: int, total: int) -> tuple[float, floa
             )
 
     async def chained(i: int) -> None:
-        fields = event_fields(i, orgs)
+        fields = event_fields(offset + i, orgs)
         context = AuditContext(actor="user:bench", request_id=secrets.token_hex(8), client_addr="127.0.0.1")
         async with sessionmaker() as session, session.begin():
             await record(session, context, "download.granted", **fields)  # type: ignore[arg-type]
 
+    return chained if kind == "chained" else plain
+
+
+async def _process_writers(
+    url: str, kind: str, writers: int, count: int, offset: int, start: Any
+) -> tuple[float, float]:
+    engine = create_engine(url, pool_size=writers)
+    one = _writer_fn(kind, async_sessionmaker(engine, expire_on_commit=False), offset)
     try:
-        warm = min(total // 10, 500)
-        await run_writers(writers, warm, plain)
-        await run_writers(writers, warm, chained)
-        plain_rate = total / await run_writers(writers, total, plain)
-        chained_rate = total / await run_writers(writers, total, chained)
+        await run_writers(writers, min(count // 10, 200), one)  # warm connections and prepared statements
+        await asyncio.to_thread(start.wait)
+        began = time.time()
+        await run_writers(writers, count, one)
+        return began, time.time()
     finally:
         await engine.dispose()
+
+
+def _process_main(url: str, kind: str, writers: int, count: int, offset: int, start: Any, results: Any) -> None:
+    results.put(asyncio.run(_process_writers(url, kind, writers, count, offset, start)))
+
+
+def run_processes(url: str, kind: str, writers: int, total: int, processes: int) -> float:
+    """``writers`` split over ``processes`` (like server workers) run ``total`` transactions; returns events/s."""
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(processes)
+    results = context.Queue()
+    children = [
+        context.Process(
+            target=_process_main,
+            args=(url, kind, writers // processes, total // processes, k * total, start, results),
+        )
+        for k in range(processes)
+    ]
+    for child in children:
+        child.start()
+    spans: list[tuple[float, float]] = [results.get(timeout=600) for _ in children]
+    for child in children:
+        child.join()
+    return (total // processes * processes) / (max(end for _, end in spans) - min(began for began, _ in spans))
+
+
+async def bench_appends(url: str, writers: int, total: int, processes: int) -> tuple[float, float]:
+    """Both sides through the same stack the service uses: an AsyncSession, one transaction, one statement."""
+    engine = create_engine(url, pool_size=1)
+    async with engine.begin() as connection:
+        for statement in PLAIN_TABLE.split(";"):
+            if statement.strip():
+                await connection.execute(text(statement))
+    await engine.dispose()
+    plain_rate = await asyncio.to_thread(run_processes, url, "plain", writers, total, processes)
+    chained_rate = await asyncio.to_thread(run_processes, url, "chained", writers, total, processes)
     return plain_rate, chained_rate
 
 
@@ -262,8 +302,11 @@ async def main(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-        print(f"appends: {args.writers} writers, {args.appends} transactions each side", flush=True)
-        plain_rate, chained_rate = await bench_appends(url, args.writers, args.appends)
+        print(
+            f"appends: {args.writers} writers in {args.processes} process(es), {args.appends} transactions each side",
+            flush=True,
+        )
+        plain_rate, chained_rate = await bench_appends(url, args.writers, args.appends, args.processes)
         print(f"  plain table (baseline): {plain_rate:10,.0f} inserts/s")
         print(
             f"  hash-chained record():  {chained_rate:10,.0f} events/s   "
@@ -296,6 +339,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--writers", type=int, default=32, help="concurrent writers (default 32)")
     parser.add_argument("--appends", type=int, default=4000, help="transactions per append run (default 4000)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="client processes the writers are split over, like server workers (default 1)",
+    )
     parser.add_argument("--verify-events", type=int, default=200_000, help="chain length to verify (default 200000)")
     parser.add_argument("--batch", type=int, default=20_000, help="verification keyset batch size (default 20000)")
     return parser.parse_args()
