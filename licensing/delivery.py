@@ -7,10 +7,12 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
+import anyio.lowlevel
 
 from app.objectstore import ObjectStore
 
-CHUNK_SIZE = 1024 * 1024
+CHUNK_SIZE = 1024 * 1024  # read from the object store at a time: the memory a transfer holds
+PIECE_SIZE = 64 * 1024  # handed to the server at a time: the asyncio write buffer's high-water mark
 _SPEC = re.compile(r"^(\d*)-(\d*)$")
 
 
@@ -67,9 +69,16 @@ async def stream_object(
     byte_range: ByteRange,
     on_done: Callable[[int], Awaitable[None]],
     chunk_size: int = CHUNK_SIZE,
+    piece_size: int = PIECE_SIZE,
 ) -> AsyncIterator[bytes]:
-    """Yield the range in chunks; whatever ends the stream (completion, a client gone, an error), close the
-    upstream connection at once and report how many bytes were handed to the server to send."""
+    """Yield the range, read upstream in chunks and handed to the server in pieces; whatever ends the stream
+    (completion, a client gone, an error), close the upstream connection at once and report how many bytes the
+    server accepted to send.
+
+    A piece counts once the server's ``send`` has returned and the task has passed a checkpoint: an ASGI server
+    that drops what it is given after the client went away (uvicorn does) returns from ``send`` at once, and the
+    checkpoint lets the disconnect cancel the stream before that piece is counted. Pieces much smaller than a
+    chunk keep the server's write buffer, and so the bytes counted but never delivered, small."""
     sent = 0
     reader = await store.open_range(key, byte_range.start, byte_range.length) if byte_range.length else None
     try:
@@ -78,9 +87,13 @@ async def stream_object(
             chunk = await reader.read(min(chunk_size, remaining))
             if not chunk:
                 break
-            yield chunk
-            sent += len(chunk)
             remaining -= len(chunk)
+            view = memoryview(chunk)
+            for start in range(0, len(chunk), piece_size):
+                piece = bytes(view[start : start + piece_size])
+                yield piece
+                await anyio.lowlevel.checkpoint()
+                sent += len(piece)
     finally:
         if reader is not None:
             reader.close()

@@ -5,16 +5,23 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import itertools
 import posixpath
 import uuid
+from collections.abc import AsyncGenerator, Iterable
 from typing import Annotated, Any
 
+import anyio
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.datastructures import State
+from litestar.datastructures import Cookie, State
+from litestar.enums import MediaType
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Redirect, Stream
-from litestar.types import ControllerRouterHandler
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.types import ControllerRouterHandler, Receive, Send, TypeEncodersMap
+from litestar.utils.helpers import get_enum_string_value
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -82,6 +89,53 @@ class ManifestOut(msgspec.Struct):
 
 class DownloadList(msgspec.Struct):
     items: list[DownloadOut]
+
+
+class _ClosingStreamingResponse(ASGIStreamingResponse):
+    """Closes its iterator whatever ends the response. When the client goes away Litestar cancels the send loop
+    but leaves the generator suspended for the garbage collector (and a server whose ``send`` raises leaves it
+    the same way), and with it the object store connection and the record of the bytes sent."""
+
+    __slots__ = ()
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        try:
+            await super().send_body(send, receive)
+        finally:
+            if isinstance(self.iterator, AsyncGenerator):
+                with anyio.CancelScope(shield=True):
+                    await self.iterator.aclose()
+
+
+class ClosingStream(Stream):
+    """A ``Stream`` whose generator is closed as soon as the response ends, however it ends."""
+
+    def to_asgi_response(
+        self,
+        app: Any,
+        request: Request[Any, Any, Any],
+        *,
+        background: Any = None,
+        cookies: Iterable[Cookie] | None = None,
+        encoded_headers: Iterable[tuple[bytes, bytes]] | None = None,
+        headers: dict[str, str] | None = None,
+        is_head_response: bool = False,
+        media_type: MediaType | str | None = None,
+        status_code: int | None = None,
+        type_encoders: TypeEncodersMap | None = None,
+    ) -> ASGIResponse:
+        return _ClosingStreamingResponse(
+            background=self.background or background,
+            content_length=0,
+            cookies=self.cookies if cookies is None else itertools.chain(self.cookies, cookies),
+            encoded_headers=encoded_headers,
+            encoding=self.encoding,
+            headers={**headers, **self.headers} if headers is not None else self.headers,
+            is_head_response=is_head_response,
+            iterator=self.iterator,  # type: ignore[arg-type]
+            media_type=get_enum_string_value(self.media_type or media_type or MediaType.TEXT),
+            status_code=self.status_code or status_code,
+        )
 
 
 def _url_seconds(settings: Settings) -> int:
@@ -337,7 +391,7 @@ async def download_content(
         async with sessionmaker() as recording, recording.begin():
             await downloads.record_served(recording, download_id, sent)
 
-    return Stream(
+    return ClosingStream(
         delivery.stream_object(state.object_store, blob_key(row.sha256), byte_range, record),
         status_code=status,
         headers=headers,
