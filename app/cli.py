@@ -183,6 +183,15 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
     return push_main(args)
 
 
+def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
+    from licensing.pull import main as pull_main
+
+    if args.api is None:
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # noqa: S104 - not binding
+        args.api = os.environ.get("CORPORA_API_URL") or f"http://{host}:{settings.port}"
+    return pull_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="corpora",
@@ -298,8 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     push.set_defaults(handler=cmd_push)
 
     from catalog import seed  # argparse only at import; the command imports the rest when it runs
+    from licensing import pull
 
     seed.add_command(commands)
+    pull.add_command(commands, cmd_pull)
     return parser
 
 
