@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import anyio
 import anyio.lowlevel
@@ -70,7 +70,7 @@ async def stream_object(
     on_done: Callable[[int], Awaitable[None]],
     chunk_size: int = CHUNK_SIZE,
     piece_size: int = PIECE_SIZE,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Yield the range, read upstream in chunks and handed to the server in pieces; whatever ends the stream
     (completion, a client gone, an error), close the upstream connection at once and report how many bytes the
     server accepted to send.
@@ -99,3 +99,37 @@ async def stream_object(
             reader.close()
         with anyio.CancelScope(shield=True):
             await on_done(sent)
+
+
+class StartedStream:
+    """A stream already started, its object opened and first piece read: iterate it as the stream itself.
+    ``aclose()`` closes the stream even if it was never iterated (the response may end before its body)."""
+
+    def __init__(self, stream: AsyncGenerator[bytes, None], first: bytes | None) -> None:
+        self._stream = stream
+        self._first = first
+
+    def __aiter__(self) -> StartedStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await anext(self._stream)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+async def start(stream: AsyncGenerator[bytes, None]) -> StartedStream:
+    """Run ``stream`` to its first piece now, so that an unreachable object store fails the request before
+    any header is sent (a 503 the client can retry) rather than breaking off a response already under way."""
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        return StartedStream(stream, None)
+    except BaseException:
+        await stream.aclose()
+        raise
+    return StartedStream(stream, first)

@@ -8,7 +8,7 @@ import io
 import itertools
 import posixpath
 import uuid
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 import anyio
@@ -20,7 +20,7 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 from litestar.response import Redirect, Stream
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
-from litestar.types import ControllerRouterHandler, Receive, Send, TypeEncodersMap
+from litestar.types import ControllerRouterHandler, Receive, Scope, Send, TypeEncodersMap
 from litestar.utils.helpers import get_enum_string_value
 from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -93,18 +93,20 @@ class DownloadList(msgspec.Struct):
 
 class _ClosingStreamingResponse(ASGIStreamingResponse):
     """Closes its iterator whatever ends the response. When the client goes away Litestar cancels the send loop
-    but leaves the generator suspended for the garbage collector (and a server whose ``send`` raises leaves it
-    the same way), and with it the object store connection and the record of the bytes sent."""
+    but leaves the iterator suspended for the garbage collector (and a server whose ``send`` raises leaves it
+    the same way, or never starts the body), and with it the object store connection and the record of the
+    bytes sent."""
 
     __slots__ = ()
 
-    async def send_body(self, send: Send, receive: Receive) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().send_body(send, receive)
+            await super().__call__(scope, receive, send)
         finally:
-            if isinstance(self.iterator, AsyncGenerator):
+            aclose = getattr(self.iterator, "aclose", None)
+            if aclose is not None:
                 with anyio.CancelScope(shield=True):
-                    await self.iterator.aclose()
+                    await aclose()
 
 
 class ClosingStream(Stream):
@@ -391,8 +393,10 @@ async def download_content(
         async with sessionmaker() as recording, recording.begin():
             await downloads.record_served(recording, download_id, sent)
 
+    # Opened here, before any header: an unreachable object store is a 503, not a body that breaks off.
+    stream = await delivery.start(delivery.stream_object(state.object_store, blob_key(row.sha256), byte_range, record))
     return ClosingStream(
-        delivery.stream_object(state.object_store, blob_key(row.sha256), byte_range, record),
+        stream,
         status_code=status,
         headers=headers,
         media_type="application/octet-stream",

@@ -38,6 +38,7 @@ from app.settings import Settings
 from licensing.delivery import CHUNK_SIZE, PIECE_SIZE, ByteRange, stream_object
 from tests.conftest import Account, Servers, asyncpg_dsn, sign_up
 from tests.download_helpers import Market, download_body, market
+from tests.tcp_proxy import TcpProxy, http_upstream, proxied_endpoint
 
 T = TypeVar("T")
 MiB = 1024 * 1024
@@ -420,6 +421,36 @@ async def test_streaming_holds_one_chunk_whatever_the_size(client: AsyncTestClie
     assert hasher.hexdigest() == hashlib.sha256(content).hexdigest()
     assert done == [len(content)]
     assert peak - baseline < 8 * chunk, peak - baseline
+
+
+async def test_object_store_down_is_a_503_before_any_byte(
+    settings: Settings, big_market: Market, db: asyncpg.Connection
+) -> None:
+    """The object is opened (and its first chunk read) before the response starts: an unreachable object store
+    is a 503 with ``Retry-After``, not a 200 whose body breaks off; the transfer works again once it is back."""
+    assert settings.s3_endpoint is not None
+    s3 = TcpProxy(http_upstream(settings.s3_endpoint)).start()
+    try:
+        proxied = dataclasses.replace(
+            settings, download_mode="proxy", s3_endpoint=proxied_endpoint(settings.s3_endpoint, s3)
+        )
+        with live_server(proxied) as live:
+            m = big_market
+            granted = await grant(live, m, "data/big.bin")
+            async with httpx.AsyncClient(headers=m.buyer.headers, timeout=30) as http:
+                s3.stop()
+                down = await http.get(granted["url"], headers={"Range": "bytes=100-"})
+                assert down.status_code == 503, down.text
+                assert down.headers["content-type"].startswith("application/problem+json")
+                assert int(down.headers["retry-after"]) > 0
+                s3.start()
+                back = await http.get(granted["url"], headers={"Range": "bytes=100-"})
+                assert back.status_code == 206
+                assert back.content == m.files["data/big.bin"][100:]
+            await live.idle()
+            assert await bytes_served(db, granted["download_id"]) == len(back.content)
+    finally:
+        s3.close()
 
 
 async def test_every_request_is_checked(
