@@ -71,29 +71,40 @@ class Grant:
 
 async def _entitlement_for_download(
     session: AsyncSession, principal: Principal, entitlement_id: uuid.UUID
-) -> tuple[Entitlement, str]:
-    """The entitlement, locked, if the caller may download under it; 404 otherwise."""
+) -> tuple[Entitlement, str, Product]:
+    """The entitlement, its buyer org's slug and its product, if the caller may download under it; 404 otherwise.
+
+    One query. An entitlement past its term that the sweep has not reached yet is marked expired here first
+    (with its audit event), so the refusal names the right status.
+    """
     if not principal.has_scope("downloads"):
         raise forbidden("this API key lacks the 'downloads' scope")
-    await expire_due(session, [entitlement_id])
-    row = (
-        await session.execute(
-            select(Entitlement, Organization.slug)
-            .join(Organization, Organization.id == Entitlement.buyer_org_id)
-            .join(
-                Membership,
-                and_(
-                    Membership.org_id == Entitlement.buyer_org_id,
-                    Membership.user_id == principal.user_id,
-                    Membership.role.in_(DOWNLOADER_ROLES),
-                ),
-            )
-            .where(Entitlement.id == entitlement_id)
+    query = (
+        select(Entitlement, Organization.slug, Product)
+        .join(Organization, Organization.id == Entitlement.buyer_org_id)
+        .join(Product, Product.id == Entitlement.product_id)
+        .join(
+            Membership,
+            and_(
+                Membership.org_id == Entitlement.buyer_org_id,
+                Membership.user_id == principal.user_id,
+                Membership.role.in_(DOWNLOADER_ROLES),
+            ),
         )
-    ).one_or_none()
+        .where(Entitlement.id == entitlement_id)
+    )
+    row = (await session.execute(query)).one_or_none()
     if row is None or (principal.api_key_org_id is not None and principal.api_key_org_id != row[0].buyer_org_id):
         raise not_found("entitlement")
-    return row[0], row[1]
+    entitlement, buyer_org, product = row
+    if entitlement.status in ("active", "suspended") and entitlement.valid_until <= utcnow():
+        await expire_due(session, [entitlement_id])
+        entitlement = (
+            await session.execute(
+                select(Entitlement).where(Entitlement.id == entitlement_id).execution_options(populate_existing=True)
+            )
+        ).scalar_one()
+    return entitlement, buyer_org, product
 
 
 def _check_active(entitlement: Entitlement, now: dt.datetime) -> None:
@@ -108,11 +119,9 @@ async def resolve_target(
     session: AsyncSession, principal: Principal, entitlement_id: uuid.UUID, slug: str, version: str, purpose: str
 ) -> Target:
     """Every check a grant needs: membership, status, term, product, version coverage, purpose."""
-    entitlement, buyer_org = await _entitlement_for_download(session, principal, entitlement_id)
+    entitlement, buyer_org, product = await _entitlement_for_download(session, principal, entitlement_id)
     now = utcnow()
     _check_active(entitlement, now)
-    product = await session.get(Product, entitlement.product_id)
-    assert product is not None
     if product.slug != slug:
         raise Refused(403, "version-not-covered", f"this entitlement is for '{product.slug}', not '{slug}'")
     versions = list(
@@ -251,12 +260,10 @@ async def grant(
         files = [by_path[p] for p in dict.fromkeys(paths)]
     if not files:
         raise not_found(f"files matching {list(patterns or [])} in {slug}@{version}")
-    await _charge(session, target.entitlement, len(files), sum(f.size for f in files))
     assert target.version.manifest_digest is not None
     now = utcnow()
-    results: list[Grant] = []
-    for file in files:
-        row = DownloadGrant(
+    rows = [
+        DownloadGrant(
             id=uuid.uuid4(),
             entitlement_id=entitlement_id,
             user_id=principal.user_id,
@@ -277,8 +284,13 @@ async def grant(
             bytes_served=0,
             audit_hash="",
         )
-        session.add(row)
-        await session.flush()
+        for file in files
+    ]
+    # From the charge on, this transaction holds the entitlement's row lock (and from the first append the audit
+    # chain head's) until it commits, and every other grant under the entitlement waits: only the statements that
+    # need the locks run after it. The rows are inserted after their events, already carrying their hashes.
+    await _charge(session, target.entitlement, len(files), sum(f.size for f in files))
+    for row in rows:
         event = await audit.record(
             session,
             context,
@@ -290,18 +302,26 @@ async def grant(
                 "entitlement_id": str(entitlement_id),
                 "product": slug,
                 "version": version,
-                "path": file.path,
-                "sha256": file.sha256,
-                "bytes_charged": file.size,
+                "path": row.path,
+                "sha256": row.sha256,
+                "bytes_charged": row.size,
                 "purpose": purpose,
                 "mode": mode,
             },
         )
         row.audit_hash = event.hash.hex()
-        receipt = sign_receipt(keyring, row, product=slug, version=version, buyer_org=target.buyer_org, issuer=issuer)
-        results.append(Grant(row, slug, version, receipt, charged=True))
+    session.add_all(rows)
     await session.flush()
-    return results
+    return [
+        Grant(
+            row,
+            slug,
+            version,
+            sign_receipt(keyring, row, product=slug, version=version, buyer_org=target.buyer_org, issuer=issuer),
+            charged=True,
+        )
+        for row in rows
+    ]
 
 
 async def refresh(
@@ -353,7 +373,7 @@ async def grant_for_content(
     row = await session.scalar(query.with_for_update() if lock else query)
     if row is None:
         raise not_found("download")
-    entitlement, _ = await _entitlement_for_download(session, principal, row.entitlement_id)
+    entitlement, _, _ = await _entitlement_for_download(session, principal, row.entitlement_id)
     now = utcnow()
     _check_active(entitlement, now)
     if row.window_ends_at <= now:
