@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Computed,
     ForeignKey,
     Identity,
     Index,
@@ -60,6 +61,7 @@ class Product(Base):
         Index("ix_products_listing", "status", "listed_seq"),
         Index("ix_products_org_id_listed_seq", "org_id", "listed_seq"),
         Index("ix_products_languages", "languages", postgresql_using="gin"),
+        Index("ix_products_facet_terms", "facet_terms", postgresql_using="gin"),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -78,6 +80,10 @@ class Product(Base):
     status: Mapped[str] = mapped_column(String(10), default="draft")
     # Words, and CJK characters and character pairs, of the text fields: search without extensions.
     search_terms: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    # "industry:finance", "language:zh-Hans", "org:<uuid>", …: filters intersect with search terms in GIN.
+    facet_terms: Mapped[list[str]] = mapped_column(
+        ARRAY(Text), Computed("catalog_facet_terms(industry, modality, access, languages, org_id)", persisted=True)
+    )
     created_at: Mapped[dt.datetime] = server_now()
     updated_at: Mapped[dt.datetime] = server_now()
 
@@ -94,6 +100,13 @@ class ProductVersion(Base):
             "published_has_manifest",
         ),
         CheckConstraint("synthetic_fraction IS NULL OR synthetic_fraction BETWEEN 0 AND 1", "fraction_range"),
+        # The search's `use` filter: which licences a product's released versions carry, index-only.
+        Index(
+            "ix_product_versions_released",
+            "product_id",
+            "licence_id",
+            postgresql_where="state IN ('published', 'deprecated')",
+        ),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -163,21 +176,22 @@ class VersionFile(Base):
     verified_at: Mapped[dt.datetime | None]
 
 
-class ProductFacetCount(Base):
-    """How many products share one combination of status, provider and facet values.
+class ProductFacetValue(Base):
+    """How many products of one status and provider have one facet value (language: each of their languages).
 
     Maintained by statement-level triggers on ``products`` (migration 0003), so every write path — the
-    service, bulk COPY of ``corpora seed`` — keeps it exact. The search reads facet counts for queries
-    without text from here: its size is bounded by the combinations, not by the number of products.
+    service, the bulk COPY of ``corpora seed`` — keeps it exact. The unfiltered catalogue (or one provider's)
+    reads its facet counts here: a few dozen rows per provider, whatever the number of products.
     """
 
-    __tablename__ = "product_facet_counts"
-    __table_args__ = (CheckConstraint("products >= 0", "not_negative"),)
+    __tablename__ = "product_facet_values"
+    __table_args__ = (
+        CheckConstraint("products >= 0", "not_negative"),
+        CheckConstraint(_in("facet", ("industry", "modality", "access", "language")), "known_facet"),
+    )
 
     status: Mapped[str] = mapped_column(String(10), primary_key=True)
     org_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
-    industry: Mapped[str] = mapped_column(String(20), primary_key=True)
-    modality: Mapped[str] = mapped_column(String(20), primary_key=True)
-    access: Mapped[str] = mapped_column(String(10), primary_key=True)
-    languages: Mapped[list[str]] = mapped_column(ARRAY(String(35)), primary_key=True)
+    facet: Mapped[str] = mapped_column(String(10), primary_key=True)
+    value: Mapped[str] = mapped_column(String(35), primary_key=True)
     products: Mapped[int] = mapped_column(BigInteger)

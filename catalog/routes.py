@@ -162,6 +162,14 @@ class ProductController(Controller):
     @get(
         "/",
         summary="Search and browse the catalogue, with facet counts",
+        responses={
+            422: ResponseSpec(
+                Problem,
+                description="An unknown industry, modality, access or use, a malformed language tag or cursor, "
+                "or a limit outside 1-100",
+                media_type=PROBLEM_MEDIA_TYPE,
+            )
+        },
         response_headers=[
             ResponseHeader(
                 name="Corpora-Facets",

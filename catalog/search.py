@@ -44,7 +44,7 @@ from sqlalchemy.sql.visitors import iterate, replacement_traverse
 from app.accounts.models import Organization
 from app.auth.principal import Principal
 from app.errors import ProblemError, invalid
-from catalog.models import ACCESS_MODES, INDUSTRIES, MODALITIES, Product, ProductFacetCount, ProductVersion
+from catalog.models import ACCESS_MODES, INDUSTRIES, MODALITIES, Product, ProductFacetValue, ProductVersion
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _RUNS = re.compile(rf"[{_CJK}]+|[^\W_{_CJK}]+", re.UNICODE)
@@ -131,8 +131,8 @@ def use_condition(use: str) -> ColumnElement[bool]:
     """Products with a released (published or deprecated) version under a licence that permits ``use``.
 
     The hook for the licensing module: it replaces this (or ``LICENCE_USES``) with its licences' terms.
-    A correlated scalar subquery, looked up per candidate product through the versions' product_id index:
-    PostgreSQL would turn an EXISTS into a hash of every released version of the catalogue.
+    A correlated scalar subquery, looked up per candidate product in the partial index of released
+    versions (index-only): PostgreSQL would turn an EXISTS into a hash of every released version.
     """
     return (
         select(literal(1))
@@ -160,31 +160,33 @@ FACET_VALUES_MAX = 50  # the most frequent values of each facet
 # with EXPLAIN that no statement reads the products table sequentially):
 #
 # Facet counts.
-# - Without words or `use`, facets come from ``product_facet_counts``: one row per combination of
-#   status, provider, industry, modality, access and language set, kept exact by triggers on products.
-#   Its size is bounded by those combinations, not by the products (about 23,000 rows for 100,000
-#   seeded products), so browsing and filtering cost about the same at any catalogue size, counts are
-#   exact, and a filter combination nobody has answers without touching products at all.
-# - With words (or `use`), one pass over the matched products counts every facet at once (GROUPING
-#   SETS). The GIN index says which products match but not their facet values, so each match costs a
-#   visit to its row: the pass stops after FACET_SCAN_LIMIT matches. Up to there the counts are exact.
-#   Beyond (a word found in most products) they are estimates — each value's share among the counted
-#   matches times PostgreSQL's estimate of all matches, which for such common words comes from the
-#   column's most-common-element statistics — and ``facets_exact`` is False. Counting every match of a
-#   word in 60 % of 122,000 products took 0.5 s (GIN bitmap) to 3.7 s (sequential scan).
+# - The whole catalogue, or one provider's, without words or other filters (the landing page): from
+#   ``product_facet_values``, a count per status, provider and facet value kept exact by triggers on
+#   products — a few dozen rows per provider, whatever the number of products.
+# - Otherwise one pass over the matched products counts every facet at once (GROUPING SETS). The indexes
+#   say which products match but not their facet values, so each match costs a visit to its row, and the
+#   pass stops after FACET_SCAN_LIMIT matches. Up to there the counts are exact. Beyond (a word found in
+#   most products, a filter as broad as a whole industry) they are estimates — each value's share among
+#   the counted matches times PostgreSQL's estimate of all matches (for such frequent terms it comes from
+#   the most-common-element statistics of the arrays) — and ``facets_exact`` is False. Counting every match
+#   of a word in 60 % of 122,000 products took 0.5 s through the GIN index, 3.7 s sequentially; a count
+#   table of every combination of facet values was tried and dropped: 21,000 rows for 100,000 products,
+#   and one row per product once there are many providers.
 #
 # Plans. PostgreSQL does not charge for decompressing ``search_terms`` (a few hundred terms a product),
 # so its cost model would evaluate ``@>`` row by row along the listed_seq index even for a word no
-# product has: 6.5 s for 122,000 products. So the shape of each plan is decided here, per statement:
-# - words: one statement, driven by the GIN index alone (plain index scans off; the other conditions
-#   wrapped so no other index can drive it), collects up to FACET_SCAN_LIMIT + 1 matches, counts their
-#   facets, and when that is all of them also picks the page from them;
-# - when there are more, matches are dense (at least FACET_SCAN_LIMIT in the catalogue), and the page
-#   walks the listed_seq index backwards (bitmap scans off), evaluating ``@>`` on about
-#   limit x catalogue / matches rows;
-# - without words, no condition reads search_terms and the planner's choice stands (sequential scans
-#   off: with a LIMIT it may otherwise read a table of a million wide rows for a rare filter).
+# product has: 6.5 s for 122,000 products. So the shape of each plan is decided here:
+# - words or facet filters: one statement driven by the GIN indexes alone (words and facet filters as GIN
+#   conditions, intersected inside the index; visibility and `use` wrapped so they cannot drive the scan;
+#   the matches in a MATERIALIZED CTE, see ``_matched``) collects up to FACET_SCAN_LIMIT + 1 matches,
+#   counts their facets and, when that is all of them, picks the page from them too;
+# - when there are more, the matches are dense (at least FACET_SCAN_LIMIT in the catalogue) and the page
+#   walks the listed_seq index backwards, testing about limit x catalogue / matches rows;
+# - sequential scans are off for the transaction: with a LIMIT the planner may otherwise read a table of
+#   a million wide rows, decompressing each, to find a rare match.
 FACET_SCAN_LIMIT = 5_000
+# Bitmaps of a million matches must stay exact: a lossy one rechecks, so decompresses, every row.
+WORK_MEM = "32MB"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,25 +233,29 @@ def _one_of(field: str, value: str | None, allowed: Sequence[str]) -> None:
 
 
 def _filters(
-    columns: Any, query: SearchQuery, language: str | None, org_id: uuid.UUID | None
-) -> list[ColumnElement[bool]]:
-    """The filters on ``columns`` (products or the facet count table: both have these columns)."""
-    conditions: list[ColumnElement[bool]] = []
-    for name in ("industry", "modality", "access"):
+    query: SearchQuery, language: str | None, org_id: uuid.UUID | None
+) -> tuple[list[str], list[ColumnElement[bool]]]:
+    """The facet filters as facet terms (for the GIN index) and as plain column conditions."""
+    wanted: list[str] = []
+    plain: list[ColumnElement[bool]] = []
+    for name, column in (("industry", Product.industry), ("modality", Product.modality), ("access", Product.access)):
         value = getattr(query, name)
         if value is not None:
-            conditions.append(getattr(columns, name) == value)
+            wanted.append(f"{name}:{value}")
+            plain.append(column == value)
     if language is not None:
-        conditions.append(columns.languages.contains([language]))
+        wanted.append(f"language:{language}")
+        plain.append(Product.languages.contains([language]))
     if org_id is not None:
-        conditions.append(columns.org_id == org_id)
-    return conditions
+        wanted.append(f"org:{org_id}")
+        plain.append(Product.org_id == org_id)
+    return wanted, plain
 
 
-def _on_counts(condition: ColumnElement[bool]) -> ColumnElement[bool] | None:
-    """The visibility ``condition`` on products, rewritten for the facet count table (status and org_id);
-    None when it needs other columns of products, so facets are then counted on products."""
-    counts = ProductFacetCount.__table__.c
+def _on_facet_values(condition: ColumnElement[bool]) -> ColumnElement[bool] | None:
+    """The visibility ``condition`` on products, rewritten for ``product_facet_values`` (status and org_id);
+    None when it needs other columns of products."""
+    counts = ProductFacetValue.__table__.c
 
     def of_products(element: Any) -> bool:
         table = getattr(element, "table", None)
@@ -292,40 +298,82 @@ async def _plan_with(session: AsyncSession, **settings: str) -> None:
     await session.execute(select(*(func.set_config(name, value, True) for name, value in settings.items())))
 
 
-def _grouping_sets(columns: Sequence[Any], *, total: bool) -> Any:
-    sets = [tuple_(column) for column in columns]
-    return func.grouping_sets(*sets, tuple_()) if total else func.grouping_sets(*sets)
+FacetValues = list[tuple[str, str, int]]  # (facet, value, count)
 
 
-_FacetRows = Sequence[Sequence[Any]]  # (industry, modality, access, org_id, languages, count) per grouping set
-
-
-async def _facets_from(session: AsyncSession, rows: _FacetRows, scale: float = 1.0) -> dict[str, list[tuple[str, int]]]:
-    counts: dict[str, dict[Any, int]] = {facet: {} for facet in FACETS}
-    for row in rows:
-        industry, modality, access, org_id, languages, n = row[0], row[1], row[2], row[3], row[4], int(row[5] or 0)
-        for facet, value in (("industry", industry), ("modality", modality), ("access", access), ("org", org_id)):
-            if value is not None:
-                counts[facet][value] = counts[facet].get(value, 0) + n
-        for language in languages or ():
-            counts["language"][language] = counts["language"].get(language, 0) + n
-    if counts["org"]:
-        found = await session.execute(
-            select(Organization.id, Organization.slug).where(Organization.id.in_(counts["org"]))
-        )
-        slugs = {org_id: slug for org_id, slug in found}
-        counts["org"] = {slugs[org_id]: n for org_id, n in counts["org"].items() if org_id in slugs}
+def _facets(values: FacetValues, scale: float = 1.0) -> dict[str, list[tuple[str, int]]]:
+    counts: dict[str, dict[str, int]] = {facet: {} for facet in FACETS}
+    for facet, value, n in values:
+        counts[facet][value] = counts[facet].get(value, 0) + n
     return {
         facet: sorted(
-            ((str(value), round(n * scale)) for value, n in values.items()), key=lambda item: (-item[1], item[0])
+            ((value, round(n * scale)) for value, n in values_.items()), key=lambda item: (-item[1], item[0])
         )[:FACET_VALUES_MAX]
-        for facet, values in counts.items()
+        for facet, values_ in counts.items()
     }
 
 
-def _total(rows: _FacetRows) -> int:
-    """The count of the empty grouping set ``()``: the row whose facet columns are all NULL."""
-    return next((int(row[5] or 0) for row in rows if all(value is None for value in row[:5])), 0)
+def _counted(matched: Any) -> Select[Any]:
+    """Every facet of the ``matched`` rows and their total in one GROUPING SETS pass, with org slugs:
+    rows of (industry, modality, access, org_id, org slug, languages, count)."""
+    keys = (matched.c.industry, matched.c.modality, matched.c.access, matched.c.org_id, matched.c.languages)
+    grouped = (
+        select(*keys, func.count().label("n"))
+        .group_by(func.grouping_sets(*(tuple_(key) for key in keys), tuple_()))
+        .cte("grouped")
+    )
+    return select(
+        grouped.c.industry,
+        grouped.c.modality,
+        grouped.c.access,
+        grouped.c.org_id,
+        Organization.slug,
+        grouped.c.languages,
+        grouped.c.n,
+    ).select_from(grouped.outerjoin(Organization, Organization.id == grouped.c.org_id))
+
+
+def _values_of(rows: Sequence[Sequence[Any]]) -> tuple[FacetValues, int]:
+    """(facet, value, count) of the rows of ``_counted``, and the total (the row of the empty set)."""
+    values: FacetValues = []
+    total = 0
+    for row in rows:
+        industry, modality, access, org_id, slug, languages, n = row[:7]
+        n = int(n or 0)
+        if industry is not None:
+            values.append(("industry", industry, n))
+        elif modality is not None:
+            values.append(("modality", modality, n))
+        elif access is not None:
+            values.append(("access", access, n))
+        elif org_id is not None:
+            values.append(("org", slug or str(org_id), n))
+        elif languages is not None:
+            values += [("language", language, n) for language in languages]
+        else:
+            total = n
+    return values, total
+
+
+def _matched(conditions: Sequence[ColumnElement[bool]], limit: int, *, by_index: bool) -> Any:
+    """Up to ``limit`` matching rows. ``by_index``: the matches are a MATERIALIZED CTE, which PostgreSQL
+    plans for reading every row (so by total cost: the GIN bitmap, not a walk along some btree testing each
+    row) but runs lazily, so the LIMIT applied to it still stops the scan early."""
+    hits = (
+        select(
+            Product.listed_seq,
+            Product.industry,
+            Product.modality,
+            Product.access,
+            Product.org_id,
+            Product.languages,
+        )
+        .where(*conditions)
+        .cte("hits")
+    )
+    if by_index:
+        hits = hits.prefix_with("MATERIALIZED")
+    return select(hits).limit(limit).cte("matched")
 
 
 async def _page(
@@ -337,7 +385,7 @@ async def _page(
         .where(*conditions)
         .order_by(Product.listed_seq.desc())
         .limit(limit + 1)
-        .options(defer(Product.search_terms, raiseload=True))
+        .options(defer(Product.search_terms, raiseload=True), defer(Product.facet_terms, raiseload=True))
     )
     if after is not None:
         statement = statement.where(Product.listed_seq < after)
@@ -347,62 +395,35 @@ async def _page(
     return rows[:limit], encode_cursor(rows[limit - 1][0].listed_seq)
 
 
-async def _counted_facets(
-    session: AsyncSession, conditions: Sequence[ColumnElement[bool]]
-) -> tuple[dict[str, list[tuple[str, int]]], bool]:
-    """Facets over up to FACET_SCAN_LIMIT matches (queries with `use` and no words)."""
-    matched = (
-        select(Product.industry, Product.modality, Product.access, Product.org_id, Product.languages)
-        .where(*conditions)
-        .limit(FACET_SCAN_LIMIT + 1)
-        .subquery()
-    )
-    keys = (matched.c.industry, matched.c.modality, matched.c.access, matched.c.org_id, matched.c.languages)
-    rows = (await session.execute(select(*keys, func.count()).group_by(_grouping_sets(keys, total=True)))).all()
-    counted = _total(rows)
-    if counted <= FACET_SCAN_LIMIT:
-        return await _facets_from(session, rows), True
+async def _estimated(
+    session: AsyncSession, values: FacetValues, counted: int, conditions: Sequence[ColumnElement[bool]]
+) -> dict[str, list[tuple[str, int]]]:
     estimate = await _estimated_rows(session, select(Product.id).where(*conditions))
-    return await _facets_from(session, rows, max(estimate, counted) / counted), False
+    return _facets(values, max(estimate, counted) / counted)
 
 
-async def _text_search(
+async def _indexed_search(
     session: AsyncSession,
-    words: list[str],
+    indexed: Sequence[ColumnElement[bool]],
     others: Sequence[ColumnElement[bool]],
+    plain: Sequence[ColumnElement[bool]],
     after: int | None,
     limit: int,
 ) -> SearchPage:
-    """Words: see "Plans" above."""
-    await _plan_with(session, enable_indexscan="off")
-    matched = (
-        select(
-            Product.listed_seq,
-            Product.industry,
-            Product.modality,
-            Product.access,
-            Product.org_id,
-            Product.languages,
-        )
-        # coalesce(…): the same rows, but no condition other than the words can drive the scan
-        .where(Product.search_terms.contains(words), func.coalesce(and_(true(), *others), False))
-        .limit(FACET_SCAN_LIMIT + 1)
-        .cte("matched")
-    )
-    keys = (matched.c.industry, matched.c.modality, matched.c.access, matched.c.org_id, matched.c.languages)
-    facet_rows = select(*keys, func.count(), cast(null(), BigInteger)).group_by(_grouping_sets(keys, total=True))
-    page_ids = select(null(), null(), null(), null(), null(), null(), matched.c.listed_seq).order_by(
-        matched.c.listed_seq.desc()
-    )
+    """Words and facet filters (``indexed``: GIN conditions; ``plain``: the same as plain column conditions
+    for an ordered walk); see "Plans" above."""
+    await _plan_with(session, enable_seqscan="off", work_mem=WORK_MEM)
+    # coalesce(…): the same rows, but no index can drive the scan by these conditions
+    matched = _matched([*indexed, func.coalesce(and_(true(), *others), False)], FACET_SCAN_LIMIT + 1, by_index=True)
+    counted = _counted(matched).add_columns(cast(null(), BigInteger))
+    page_ids = select(*(null() for _ in range(7)), matched.c.listed_seq).order_by(matched.c.listed_seq.desc())
     if after is not None:
         page_ids = page_ids.where(matched.c.listed_seq < after)
-    result = (await session.execute(union_all(facet_rows, page_ids.limit(limit + 1)))).all()
-    rows = [row for row in result if row[6] is None]
-    counted = _total(rows)
-    conditions = [*others, Product.search_terms.contains(words)]
-    if counted <= FACET_SCAN_LIMIT:
+    result: Sequence[Any] = (await session.execute(union_all(counted, page_ids.limit(limit + 1)))).all()
+    values, total = _values_of([row for row in result if row[7] is None])
+    if total <= FACET_SCAN_LIMIT:
         # Every match was collected: the page is among them.
-        ids = [row[6] for row in result if row[6] is not None]
+        ids = [row[7] for row in result if row[7] is not None]
         products: list[tuple[Product, str]] = []
         next_cursor = None
         if ids:
@@ -410,14 +431,41 @@ async def _text_search(
             if len(products) > limit:
                 products = products[:limit]
                 next_cursor = encode_cursor(products[-1][0].listed_seq)
-        return SearchPage(products, next_cursor, await _facets_from(session, rows), facets_exact=True)
-    # Dense: at least FACET_SCAN_LIMIT matches, so walking the listing newest first finds a page soon.
-    await _plan_with(session, enable_indexscan="on", enable_bitmapscan="off")
-    products, next_cursor = await _page(session, conditions, after, limit)
-    await _plan_with(session, enable_bitmapscan="on")
-    estimate = await _estimated_rows(session, select(Product.id).where(*conditions))
-    facets = await _facets_from(session, rows, max(estimate, counted) / counted)
+        return SearchPage(products, next_cursor, _facets(values), facets_exact=True)
+    # Dense: at least FACET_SCAN_LIMIT matches, so walking the listing newest first finds a page soon
+    # (and the planner, which estimates such frequent terms well, walks it).
+    products, next_cursor = await _page(session, [*plain, *others], after, limit)
+    facets = await _estimated(session, values, total, [*indexed, *others])
     return SearchPage(products, next_cursor, facets, facets_exact=False)
+
+
+async def _listing(
+    session: AsyncSession,
+    visible: ColumnElement[bool],
+    conditions: Sequence[ColumnElement[bool]],
+    org_id: uuid.UUID | None,
+    after: int | None,
+    limit: int,
+) -> SearchPage | None:
+    """The catalogue, or one provider's, with facets from the count table; None if visibility needs more
+    than status and provider."""
+    visible_values = _on_facet_values(visible)
+    if visible_values is None:
+        return None
+    v = ProductFacetValue
+    scope = [visible_values, v.products > 0, *([v.org_id == org_id] if org_id is not None else [])]
+    per_value = select(v.facet, v.value, func.sum(v.products)).where(*scope).group_by(v.facet, v.value)
+    per_org = (
+        select(literal("org"), Organization.slug, func.sum(v.products))
+        .join(Organization, Organization.id == v.org_id)
+        .where(*scope, v.facet == "access")  # every product has exactly one access value
+        .group_by(Organization.slug)
+    )
+    values = [(facet, value, int(n)) for facet, value, n in await session.execute(union_all(per_value, per_org))]
+    if not any(facet == "org" for facet, _, _ in values):
+        return SearchPage([], None, _facets([]), facets_exact=True)
+    products, next_cursor = await _page(session, conditions, after, limit)
+    return SearchPage(products, next_cursor, _facets(values), facets_exact=True)
 
 
 async def search_products(session: AsyncSession, principal: Principal | None, query: SearchQuery) -> SearchPage:
@@ -444,36 +492,32 @@ async def search_products(session: AsyncSession, principal: Principal | None, qu
             raise invalid("language", f"'{query.language}' is not a BCP 47 language tag (e.g. en, zh-Hans)") from None
     after = decode_cursor(query.cursor) if query.cursor is not None else None
     words = query_terms(query.q) if query.q else []
-    empty = SearchPage(products=[], next_cursor=None, facets={f: [] for f in FACETS}, facets_exact=True)
     org_id = None
     if query.org is not None:
-        # Resolved first: the planner then estimates with the org's own statistics, not a guess.
         org_id = await session.scalar(select(Organization.id).where(Organization.slug == query.org))
         if org_id is None:
-            return empty
+            return SearchPage([], None, _facets([]), facets_exact=True)
 
-    # Large bitmaps of matches must stay exact (a lossy one rechecks, so decompresses, every row).
-    await _plan_with(session, enable_seqscan="off", work_mem="64MB")
     visible = visible_products(principal)
-    conditions = [visible, *_filters(Product, query, language, org_id)]
-    if query.use is not None:
-        conditions.append(use_condition(query.use))
+    others = [visible, *([use_condition(query.use)] if query.use is not None else [])]
+    wanted, plain = _filters(query, language, org_id)
     if words:
-        return await _text_search(session, words, conditions, after, query.limit)
-    visible_counts = _on_counts(visible) if query.use is None else None
-    if visible_counts is None:
-        products, next_cursor = await _page(session, conditions, after, query.limit)
-        facets, exact = await _counted_facets(session, conditions)
-        return SearchPage(products, next_cursor, facets, exact)
-    c = ProductFacetCount
-    keys = (c.industry, c.modality, c.access, c.org_id, c.languages)
-    counted = (
-        select(*keys, func.sum(c.products))
-        .where(visible_counts, c.products > 0, *_filters(ProductFacetCount, query, language, org_id))
-        .group_by(_grouping_sets(keys, total=True))
-    )
-    rows = (await session.execute(counted)).all()
-    if _total(rows) == 0:
-        return empty
+        indexed = [Product.search_terms.contains(words), *([Product.facet_terms.contains(wanted)] if wanted else [])]
+        plain = [*plain, Product.search_terms.contains(words)]
+        return await _indexed_search(session, indexed, others, plain, after, query.limit)
+    if len(wanted) > (org_id is not None):  # a facet filter besides the provider
+        return await _indexed_search(session, [Product.facet_terms.contains(wanted)], others, plain, after, query.limit)
+    if query.use is None:
+        listing = await _listing(session, visible, [visible, *plain], org_id, after, query.limit)
+        if listing is not None:
+            return listing
+    # `use` alone (or an unusual visibility): the planner's plans, facets counted up to the limit.
+    await _plan_with(session, enable_seqscan="off", work_mem=WORK_MEM)
+    conditions = [*others, *plain]
     products, next_cursor = await _page(session, conditions, after, query.limit)
-    return SearchPage(products, next_cursor, await _facets_from(session, rows), facets_exact=True)
+    # No index can select these: walking the listing (lazily, with the LIMIT) beats a bitmap of everything.
+    rows = (await session.execute(_counted(_matched(conditions, FACET_SCAN_LIMIT + 1, by_index=False)))).all()
+    values, total = _values_of(rows)
+    if total <= FACET_SCAN_LIMIT:
+        return SearchPage(products, next_cursor, _facets(values), facets_exact=True)
+    return SearchPage(products, next_cursor, await _estimated(session, values, total, conditions), facets_exact=False)

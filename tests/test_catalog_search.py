@@ -242,6 +242,45 @@ async def test_pages_neither_repeat_nor_skip_while_products_are_listed(client: C
     assert everything["next_cursor"] is None
 
 
+async def test_facet_count_table_follows_every_change(client: Client, db: asyncpg.Connection) -> None:
+    owner, org = await provider(client)
+    first = await listed(client, db, owner, org, industry="finance", languages=["en", "zh-Hans"], access="open")
+    await listed(client, db, owner, org, industry="legal", languages=["en"], access="paid")
+    draft = await make_product(client, owner, org, industry="media", languages=["ja"])
+    body = await find(client, owner.headers, org=org)
+    assert facet(body, "industry") == {"finance": 1, "legal": 1, "media": 1}
+    assert facet(await find(client, org=org), "industry") == {"finance": 1, "legal": 1}  # the draft is not listed
+
+    changed = await client.patch(
+        f"/api/v1/products/{first}",
+        json={"industry": "energy", "languages": ["de"], "access": "gated", "title": "Renamed"},
+        headers=owner.headers,
+    )
+    assert changed.status_code == 200, changed.text
+    body = await find(client, org=org)
+    assert facet(body, "industry") == {"energy": 1, "legal": 1}
+    assert facet(body, "language") == {"de": 1, "en": 1}
+    assert facet(body, "access") == {"gated": 1, "paid": 1}
+    assert slugs(await find(client, org=org, industry="energy")) == [first]
+    assert slugs(await find(client, org=org, industry="finance")) == []
+    await db.execute("UPDATE products SET status = 'published' WHERE slug = $1", draft)
+    assert facet(await find(client, org=org), "org") == {org: 3}
+
+    # Whatever every test so far has done to products, the counts equal a recount.
+    recount = await db.fetch(
+        "SELECT status, org_id, facet, value, sum(n) AS n FROM ("
+        " SELECT status, org_id, 'industry' AS facet, industry AS value, 1 AS n FROM products"
+        " UNION ALL SELECT status, org_id, 'modality', modality, 1 FROM products"
+        " UNION ALL SELECT status, org_id, 'access', access, 1 FROM products"
+        " UNION ALL SELECT status, org_id, 'language', l, 1 FROM products, unnest(languages) AS l"
+        ") AS v GROUP BY 1, 2, 3, 4"
+    )
+    stored = await db.fetch(
+        "SELECT status, org_id, facet, value, products AS n FROM product_facet_values WHERE products > 0"
+    )
+    assert sorted(map(tuple, recount)) == sorted(map(tuple, stored))
+
+
 @pytest.mark.parametrize(
     "params",
     [
