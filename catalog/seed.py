@@ -618,11 +618,16 @@ async def seed_database(
 ) -> SeedResult:
     """Seed in one transaction of a fresh engine, then vacuum and analyze what changed."""
     from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import async_sessionmaker
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+    from sqlalchemy.pool import NullPool
 
-    from app.db import create_engine
+    from app.db import async_url
 
-    engine = create_engine(database_url, pool_size=1)
+    # Not the service's engine: its 30-second statement timeout is for requests, and merging the new search
+    # terms into the GIN index or vacuuming a million products takes longer.
+    engine = create_async_engine(
+        async_url(database_url), poolclass=NullPool, connect_args={"timeout": 10, "command_timeout": 3600}
+    )
     try:
         async with async_sessionmaker(engine)() as session, session.begin():
             result = await seed_catalogue(
