@@ -64,6 +64,7 @@ class Market:
     path: str
     size: int
     sha256: str
+    offer_id: str
 
     def token(self) -> str:
         """A fresh access token for the buyer (tokens expire; benchmarks can outlast one)."""
@@ -219,7 +220,23 @@ def set_up_market(
         ).json()
         if order["status"] != "fulfilled":
             raise RuntimeError(f"the order is {order['status']}")
-    return Market(base_url, slug, version, buyer_email, order["entitlement_id"], FILE_PATH, size, sha)
+    return Market(base_url, slug, version, buyer_email, order["entitlement_id"], FILE_PATH, size, sha, offer["id"])
+
+
+def another_buyer(market: Market) -> Market:
+    """The same product and offer, ordered by a new buyer org: a second, independent entitlement."""
+    with httpx.Client(base_url=market.base_url, timeout=120) as api:
+        email, headers, org = _account(api, "buyer")
+        order = _ok(
+            api.post(
+                "/api/v1/orders",
+                json={"offer_id": market.offer_id, "buyer_org": org, "purpose": "research"},
+                headers={**headers, "Idempotency-Key": f"bench-{uuid.uuid4().hex}"},
+            )
+        ).json()
+    if order["status"] != "fulfilled":
+        raise RuntimeError(f"the order is {order['status']}")
+    return dataclasses.replace(market, buyer_email=email, entitlement_id=order["entitlement_id"])
 
 
 def start_corpora(
