@@ -34,6 +34,7 @@ from catalog import routes as catalog_routes
 from catalog.janitor import run_janitor
 from licensing import download_routes
 from licensing import routes as licensing_routes
+from licensing.service import products_permitting
 from licensing.sweeps import run_sweeps
 
 log = logging.getLogger("corpora")
@@ -100,6 +101,8 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
                 "engine": engine,
                 "sessionmaker": sessionmaker,
                 "object_store": store,
+                # The catalogue's `use` filter, decided by the licences' terms.
+                "use_filter": products_permitting,
             }
         )
         return config

@@ -16,7 +16,7 @@ import json
 import re
 import unicodedata
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, get_args
 
 from sqlalchemy import (
@@ -44,7 +44,7 @@ from sqlalchemy.sql.visitors import iterate, replacement_traverse
 from app.accounts.models import Organization
 from app.auth.principal import Principal
 from app.errors import ProblemError, invalid
-from catalog.models import ACCESS_MODES, INDUSTRIES, MODALITIES, Product, ProductFacetValue, ProductVersion
+from catalog.models import ACCESS_MODES, INDUSTRIES, MODALITIES, Product, ProductFacetValue
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _RUNS = re.compile(rf"[{_CJK}]+|[^\W_{_CJK}]+", re.UNICODE)
@@ -95,56 +95,9 @@ Use = Literal[
     "derivative_datasets",
 ]
 USES: tuple[str, ...] = get_args(Use)
-_ALL_USES = frozenset(USES)
-_NON_COMMERCIAL = _ALL_USES - {"commercial_model_release"}
-_NO_DERIVATIVES = frozenset({"research", "evaluation", "rag_indexing", "redistribution"})
-_NON_COMMERCIAL_NO_DERIVATIVES = frozenset({"research", "evaluation", "redistribution"})
-
-# Until the licensing module exists, a version's ``licence_id`` is an SPDX id and the uses each id permits
-# come from this table: the `use` filter of the search lists products with a released version under one
-# of the ids permitting that use. Ids not in the table (compound expressions, LicenseRef-…) permit nothing
-# here. The licensing module replaces this table (and ``licences_permitting``) with its licences' terms.
-LICENCE_USES: dict[str, frozenset[str]] = {
-    "CC0-1.0": _ALL_USES,
-    "PDDL-1.0": _ALL_USES,
-    "CC-BY-4.0": _ALL_USES,
-    "ODC-By-1.0": _ALL_USES,
-    "CDLA-Permissive-2.0": _ALL_USES,
-    "MIT": _ALL_USES,
-    "Apache-2.0": _ALL_USES,
-    "CC-BY-SA-4.0": _ALL_USES,  # share-alike is a duty, not a restriction of use
-    "ODbL-1.0": _ALL_USES,
-    "CDLA-Sharing-1.0": _ALL_USES,
-    "CC-BY-NC-4.0": _NON_COMMERCIAL,
-    "CC-BY-NC-SA-4.0": _NON_COMMERCIAL,
-    "CC-BY-ND-4.0": _NO_DERIVATIVES,
-    "CC-BY-NC-ND-4.0": _NON_COMMERCIAL_NO_DERIVATIVES,
-}
-
-
-def licences_permitting(use: str) -> list[str]:
-    """The licence ids under which ``use`` is permitted, sorted."""
-    return sorted(licence for licence, uses in LICENCE_USES.items() if use in uses)
-
-
-def use_condition(use: str) -> ColumnElement[bool]:
-    """Products with a released (published or deprecated) version under a licence that permits ``use``.
-
-    The hook for the licensing module: it replaces this (or ``LICENCE_USES``) with its licences' terms.
-    A correlated scalar subquery, looked up per candidate product in the partial index of released
-    versions (index-only): PostgreSQL would turn an EXISTS into a hash of every released version.
-    """
-    return (
-        select(literal(1))
-        .where(
-            ProductVersion.product_id == Product.id,
-            ProductVersion.state.in_(RELEASED),
-            ProductVersion.licence_id.in_(licences_permitting(use)),
-        )
-        .limit(1)
-        .scalar_subquery()
-        .is_not(None)
-    )
+# Which products a use is permitted for is decided by the licences' terms, which live in licensing: the
+# application passes that condition in (``UseFilter``), so the catalogue never imports licensing.
+UseFilter = Callable[[str], ColumnElement[bool]]
 
 
 # --- the search ----------------------------------------------------------------------------------------------
@@ -468,7 +421,9 @@ async def _listing(
     return SearchPage(products, next_cursor, _facets(values), facets_exact=True)
 
 
-async def search_products(session: AsyncSession, principal: Principal | None, query: SearchQuery) -> SearchPage:
+async def search_products(
+    session: AsyncSession, principal: Principal | None, query: SearchQuery, *, use_filter: UseFilter
+) -> SearchPage:
     """One page of the products the caller may see that match ``query``, newest listing first, with facets.
 
     Pages are keyed on ``listed_seq`` (the cursor is its base64), so products listed while a client pages
@@ -499,7 +454,7 @@ async def search_products(session: AsyncSession, principal: Principal | None, qu
             return SearchPage([], None, _facets([]), facets_exact=True)
 
     visible = visible_products(principal)
-    others = [visible, *([use_condition(query.use)] if query.use is not None else [])]
+    others = [visible, *([use_filter(query.use)] if query.use is not None else [])]
     wanted, plain = _filters(query, language, org_id)
     if words:
         indexed = [Product.search_terms.contains(words), *([Product.facet_terms.contains(wanted)] if wanted else [])]
