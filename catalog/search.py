@@ -105,7 +105,6 @@ UseFilter = Callable[[str], ColumnElement[bool]]
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 MAX_QUERY_LENGTH = 200
-RELEASED = ("published", "deprecated")
 FACETS = ("industry", "modality", "language", "access", "org")
 FACET_VALUES_MAX = 50  # the most frequent values of each facet
 
