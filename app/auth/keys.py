@@ -27,10 +27,11 @@ def _b64url(data: bytes) -> str:
 class SigningKey:
     kid: str
     private: Ed25519PrivateKey
+    # Derived once: every token verification needs it.
+    public: Ed25519PublicKey = dataclasses.field(init=False, compare=False)
 
-    @property
-    def public(self) -> Ed25519PublicKey:
-        return self.private.public_key()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "public", self.private.public_key())
 
     def jwk(self) -> dict[str, str]:
         raw = self.public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

@@ -7,8 +7,10 @@ route's guards, so public endpoints stay public.
 
 from __future__ import annotations
 
+import collections
 import re
 import secrets
+import time
 from typing import Any
 
 from litestar.enums import ScopeType
@@ -19,12 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.accounts.models import ApiKey, User
 from app.auth.keys import KeyRing
 from app.auth.principal import Principal
-from app.auth.tokens import API_KEY_PREFIX, InvalidToken, secret_digest, verify_access_token
+from app.auth.tokens import API_KEY_PREFIX, AccessClaims, InvalidToken, secret_digest, verify_access_token
 from app.db import utcnow
 from app.errors import unauthorized
 from app.settings import Settings
 
 REQUEST_ID_HEADER = b"x-request-id"
+VERIFIED_TOKENS_KEPT = 10_000
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -48,6 +51,7 @@ class AuthMiddleware:
         self.settings = settings
         self.keyring = keyring
         self.sessionmaker = sessionmaker
+        self._verified: collections.OrderedDict[str, AccessClaims] = collections.OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -79,13 +83,27 @@ class AuthMiddleware:
             raise unauthorized("use 'Authorization: Bearer <token>' with an access token or API key")
         if credential.startswith(API_KEY_PREFIX):
             return await self.api_key_principal(credential)
+        cached = self._verified.get(credential)
+        if cached is not None and cached.expires_at > time.time():
+            return Principal(user_id=cached.user_id, platform_roles=cached.platform_roles)
         try:
             claims = verify_access_token(
                 self.keyring, credential, issuer=self.settings.jwt_issuer, audience=self.settings.jwt_audience
             )
         except InvalidToken as exc:
             raise unauthorized(str(exc)) from exc
+        self._remember(credential, claims)
         return Principal(user_id=claims.user_id, platform_roles=claims.platform_roles)
+
+    def _remember(self, token: str, claims: AccessClaims) -> None:
+        """Keep verified tokens until they expire, so a client's repeated calls skip the signature check.
+
+        Only tokens that verified are kept, keyed by their full text; the cache is per process and bounded.
+        """
+        self._verified[token] = claims
+        self._verified.move_to_end(token)
+        while len(self._verified) > VERIFIED_TOKENS_KEPT:
+            self._verified.popitem(last=False)
 
     async def api_key_principal(self, secret: str) -> Principal:
         async with self.sessionmaker() as session:

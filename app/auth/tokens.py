@@ -26,6 +26,7 @@ class AccessClaims:
     user_id: uuid.UUID
     platform_roles: frozenset[str]
     token_id: str
+    expires_at: int  # seconds since the epoch
 
 
 def issue_access_token(
@@ -82,7 +83,9 @@ def verify_access_token(keyring: KeyRing, token: str, *, issuer: str, audience: 
         raise InvalidToken("the token has expired; refresh it at /api/v1/auth/token") from exc
     except (jwt.PyJWTError, ValueError) as exc:
         raise InvalidToken(f"the token is invalid: {exc}") from exc
-    return AccessClaims(user_id=user_id, platform_roles=frozenset(roles), token_id=str(claims["jti"]))
+    return AccessClaims(
+        user_id=user_id, platform_roles=frozenset(roles), token_id=str(claims["jti"]), expires_at=int(claims["exp"])
+    )
 
 
 def opaque_secret(prefix: str) -> str:
