@@ -31,9 +31,9 @@ from app.deps import Audit, Caller, Session
 from app.errors import ProblemError
 from app.objectstore import ObjectStore
 from app.settings import Settings
+from catalog.search import Use
 from catalog.uploads import blob_key
 from licensing import delivery, downloads
-from licensing.schemas import Use
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 

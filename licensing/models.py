@@ -23,19 +23,9 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, server_now, uuid_pk
+from catalog.search import USES as CATALOGUE_USES
 
-USES = (
-    "research",
-    "evaluation",
-    "pretraining",
-    "fine_tuning",
-    "rag_indexing",
-    "synthetic_data_generation",
-    "commercial_model_release",
-    "open_weights_release",
-    "redistribution",
-    "derivative_datasets",
-)
+USES: tuple[str, ...] = CATALOGUE_USES
 DUTIES = ("attribution", "share_alike", "usage_reporting", "delete_on_termination")
 VERSION_SCOPES = ("latest", "all")
 APPROVALS = ("automatic", "manual")

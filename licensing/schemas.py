@@ -10,19 +10,9 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from app.accounts.schemas import Strict
+from catalog.search import Use
 
-Use = Literal[
-    "research",
-    "evaluation",
-    "pretraining",
-    "fine_tuning",
-    "rag_indexing",
-    "synthetic_data_generation",
-    "commercial_model_release",
-    "open_weights_release",
-    "redistribution",
-    "derivative_datasets",
-]
+# The AI-use vocabulary is the catalogue's (its search filters by use); licensing may import it, not the reverse.
 Duty = Literal["attribution", "share_alike", "usage_reporting", "delete_on_termination"]
 Territory = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")]
 Reason = Annotated[str, msgspec.Meta(max_length=500)]
