@@ -137,8 +137,16 @@ FACET_VALUES_MAX = 50  # the most frequent values of each facet
 # - sequential scans are off for the transaction: with a LIMIT the planner may otherwise read a table of
 #   a million wide rows, decompressing each, to find a rare match.
 FACET_SCAN_LIMIT = 5_000
-# Bitmaps of a million matches must stay exact: a lossy one rechecks, so decompresses, every row.
-WORK_MEM = "32MB"
+# For the search's transaction (SET LOCAL):
+PLANNER = {
+    # with a LIMIT the planner may otherwise read a table of a million wide rows, decompressing each
+    "enable_seqscan": "off",
+    # bitmaps of a million matches must stay exact: a lossy one rechecks, so decompresses, every row
+    "work_mem": "32MB",
+    # every plan made for the actual words and filters: the prepared statements' generic plans, made for
+    # unknown parameters after five executions, walked half a million rows for a query taking 13 ms
+    "plan_cache_mode": "force_custom_plan",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -364,7 +372,7 @@ async def _indexed_search(
 ) -> SearchPage:
     """Words and facet filters (``indexed``: GIN conditions; ``plain``: the same as plain column conditions
     for an ordered walk); see "Plans" above."""
-    await _plan_with(session, enable_seqscan="off", work_mem=WORK_MEM)
+    await _plan_with(session, **PLANNER)
     # coalesce(…): the same rows, but no index can drive the scan by these conditions
     matched = _matched([*indexed, func.coalesce(and_(true(), *others), False)], FACET_SCAN_LIMIT + 1, by_index=True)
     counted = _counted(matched).add_columns(cast(null(), BigInteger))
@@ -466,7 +474,7 @@ async def search_products(
         if listing is not None:
             return listing
     # `use` alone (or an unusual visibility): the planner's plans, facets counted up to the limit.
-    await _plan_with(session, enable_seqscan="off", work_mem=WORK_MEM)
+    await _plan_with(session, **PLANNER)
     conditions = [*others, *plain]
     products, next_cursor = await _page(session, conditions, after, query.limit)
     # No index can select these: walking the listing (lazily, with the LIMIT) beats a bitmap of everything.
