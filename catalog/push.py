@@ -88,7 +88,7 @@ class PushReport:
     def describe(self) -> str:
         rate = self.bytes_uploaded / self.transfer_seconds / 2**20 if self.transfer_seconds > 0 else 0.0
         text = (
-            f"{self.product}@{self.version}: {self.files_uploaded} file(s) uploaded ({_size(self.bytes_uploaded)}"
+            f"{self.product}@{self.version}: {self.files_uploaded} file(s) uploaded ({human_size(self.bytes_uploaded)}"
             f"{f', {rate:.1f} MiB/s' if self.bytes_uploaded else ''}), {self.files_skipped} already there"
         )
         if self.parts_reused:
@@ -100,7 +100,7 @@ class PushReport:
         return text
 
 
-def _size(n: float) -> str:
+def human_size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -654,7 +654,7 @@ class Uploader:
         with self.counter_lock:
             self.report.complete_seconds += time.monotonic() - completing
         self._count(files_uploaded=1)
-        self.progress.line(f"uploaded {file.path} ({_size(file.size)})")
+        self.progress.line(f"uploaded {file.path} ({human_size(file.size)})")
 
     def _wait(self, futures: list[concurrent.futures.Future[str]]) -> None:
         """Wait for transfers; on the first failure stop the others of this file and raise it."""

@@ -38,6 +38,8 @@ from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from catalog.push import human_size, sha256_file
+
 if TYPE_CHECKING:
     import httpx
     from tqdm import tqdm
@@ -94,25 +96,17 @@ class PullReport:
         rate = self.bytes_downloaded / self.seconds / 2**20 if self.seconds > 0 else 0.0
         text = (
             f"{self.product}@{self.version} → {self.out}: {self.files_downloaded} file(s) downloaded "
-            f"({_size(self.bytes_downloaded)}{f', {rate:.1f} MiB/s' if self.bytes_downloaded else ''}), "
+            f"({human_size(self.bytes_downloaded)}{f', {rate:.1f} MiB/s' if self.bytes_downloaded else ''}), "
             f"{self.files_skipped} already complete"
         )
         if self.bytes_resumed:
-            text += f", {_size(self.bytes_resumed)} resumed"
+            text += f", {human_size(self.bytes_resumed)} resumed"
         text += f"; {self.grants_new} new grant(s)"
         if self.grants_reused:
             text += f", {self.grants_reused} reused"
         if self.files_failed:
             text += f", {self.files_failed} FAILED"
         return text
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def _when(value: str | None) -> dt.datetime | None:
@@ -146,7 +140,7 @@ def problem_of(response: httpx.Response) -> dict[str, Any]:
 def _remaining(problem: dict[str, Any]) -> str:
     downloads, size = problem.get("downloads_remaining"), problem.get("bytes_remaining")
     count = "unlimited downloads" if downloads is None else f"{downloads} download(s)"
-    volume = "unlimited bytes" if size is None else f"{_size(size)} ({size} bytes)"
+    volume = "unlimited bytes" if size is None else f"{human_size(size)} ({size} bytes)"
     return f"{count} and {volume} remain"
 
 
@@ -321,9 +315,9 @@ def check_quota(entitlement: dict[str, Any], files: int, size: int) -> None:
     if (downloads is not None and downloads < files) or (left is not None and left < size):
         remaining = _remaining({"downloads_remaining": downloads, "bytes_remaining": left})
         raise Refusal(
-            f"quota exceeded: this pull needs {files} download(s) and {_size(size)} ({size} bytes); on entitlement "
-            f"{entitlement['id']} {remaining}. Nothing was charged. Narrow the files with --include, or ask the "
-            "provider for a larger quota."
+            f"quota exceeded: this pull needs {files} download(s) and {human_size(size)} ({size} bytes); "
+            f"on entitlement {entitlement['id']} {remaining}. Nothing was charged. Narrow the files with "
+            "--include, or ask the provider for a larger quota."
         )
 
 
@@ -340,18 +334,6 @@ def path_problem(path: str) -> str | None:
     if pure.parts[0] == STATE_DIR:
         return f"falls inside {STATE_DIR}/, where pull keeps its receipts"
     return None
-
-
-def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
-    hasher = hashlib.sha256()
-    with path.open("rb", buffering=0) as stream:
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
-        while read := stream.readinto(buffer):
-            hasher.update(view[:read])
-            if progress is not None:
-                progress(read)
-    return hasher.hexdigest()
 
 
 class State:
@@ -647,7 +629,7 @@ class Downloader:
             if offset < item.size:
                 raise PullError(
                     f"{item.path}: the download did not finish ({problem or 'interrupted'}); "
-                    f"{_size(offset)} of {_size(item.size)} kept in {part.name}. Run pull again to resume."
+                    f"{human_size(offset)} of {human_size(item.size)} kept in {part.name}. Run pull again to resume."
                 )
         finally:
             if bar is not None:
@@ -662,7 +644,7 @@ class Downloader:
         os.replace(part, final)
         self.state.complete(item.download_id, item.path, final, item.sha256)
         self._count(files_downloaded=1)
-        self.progress.line(f"downloaded {item.path} ({_size(item.size)})")
+        self.progress.line(f"downloaded {item.path} ({human_size(item.size)})")
 
     def run(self, items: Sequence[Item], parallel: int) -> None:
         """Fetch every item, ``parallel`` at a time; a refusal stops the others (their .part files remain)."""
