@@ -14,11 +14,11 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins.prometheus import PrometheusConfig
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from app import health
 from app.accounts import routes as accounts_routes
+from app.accounts.me_cache import MeCache
 from app.audit import routes as audit_routes
 from app.audit.checkpoints import run_checkpointer
 from app.auth import routes as auth_routes
@@ -27,6 +27,7 @@ from app.auth.keys import KeyRing, load_keyring
 from app.auth.middleware import AuthMiddleware
 from app.db import create_engine, provide_session
 from app.errors import exception_handlers
+from app.metrics import RequestMetrics
 from app.objectstore import ObjectStore, ObjectStoreUnavailable
 from app.settings import Settings
 from app.validation import strict_json_body
@@ -62,6 +63,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
     sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
     store = ObjectStore(settings)
+    me_cache = MeCache(settings.database_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -70,6 +72,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             asyncio.create_task(run_checkpointer(settings, sessionmaker, store, keyring), name="audit-checkpoints"),
             asyncio.create_task(run_janitor(settings, engine, store), name="storage-janitor"),
             asyncio.create_task(run_sweeps(sessionmaker), name="licensing-sweeps"),
+            asyncio.create_task(me_cache.run(), name="me-cache-listener"),
         ]
         try:
             yield
@@ -78,8 +81,6 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await engine.dispose()
-
-    prometheus = PrometheusConfig(app_name="corpora", group_path=True, exclude=["/metrics", "/healthz"])
 
     api = Router(
         path=API_PREFIX,
@@ -101,6 +102,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
                 "engine": engine,
                 "sessionmaker": sessionmaker,
                 "object_store": store,
+                "me_cache": me_cache,
                 # The catalogue's `use` filter, decided by the licences' terms.
                 "use_filter": products_permitting,
             }
@@ -116,7 +118,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             "audit_context": Provide(provide_audit_context, sync_to_thread=False),
         },
         middleware=[
-            prometheus.middleware,
+            RequestMetrics,
             DefineMiddleware(AuthMiddleware, settings=settings, keyring=keyring, sessionmaker=sessionmaker),
         ],
         exception_handlers=exception_handlers,

@@ -168,17 +168,14 @@ INCLUSIVE = [
     ("auth middleware and everything under it (app/auth/middleware.py)", _in("app/auth")),
     ("  JWT verification (verify_access_token)", r"^verify_access_token "),
     ("/me handler incl. its queries (app/accounts/routes.py me)", r"^me \((?:[^()]*/)?app/accounts/routes\.py"),
-    ("  user_with_orgs: session.get(User) + the memberships query", r"^user_with_orgs "),
+    ("  me_entry: the user and memberships query (cache misses only)", r"^me_entry "),
     ("session dependency: commit, close (app/db.py provide_session)", r"^provide_session "),
+    ("request metrics middleware (app/metrics.py)", _in("app/metrics")),
     ("pool pre-ping (pool_pre_ping=True: BEGIN; SELECT; ROLLBACK per checkout)", r"_async_ping|\bping\b|_do_ping"),
     ("SQLAlchemy, any frame", _in("sqlalchemy")),
     ("asyncpg, any frame", _in("asyncpg")),
     ("socket writes to PostgreSQL (asyncio transport write)", r"^_SelectorSocketTransport\.write "),
     ("prometheus_client, any frame", _in("prometheus_client")),
-    (
-        "Prometheus middleware and everything under it (its own cost: the self-time rows)",
-        _in("litestar/plugins/prometheus"),
-    ),
     ("msgspec encode/decode", r"msgspec"),
 ]
 
@@ -187,7 +184,6 @@ LEAF_GROUPS = [
     ("app (Corpora's own code)", _in("app")),
     ("sqlalchemy", _in("sqlalchemy")),
     ("asyncpg", _in("asyncpg")),
-    ("litestar Prometheus middleware", _in("litestar/plugins/prometheus")),
     ("litestar", _in("litestar")),
     ("prometheus_client", _in("prometheus_client")),
     ("jwt", _in("jwt")),

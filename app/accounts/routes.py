@@ -7,8 +7,10 @@ import uuid
 from litestar import Controller, Router, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.accounts import service
+from app.accounts.me_cache import MeCache
 from app.accounts.schemas import (
     ApiKeyIn,
     ApiKeyOut,
@@ -17,7 +19,6 @@ from app.accounts.schemas import (
     MeOut,
     OrgIn,
     OrgOut,
-    OrgRoleOut,
     SignUp,
     UserOut,
 )
@@ -42,13 +43,23 @@ async def sign_up(session: Session, audit_context: Audit, state: State, data: JS
 
 
 @get("/me", summary="The caller, their organisations and roles", tags=["accounts"], security=BEARER)
-async def me(session: Session, principal: Caller) -> MeOut:
-    user, orgs = await service.user_with_orgs(session, principal.user_id)
+async def me(principal: Caller, state: State) -> MeOut:
+    """Served from this process's cache when it can be (see ``app.accounts.me_cache``)."""
+    cache: MeCache = state.me_cache
+    entry = cache.get(principal.user_id)
+    if entry is None:
+        ticket = cache.ticket()
+        # A read-only session of its own rather than the request's session dependency, so that a cache hit
+        # costs neither a session nor the concurrent resolution of two dependencies.
+        sessionmaker: async_sessionmaker[AsyncSession] = state.sessionmaker
+        async with sessionmaker() as session:
+            entry = await service.me_entry(session, principal.user_id)
+        cache.put(ticket, entry)
     return MeOut(
-        id=user.id,
-        email=user.email,
-        display_name=user.display_name,
-        orgs=[OrgRoleOut(slug=o.org.slug, name=o.org.name, kind=o.org.kind, role=o.role) for o in orgs],
+        id=entry.id,
+        email=entry.email,
+        display_name=entry.display_name,
+        orgs=list(entry.orgs),
         platform_roles=sorted(principal.platform_roles),
     )
 

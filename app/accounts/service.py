@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import uuid
 
@@ -10,8 +9,10 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.accounts.me_cache import MeEntry
 from app.accounts.models import ApiKey, Membership, Organization, PlatformRoleGrant, User
 from app.accounts.passwords import hash_password, weakness
+from app.accounts.schemas import OrgRoleOut
 from app.audit import service as audit
 from app.audit.service import AuditContext
 from app.auth.principal import API_KEY_SCOPES, Principal
@@ -71,17 +72,13 @@ async def platform_roles(session: AsyncSession, user_id: uuid.UUID) -> list[str]
     )
 
 
-@dataclasses.dataclass(slots=True)
-class OrgRole:
-    org: Organization
-    role: str
-
-
-async def user_with_orgs(session: AsyncSession, user_id: uuid.UUID) -> tuple[User, list[OrgRole]]:
+async def me_entry(session: AsyncSession, user_id: uuid.UUID) -> MeEntry:
     """The user and their memberships in one round trip (``GET /me`` is the hottest authenticated path)."""
     rows = (
         await session.execute(
-            select(User, Organization, Membership.role)
+            select(
+                User.email, User.display_name, Organization.slug, Organization.name, Organization.kind, Membership.role
+            )
             .outerjoin(Membership, Membership.user_id == User.id)
             .outerjoin(Organization, Organization.id == Membership.org_id)
             .where(User.id == user_id, User.disabled_at.is_(None))
@@ -90,7 +87,12 @@ async def user_with_orgs(session: AsyncSession, user_id: uuid.UUID) -> tuple[Use
     ).all()
     if not rows:
         raise not_found("user")
-    return rows[0][0], [OrgRole(org, role) for _, org, role in rows if org is not None]
+    return MeEntry(
+        id=user_id,
+        email=rows[0].email,
+        display_name=rows[0].display_name,
+        orgs=tuple(OrgRoleOut(slug=r.slug, name=r.name, kind=r.kind, role=r.role) for r in rows if r.slug is not None),
+    )
 
 
 async def create_org(

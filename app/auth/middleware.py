@@ -8,9 +8,11 @@ route's guards, so public endpoints stay public.
 from __future__ import annotations
 
 import collections
+import itertools
 import re
 import secrets
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from litestar.enums import ScopeType
@@ -29,6 +31,13 @@ from app.settings import Settings
 REQUEST_ID_HEADER = b"x-request-id"
 VERIFIED_TOKENS_KEPT = 10_000
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _request_ids() -> Iterator[str]:
+    """Unique, not secret: a random prefix per app and a counter (no system call per request)."""
+    prefix = secrets.token_hex(4)
+    for number in itertools.count(1):
+        yield f"{prefix}{number:08x}"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -51,6 +60,7 @@ class AuthMiddleware:
         self.settings = settings
         self.keyring = keyring
         self.sessionmaker = sessionmaker
+        self._request_ids = _request_ids()  # made in each worker: the app is built after the fork
         self._verified: collections.OrderedDict[str, AccessClaims] = collections.OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -58,7 +68,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = _header(scope, REQUEST_ID_HEADER)
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else secrets.token_hex(8)
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else next(self._request_ids)
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         client = scope.get("client")
