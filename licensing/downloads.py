@@ -291,7 +291,7 @@ async def grant(
     # need the locks run after it. The rows are inserted after their events, already carrying their hashes.
     await _charge(session, target.entitlement, len(files), sum(f.size for f in files))
     for row in rows:
-        event = await audit.record(
+        event = await audit.record_chained(
             session,
             context,
             "download.granted",

@@ -28,7 +28,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from app.audit import checkpoints
 from app.audit import cli as audit_cli
-from app.audit.service import SYSTEM, AuditContext, canonical, chain_rows, record, row_hash, verify_chain
+from app.audit.service import (
+    SYSTEM,
+    AuditContext,
+    canonical,
+    chain_rows,
+    record,
+    record_chained,
+    row_hash,
+    verify_chain,
+)
 from app.auth.keys import KeyRing, SigningKey, load_keyring
 from app.auth.tokens import issue_access_token
 from app.db import create_engine
@@ -120,9 +129,9 @@ async def test_intact_chain_verifies_and_matches_the_python_canonical_form(priva
     assert report["checkpoints_checked"] >= 2
     assert report["bad_checkpoints"] == []
 
-    # The append statement hashes in SQL; canonical() must produce exactly the same bytes.
+    # audit_append hashes in SQL; canonical() must produce exactly the same bytes.
     async with private.sessionmaker() as session, session.begin():
-        event = await record(
+        event = await record_chained(
             session, AuditContext(actor=AWKWARD, request_id="r", client_addr="::1"), "x.y", details={"k": AWKWARD}
         )
         details_text = (
@@ -198,6 +207,17 @@ async def test_a_deleted_row_is_detected(private: Private) -> None:
     assert report.first_bad_event == 10
     assert "missing" in (report.problem or "")
     assert report.events_checked == 9
+
+
+async def test_an_event_kept_out_of_the_chain_is_detected(private: Private) -> None:
+    async with tampering(private) as (connection, session):
+        await connection.execute(text("ALTER TABLE audit_pending DISABLE TRIGGER ALL"))
+        await connection.execute(
+            text("INSERT INTO audit_pending (actor, action, details) VALUES ('system', 'hidden.event', '{}')")
+        )
+        report = await verify_chain(session)
+    assert report.ok is False
+    assert "never joined the chain" in (report.problem or ""), report
 
 
 async def test_reordered_rows_are_detected(private: Private) -> None:

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, Index, LargeBinary, String
+from sqlalchemy import BigInteger, CheckConstraint, Identity, Index, LargeBinary, String
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -49,3 +49,23 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditPending(Base):
+    """An event recorded by a transaction that has not committed yet.
+
+    A deferred trigger (migration 0006) appends each row to the chain when its transaction commits and
+    deletes it, so no committed transaction leaves a row here.
+    """
+
+    __tablename__ = "audit_pending"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    actor: Mapped[str] = mapped_column(String(80))
+    org_id: Mapped[uuid.UUID | None]
+    action: Mapped[str] = mapped_column(String(80))
+    target_type: Mapped[str | None] = mapped_column(String(40))
+    target_id: Mapped[str | None] = mapped_column(String(200))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    client_addr: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB)

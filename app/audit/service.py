@@ -12,8 +12,9 @@ everything else as UTF-8), and ``details`` exactly as PostgreSQL prints the stor
 (``details::text``). Hashing the database's own rendering of ``details`` keeps the chain independent of
 how any client would re-serialise numbers or order keys.
 
-The append statement renders these bytes in SQL (so the head lock is held for one statement only);
-verification renders them again in Python from the column values, independently of that SQL.
+The database function ``audit_append`` (migration 0006) renders these bytes in SQL when an event joins the
+chain, at its transaction's commit; verification renders them again in Python from the column values,
+independently of that SQL.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import msgspec
 from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, Text, bindparam, cast, column, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit.models import AuditEvent, AuditHead
+from app.audit.models import AuditEvent, AuditHead, AuditPending
 
 GENESIS_HASH = bytes(32)
 VERIFY_BATCH = 20_000
@@ -130,52 +131,44 @@ def _without_nul(value: Any) -> Any:
     return value
 
 
-# One statement appends an event: it locks the head row, inserts the event with its hash computed by
-# PostgreSQL from exactly the encoding ``canonical`` describes, and advances the head. Taking the lock and
-# releasing it at commit are thus separated by no extra client round trip inside record(). The timestamp is
-# taken under the lock, so ``occurred_at`` does not decrease along the chain (unless the server clock does).
-_APPEND = text(
-    """
-WITH input AS (
-    SELECT CAST(:actor AS text) AS actor, CAST(:org_id AS uuid) AS org_id, CAST(:action AS text) AS action,
-           CAST(:target_type AS text) AS target_type, CAST(:target_id AS text) AS target_id,
-           CAST(:request_id AS text) AS request_id, CAST(:client_addr AS text) AS client_addr,
-           CAST(CAST(:details AS text) AS jsonb) AS details
-), head AS (
-    SELECT seq + 1 AS seq, hash AS prev_hash FROM audit_head WHERE id = 1 FOR UPDATE
-), event AS (
-    SELECT head.seq, head.prev_hash, pg_catalog.clock_timestamp() AS occurred_at, input.* FROM head, input
-), appended AS (
-    INSERT INTO audit_events (seq, occurred_at, actor, org_id, action, target_type, target_id, request_id,
-                              client_addr, details, prev_hash, hash)
-    SELECT e.seq, e.occurred_at, e.actor, e.org_id, e.action, e.target_type, e.target_id, e.request_id,
-           e.client_addr, e.details, e.prev_hash,
-           pg_catalog.sha256(e.prev_hash || pg_catalog.convert_to(
-               '[' || e.seq
-               || ',"' || pg_catalog.to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-               || '",' || pg_catalog.to_json(e.actor)
-               || ',' || coalesce('"' || CAST(e.org_id AS text) || '"', 'null')
-               || ',' || pg_catalog.to_json(e.action)
-               || ',' || coalesce(CAST(pg_catalog.to_json(e.target_type) AS text), 'null')
-               || ',' || coalesce(CAST(pg_catalog.to_json(e.target_id) AS text), 'null')
-               || ',' || coalesce(CAST(pg_catalog.to_json(e.request_id) AS text), 'null')
-               || ',' || coalesce(CAST(pg_catalog.to_json(e.client_addr) AS text), 'null')
-               || ',' || CAST(e.details AS text)
-               || ']',
-               'UTF8'))
-    FROM event AS e
-    RETURNING seq, occurred_at, prev_hash, hash, CAST(details AS text) AS details
+_PENDING = text(
+    "INSERT INTO audit_pending (actor, org_id, action, target_type, target_id, request_id, client_addr, details)"
+    " VALUES (:actor, CAST(:org_id AS uuid), :action, :target_type, :target_id, :request_id, :client_addr,"
+    " CAST(CAST(:details AS text) AS jsonb))"
 )
-UPDATE audit_head SET seq = a.seq, hash = a.hash FROM appended AS a WHERE audit_head.id = 1
-RETURNING a.seq, a.occurred_at, a.prev_hash, a.hash, a.details
-"""
+
+# audit_append (migration 0006) renders ``canonical`` in SQL, so the head's lock is held for this one
+# statement and the rest of the transaction.
+_APPEND_NOW = text(
+    "SELECT event_seq, event_time, event_prev_hash, event_hash"
+    " FROM audit_append(:actor, CAST(:org_id AS uuid), :action, :target_type, :target_id, :request_id,"
+    " :client_addr, CAST(CAST(:details AS text) AS jsonb))"
 ).columns(
-    column("seq", BigInteger),
-    column("occurred_at", DateTime(timezone=True)),
-    column("prev_hash", LargeBinary),
-    column("hash", LargeBinary),
-    column("details", Text),
+    column("event_seq", BigInteger),
+    column("event_time", DateTime(timezone=True)),
+    column("event_prev_hash", LargeBinary),
+    column("event_hash", LargeBinary),
 )
+
+
+def _event_values(
+    context: AuditContext,
+    action: str,
+    org_id: uuid.UUID | None,
+    target_type: str | None,
+    target_id: object | None,
+    details: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "actor": context.actor,
+        "org_id": str(org_id) if org_id is not None else None,
+        "action": action,
+        "target_type": target_type,
+        "target_id": str(target_id) if target_id is not None else None,
+        "request_id": context.request_id,
+        "client_addr": context.client_addr,
+        "details": _details_json(details),
+    }
 
 
 async def record(
@@ -187,43 +180,47 @@ async def record(
     target_type: str | None = None,
     target_id: object | None = None,
     details: Mapping[str, Any] | None = None,
-) -> AuditEvent:
-    """Append one event in the caller's transaction.
+) -> None:
+    """Record one event in the caller's transaction; it joins the chain when the transaction commits.
 
-    Taking the head row's lock serialises appends until the transaction ends, so call this as the last
-    write of a request (anything written after it lengthens the time other appends wait). A rolled-back
-    transaction takes its sequence number back with it: no gaps. Use it in READ COMMITTED transactions (the
-    default); under REPEATABLE READ a concurrent append makes it fail with a serialization error.
+    Nothing is locked until the commit, where the event takes the next sequence number and its hash. A
+    rolled-back transaction records nothing and leaves no gap.
     """
-    target = str(target_id) if target_id is not None else None
-    row = (
-        await session.execute(
-            _APPEND,
-            {
-                "actor": context.actor,
-                "org_id": str(org_id) if org_id is not None else None,
-                "action": action,
-                "target_type": target_type,
-                "target_id": target,
-                "request_id": context.request_id,
-                "client_addr": context.client_addr,
-                "details": _details_json(details),
-            },
-        )
-    ).one()
+    await session.execute(_PENDING, _event_values(context, action, org_id, target_type, target_id, details))
+
+
+async def record_chained(
+    session: AsyncSession,
+    context: AuditContext,
+    action: str,
+    *,
+    org_id: uuid.UUID | None = None,
+    target_type: str | None = None,
+    target_id: object | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> AuditEvent:
+    """Append one event to the chain now and return it with its sequence number and hash.
+
+    For callers that must hand out the hash before committing (download receipts). The chain head stays
+    locked until the transaction ends, so every other append waits: make this the last statement of the
+    transaction. Use it in READ COMMITTED transactions (the default); under REPEATABLE READ a concurrent
+    append makes it fail with a serialization error.
+    """
+    values = _event_values(context, action, org_id, target_type, target_id, details)
+    row = (await session.execute(_APPEND_NOW, values)).one()
     return AuditEvent(
-        seq=row.seq,
-        occurred_at=row.occurred_at,
+        seq=row.event_seq,
+        occurred_at=row.event_time,
         actor=context.actor,
         org_id=org_id,
         action=action,
         target_type=target_type,
-        target_id=target,
+        target_id=values["target_id"],
         request_id=context.request_id,
         client_addr=context.client_addr,
-        details=msgspec.json.decode(row.details),
-        prev_hash=row.prev_hash,
-        hash=row.hash,
+        details=msgspec.json.decode(values["details"]),
+        prev_hash=row.event_prev_hash,
+        hash=row.event_hash,
     )
 
 
@@ -345,5 +342,12 @@ async def verify_chain(
         return report(
             last + 1,
             f"the log ends at event {last} but a signed checkpoint covers event {max(beyond)}: the tail was truncated",
+        )
+    # Committed transactions leave nothing pending (the chaining trigger empties it at commit); a visible
+    # row means the trigger was bypassed and the event never joined the chain.
+    stranded = await session.scalar(select(func.count()).select_from(AuditPending))
+    if stranded:
+        return report(
+            last + 1, f"{stranded} recorded event(s) never joined the chain: the chaining trigger was bypassed"
         )
     return report(None, None)
