@@ -9,6 +9,7 @@ import datetime as dt
 import hashlib
 import io
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -16,7 +17,7 @@ from urllib.parse import urlsplit
 import anyio.to_thread
 import urllib3
 from minio import Minio
-from minio.commonconfig import CopySource
+from minio.commonconfig import ComposeSource
 from minio.datatypes import Part
 from minio.error import S3Error
 
@@ -218,17 +219,27 @@ class ObjectStore:
     async def delete(self, key: str) -> None:
         await self._run(partial(self.client.remove_object, self.bucket, key))
 
-    async def sha256_of(self, key: str, chunk_size: int = 1024 * 1024) -> tuple[int, str]:
-        """Stream the object and return (bytes read, lower-case hex SHA-256)."""
+    async def sha256_of(self, key: str, chunk_size: int = 4 * 1024 * 1024) -> tuple[int, str]:
+        """Stream the object and return (bytes read, lower-case hex SHA-256).
+
+        Each chunk is hashed in a second thread while the next one is read (``hashlib`` releases the GIL),
+        so reading and hashing overlap.
+        """
 
         def digest() -> tuple[int, str]:
             response = self.client.get_object(self.bucket, key)
             hasher = hashlib.sha256()
             size = 0
+            hashing: Future[None] | None = None
             try:
-                for chunk in response.stream(chunk_size):
-                    hasher.update(chunk)
-                    size += len(chunk)
+                with ThreadPoolExecutor(1, thread_name_prefix="sha256") as pool:
+                    for chunk in response.stream(chunk_size):
+                        if hashing is not None:
+                            hashing.result()
+                        hashing = pool.submit(hasher.update, chunk)
+                        size += len(chunk)
+                    if hashing is not None:
+                        hashing.result()
             finally:
                 response.close()
                 response.release_conn()
@@ -237,7 +248,8 @@ class ObjectStore:
         return await self._run(digest)
 
     async def copy(self, source: str, target: str) -> None:
-        await self._run(partial(self.client.copy_object, self.bucket, target, CopySource(self.bucket, source)))
+        """A server-side copy; objects above S3's 5 GiB single-copy limit are copied in parts."""
+        await self._run(partial(self.client.compose_object, self.bucket, target, [ComposeSource(self.bucket, source)]))
 
     async def objects(self, prefix: str) -> list[tuple[str, dt.datetime | None]]:
         """(key, last modified) of every object under ``prefix``."""

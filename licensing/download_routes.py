@@ -34,6 +34,7 @@ from app.settings import Settings
 from catalog.search import Use
 from catalog.uploads import blob_key
 from licensing import delivery, downloads
+from licensing.models import DownloadGrant
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 
@@ -144,19 +145,22 @@ def _url_seconds(settings: Settings) -> int:
     return min(settings.presign_ttl_seconds, 3600)
 
 
-async def _out(
-    request: Request[Any, Any, Any], store: ObjectStore, settings: Settings, grant: downloads.Grant
-) -> DownloadOut:
+def _locator(request: Request[Any, Any, Any], store: ObjectStore, settings: Settings) -> downloads.Locate:
+    async def locate(row: DownloadGrant) -> str:
+        if row.mode == "presigned":
+            return await store.presigned_get(
+                blob_key(row.sha256), _url_seconds(settings), filename=posixpath.basename(row.path)
+            )
+        return str(request.url_for("download-content", download_id=row.id))
+
+    return locate
+
+
+def _out(grant: downloads.Grant) -> DownloadOut:
     row = grant.row
-    if row.mode == "presigned":
-        url = await store.presigned_get(
-            blob_key(row.sha256), _url_seconds(settings), filename=posixpath.basename(row.path)
-        )
-    else:
-        url = str(request.url_for("download-content", download_id=row.id))
     return DownloadOut(
         download_id=row.id,
-        url=url,
+        url=grant.url,
         expires_at=row.url_expires_at,
         size=row.size,
         sha256=row.sha256,
@@ -200,6 +204,7 @@ async def _grant(
             mode=settings.download_mode,
             url_seconds=_url_seconds(settings),
             issuer=settings.jwt_issuer,
+            locate=_locator(request, state.object_store, settings),
         )
     except downloads.Refused as refused:
         REFUSALS.labels(reason=refused.reason).inc()
@@ -241,7 +246,7 @@ async def create_download(
         patterns=None,
         purpose=data.purpose,
     )
-    return await _out(request, state.object_store, state.settings, granted[0])
+    return _out(granted[0])
 
 
 @post(
@@ -275,7 +280,7 @@ async def create_manifest(
         patterns=data.include,
         purpose=data.purpose,
     )
-    items = [await _out(request, state.object_store, state.settings, g) for g in granted]
+    items = [_out(g) for g in granted]
     return ManifestOut(data.product, data.version, items[0].manifest_digest, items)
 
 
@@ -304,9 +309,10 @@ async def refresh_downloads(
         data.download_ids,
         url_seconds=_url_seconds(settings),
         issuer=settings.jwt_issuer,
+        locate=_locator(request, state.object_store, settings),
     )
     REFRESHES.inc(len(refreshed))
-    return DownloadList([await _out(request, state.object_store, settings, g) for g in refreshed])
+    return DownloadList([_out(g) for g in refreshed])
 
 
 @post(
@@ -334,9 +340,10 @@ async def refresh_download(
         [download_id],
         url_seconds=_url_seconds(settings),
         issuer=settings.jwt_issuer,
+        locate=_locator(request, state.object_store, settings),
     )
     REFRESHES.inc()
-    return await _out(request, state.object_store, settings, refreshed[0])
+    return _out(refreshed[0])
 
 
 @get(
@@ -437,7 +444,7 @@ async def file_redirect(
         patterns=None,
         purpose=purpose,
     )
-    out = await _out(request, state.object_store, state.settings, granted[0])
+    out = _out(granted[0])
     return Redirect(out.url, status_code=307, headers={"X-Corpora-Download-Id": str(out.download_id)})
 
 

@@ -11,12 +11,13 @@ import dataclasses
 import datetime as dt
 import fnmatch
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import jwt
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer, load_only
 
 from app.accounts.models import Membership, Organization
 from app.audit import service as audit
@@ -52,10 +53,16 @@ class Refused(ProblemError):
         self.reason = reason
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProductRef:
+    id: uuid.UUID
+    slug: str
+
+
 @dataclasses.dataclass(slots=True)
 class Target:
     entitlement: Entitlement
-    product: Product
+    product: ProductRef
     version: ProductVersion
     buyer_org: str
 
@@ -67,11 +74,16 @@ class Grant:
     version: str
     receipt: str
     charged: bool
+    url: str
+
+
+# Where a grant's bytes are fetched: a presigned object-store URL or the proxy endpoint.
+Locate = Callable[[DownloadGrant], Awaitable[str]]
 
 
 async def _entitlement_for_download(
     session: AsyncSession, principal: Principal, entitlement_id: uuid.UUID
-) -> tuple[Entitlement, str, Product]:
+) -> tuple[Entitlement, str, ProductRef]:
     """The entitlement, its buyer org's slug and its product, if the caller may download under it; 404 otherwise.
 
     One query. An entitlement past its term that the sweep has not reached yet is marked expired here first
@@ -80,7 +92,8 @@ async def _entitlement_for_download(
     if not principal.has_scope("downloads"):
         raise forbidden("this API key lacks the 'downloads' scope")
     query = (
-        select(Entitlement, Organization.slug, Product)
+        select(Entitlement, Organization.slug, Product.id, Product.slug)
+        .options(defer(Entitlement.terms))  # the accepted terms snapshot is large and not needed here
         .join(Organization, Organization.id == Entitlement.buyer_org_id)
         .join(Product, Product.id == Entitlement.product_id)
         .join(
@@ -96,15 +109,18 @@ async def _entitlement_for_download(
     row = (await session.execute(query)).one_or_none()
     if row is None or (principal.api_key_org_id is not None and principal.api_key_org_id != row[0].buyer_org_id):
         raise not_found("entitlement")
-    entitlement, buyer_org, product = row
+    entitlement, buyer_org, product_id, product_slug = row
     if entitlement.status in ("active", "suspended") and entitlement.valid_until <= utcnow():
         await expire_due(session, [entitlement_id])
         entitlement = (
             await session.execute(
-                select(Entitlement).where(Entitlement.id == entitlement_id).execution_options(populate_existing=True)
+                select(Entitlement)
+                .options(defer(Entitlement.terms))
+                .where(Entitlement.id == entitlement_id)
+                .execution_options(populate_existing=True)
             )
         ).scalar_one()
-    return entitlement, buyer_org, product
+    return entitlement, buyer_org, ProductRef(product_id, product_slug)
 
 
 def _check_active(entitlement: Entitlement, now: dt.datetime) -> None:
@@ -125,7 +141,24 @@ async def resolve_target(
     if product.slug != slug:
         raise Refused(403, "version-not-covered", f"this entitlement is for '{product.slug}', not '{slug}'")
     versions = list(
-        (await session.scalars(select(ProductVersion).where(ProductVersion.product_id == product.id))).all()
+        (
+            await session.scalars(
+                select(ProductVersion)
+                .options(
+                    load_only(
+                        ProductVersion.version,
+                        ProductVersion.major,
+                        ProductVersion.minor,
+                        ProductVersion.patch,
+                        ProductVersion.prerelease,
+                        ProductVersion.state,
+                        ProductVersion.withdrawn_reason,
+                        ProductVersion.manifest_digest,
+                    )
+                )
+                .where(ProductVersion.product_id == product.id)
+            )
+        ).all()
     )
     chosen = next((v for v in versions if v.version == version), None)
     if chosen is None or chosen.state in ("draft", "in_review"):
@@ -218,16 +251,19 @@ def sign_receipt(
     return jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": RECEIPT_TYPE})
 
 
-async def _files(session: AsyncSession, version: ProductVersion, patterns: Sequence[str] | None) -> list[VersionFile]:
-    files = list(
-        (
-            await session.scalars(
-                select(VersionFile)
-                .where(VersionFile.version_id == version.id, VersionFile.status == "verified")
-                .order_by(VersionFile.path)
-            )
-        ).all()
+async def _files(
+    session: AsyncSession, version: ProductVersion, paths: Sequence[str] | None, patterns: Sequence[str] | None
+) -> list[VersionFile]:
+    """The version's verified files: those at ``paths``, else those matching ``patterns``, else all."""
+    query = (
+        select(VersionFile)
+        .options(load_only(VersionFile.path, VersionFile.size, VersionFile.sha256))
+        .where(VersionFile.version_id == version.id, VersionFile.status == "verified")
+        .order_by(VersionFile.path)
     )
+    if paths is not None:
+        query = query.where(VersionFile.path.in_(paths))
+    files = list((await session.scalars(query)).all())
     if patterns is None:
         return files
     return [f for f in files if any(fnmatch.fnmatchcase(f.path, p) for p in patterns)]
@@ -248,10 +284,11 @@ async def grant(
     mode: str,
     url_seconds: int,
     issuer: str,
+    locate: Locate,
 ) -> list[Grant]:
     """Grant the named files (or those matching ``patterns``), charged together: all or nothing."""
     target = await resolve_target(session, principal, entitlement_id, slug, version, purpose)
-    files = await _files(session, target.version, patterns)
+    files = await _files(session, target.version, paths, patterns)
     if paths is not None:
         by_path = {f.path: f for f in files}
         missing = [p for p in paths if p not in by_path]
@@ -286,9 +323,11 @@ async def grant(
         )
         for file in files
     ]
-    # From the charge on, this transaction holds the entitlement's row lock (and from the first append the audit
-    # chain head's) until it commits, and every other grant under the entitlement waits: only the statements that
-    # need the locks run after it. The rows are inserted after their events, already carrying their hashes.
+    # URLs are made before the charge: from the charge on, this transaction holds the entitlement's row lock
+    # (and from the first append the audit chain head's) until it commits, and every other grant under the
+    # entitlement waits. So only the statements that need the locks run after it, and the rows are inserted
+    # last, already carrying their events' hashes.
+    urls = [await locate(row) for row in rows]
     await _charge(session, target.entitlement, len(files), sum(f.size for f in files))
     for row in rows:
         event = await audit.record_chained(
@@ -310,8 +349,8 @@ async def grant(
             },
         )
         row.audit_hash = event.hash.hex()
-    session.add_all(rows)
-    await session.flush()
+    columns = [column.key for column in DownloadGrant.__table__.columns]
+    await session.execute(insert(DownloadGrant), [{key: getattr(row, key) for key in columns} for row in rows])
     return [
         Grant(
             row,
@@ -319,8 +358,9 @@ async def grant(
             version,
             sign_receipt(keyring, row, product=slug, version=version, buyer_org=target.buyer_org, issuer=issuer),
             charged=True,
+            url=url,
         )
-        for row in rows
+        for row, url in zip(rows, urls, strict=True)
     ]
 
 
@@ -333,6 +373,7 @@ async def refresh(
     *,
     url_seconds: int,
     issuer: str,
+    locate: Locate,
 ) -> list[Grant]:
     """Fresh URLs for the caller's grants still in their window; nothing is charged again."""
     grants: list[Grant] = []
@@ -361,7 +402,7 @@ async def refresh(
             details={"path": row.path, "refreshed": row.refreshed},
         )
         receipt = sign_receipt(keyring, row, product=slug, version=version, buyer_org=buyer_org, issuer=issuer)
-        grants.append(Grant(row, slug, version, receipt, charged=False))
+        grants.append(Grant(row, slug, version, receipt, charged=False, url=await locate(row)))
     return grants
 
 

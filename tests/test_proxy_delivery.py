@@ -35,7 +35,7 @@ from litestar.testing import AsyncTestClient
 from app.main import create_app
 from app.objectstore import split_endpoint
 from app.settings import Settings
-from licensing.delivery import CHUNK_SIZE, PIECE_SIZE, ByteRange, stream_object
+from licensing.delivery import CHUNK_SIZE, ByteRange, stream_object
 from tests.conftest import Account, Servers, asyncpg_dsn, sign_up
 from tests.download_helpers import Market, download_body, market
 from tests.tcp_proxy import TcpProxy, http_upstream, proxied_endpoint
@@ -116,7 +116,8 @@ def proxy(settings: Settings) -> Iterator[LiveServer]:
         yield live
 
 
-BIG = 3 * MiB + 4321  # more than two upstream chunks, and not a multiple of one
+# Chunks beyond where the aborts stop, so the upstream is never read to its end; not a multiple of one.
+BIG = 6 * MiB + 4321
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -271,20 +272,19 @@ async def test_aborted_downloads_release_the_object_store_at_once_and_record_wha
     """100 downloads dropped by the client part-way, 25 at a time (one per grant, so each one's record can be
     read on its own once the server is idle).
 
-    Asserted for each: ``received - PIECE_SIZE <= recorded <= received + slack``.
+    Asserted for each: ``received - CHUNK_SIZE <= recorded <= received + slack``.
 
-    A piece counts once the server's ``send`` returned and the stream passed the checkpoint after it. Below: the
-    only bytes the client can have without their being counted are those of the last piece sent, when the
-    disconnect cancels the stream at that checkpoint (one piece, well within the one chunk an ASGI server that
-    raises from ``send`` could leave uncounted). Above: what was counted but never read by the client sits in
-    buffers, or was dropped with them when the client left:
+    A chunk counts once the server's ``send`` returned and the stream passed the checkpoint after it. Below: the
+    only bytes the client can have without their being counted are those of the last chunk sent, when the
+    disconnect cancels the stream at that checkpoint. Above: what was counted but never read by the client sits
+    in buffers, or was dropped with them when the client left:
 
     - the kernel's: the server's send buffer and the client's receive buffer, both fixed for this test and read
       back from the sockets, each able to overshoot by one segment (Linux admits a write while the queue is
       below the limit; loopback segments are up to 64 KiB);
-    - uvicorn's write buffer: up to its 64 KiB high-water mark plus the piece just written (it writes a piece
-      whole, then waits for the buffer to drain before the next);
-    - one piece written after the connection broke but before the server learnt so (the write is dropped).
+    - the server's write buffer: up to its high-water mark plus the chunk just written (servers write a chunk
+      whole, then wait for the buffer to drain before the next);
+    - one chunk written after the connection broke but before the server learnt so (the write is dropped).
     """
     m = big_market
     content = m.files["data/big.bin"]
@@ -297,7 +297,7 @@ async def test_aborted_downloads_release_the_object_store_at_once_and_record_wha
     rcvbuf = probe.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     probe.close()
     kernel = proxy.sndbuf + rcvbuf + 2 * LOOPBACK_SEGMENT
-    slack = kernel + 3 * PIECE_SIZE
+    slack = kernel + 3 * CHUNK_SIZE
     rng = random.Random(11)
     transport = httpx.AsyncHTTPTransport(
         socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, CLIENT_RCVBUF)],
@@ -333,7 +333,7 @@ async def test_aborted_downloads_release_the_object_store_at_once_and_record_wha
                 recorded[g["download_id"]] = total
     assert len(results) == 100
     for got, served in results:
-        assert got - PIECE_SIZE <= served <= got + slack, (got, served, slack)
+        assert got - CHUNK_SIZE <= served <= got + slack, (got, served, slack)
     # The aborts stopped anywhere in the first two and a half chunks, some past the first chunk.
     assert any(got > CHUNK_SIZE for got, _ in results)
     assert max(served for _, served in results) < len(content)
@@ -365,7 +365,7 @@ async def test_a_failing_send_closes_the_upstream_before_the_response_ends(
     async def send(message: dict[str, Any]) -> None:
         nonlocal accepted
         if message["type"] == "http.response.body" and message.get("body"):
-            if accepted >= CHUNK_SIZE + 3 * PIECE_SIZE:
+            if accepted >= 2 * CHUNK_SIZE:
                 raise OSError("the client went away")
             accepted += len(message["body"])
 
@@ -390,7 +390,7 @@ async def test_a_failing_send_closes_the_upstream_before_the_response_ends(
             await proxy.app(scope, receive, send)  # type: ignore[arg-type]
 
     await proxy.call(call())
-    assert accepted == CHUNK_SIZE + 3 * PIECE_SIZE
+    assert accepted == 2 * CHUNK_SIZE
     assert await bytes_served(db, granted["download_id"]) == accepted
     await released(proxy, port, before)
 
@@ -411,7 +411,7 @@ async def test_streaming_holds_one_chunk_whatever_the_size(client: AsyncTestClie
     tracemalloc.start()
     try:
         baseline, _ = tracemalloc.get_traced_memory()
-        async for piece in stream_object(store, key, ByteRange(0, len(content) - 1), on_done, chunk, chunk // 4):
+        async for piece in stream_object(store, key, ByteRange(0, len(content) - 1), on_done, chunk):
             hasher.update(piece)
             await asyncio.sleep(0)
         _, peak = tracemalloc.get_traced_memory()
@@ -505,7 +505,8 @@ async def test_every_request_is_checked(
         assert (await fetch(mine["url"])).status_code == 200
 
         await db.execute(
-            "UPDATE download_grants SET window_ends_at = now() - interval '1 second' WHERE id = $1::uuid",
+            "UPDATE download_grants SET granted_at = now() - interval '2 seconds',"
+            " window_ends_at = now() - interval '1 second' WHERE id = $1::uuid",
             theirs["download_id"],
         )
         ended = await fetch(theirs["url"], colleague)

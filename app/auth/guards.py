@@ -1,8 +1,12 @@
-"""Guards decided from token claims alone, and the per-request caller dependencies."""
+"""Guards decided from token claims alone, and the per-request caller dependencies.
+
+The guards are coroutines although they never wait: litestar runs a plain function guard in a worker
+thread, a hop that costs more than the check itself.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -12,10 +16,10 @@ from app.audit.service import AuditContext
 from app.auth.principal import Principal
 from app.errors import forbidden, unauthorized
 
-Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]
+Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
 
-def authenticated(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def authenticated(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     if connection.scope.get("user") is None:
         raise unauthorized()
 
@@ -23,7 +27,7 @@ def authenticated(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHa
 def requires_scope(scope: str) -> Guard:
     """API keys must carry ``scope``; interactive sessions pass."""
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         principal = connection.scope.get("user")
         if principal is None:
             raise unauthorized()
@@ -34,7 +38,7 @@ def requires_scope(scope: str) -> Guard:
 
 
 def requires_platform_role(*roles: str) -> Guard:
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         principal = connection.scope.get("user")
         if principal is None:
             raise unauthorized()
@@ -44,7 +48,7 @@ def requires_platform_role(*roles: str) -> Guard:
     return guard
 
 
-def interactive_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def interactive_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Managing credentials needs a signed-in user, not an API key."""
     principal = connection.scope.get("user")
     if principal is None:
