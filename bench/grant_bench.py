@@ -106,8 +106,8 @@ def _classify(state: str, wait_type: str, query: str) -> str:
     sql = " ".join(query.split()).lower()
     if sql.startswith("update entitlements"):
         what = "the entitlement charge (UPDATE entitlements)"
-    elif sql.startswith("with input as") or "audit_head" in sql:
-        what = "the audit append (audit_head)"
+    elif "audit_append(" in sql:
+        what = "the audit append (audit_append: the chain head lock)"
     elif sql.startswith(("commit", "begin", "rollback")):
         what = sql.split()[0].upper()
     elif sql.startswith("insert into download_grants"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from app.db import create_engine
@@ -13,9 +14,15 @@ from migrations.metadata import target_metadata
 config = context.config
 
 
+# Several replicas may start (and migrate) at once: the first to take this lock migrates, the others then find
+# the schema at head. Held to the end of the migration transaction.
+MIGRATION_LOCK = 0x636F72706F7261  # "corpora"
+
+
 def run_with(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
     with context.begin_transaction():
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.run_migrations()
 
 
