@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.audit.service import (
     AuditContext,
-    _details_json,
     canonical,
+    encode_details,
     record,
     verify_chain,
 )
@@ -138,7 +138,7 @@ def _writer_fn(kind: str, sessionmaker: async_sessionmaker[AsyncSession], offset
                     "target_id": fields["target_id"],
                     "request_id": secrets.token_hex(8),
                     "client_addr": "127.0.0.1",
-                    "details": _details_json(fields["details"]),  # type: ignore[arg-type]
+                    "details": encode_details(fields["details"]),  # type: ignore[arg-type]
                     "prev_hash": zero,
                     "hash": hashlib.sha256(str(i).encode()).digest(),
                 },
@@ -220,7 +220,7 @@ async def grow_chain(url: str, events: int, batch: int = 20_000) -> int:
             # PostgreSQL's own rendering of each details document is what gets hashed.
             stored = await connection.fetchval(
                 "SELECT array_agg(d::jsonb::text ORDER BY n) FROM unnest($1::text[]) WITH ORDINALITY AS t(d, n)",
-                [_details_json(f["details"]) for f in fields],  # type: ignore[arg-type]
+                [encode_details(f["details"]) for f in fields],  # type: ignore[arg-type]
             )
             rows = []
             now = dt.datetime.now(dt.UTC)

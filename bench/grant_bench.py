@@ -104,16 +104,12 @@ SELECT state, coalesce(wait_event_type, ''), coalesce(wait_event, ''), left(quer
 
 def _classify(state: str, wait_type: str, query: str) -> str:
     sql = " ".join(query.split()).lower()
-    if sql.startswith("update entitlements"):
-        what = "the entitlement charge (UPDATE entitlements)"
+    if sql.startswith("with charged as"):
+        what = "the grant statement (charge, audit append, insert)"
     elif "audit_append(" in sql:
-        what = "the audit append (audit_append: the chain head lock)"
+        what = "another audit append (audit_append: the chain head lock)"
     elif sql.startswith(("commit", "begin", "rollback")):
         what = sql.split()[0].upper()
-    elif sql.startswith("insert into download_grants"):
-        what = "INSERT download_grants"
-    elif sql.startswith("update download_grants"):
-        what = "UPDATE download_grants (audit_hash)"
     else:
         what = "other statements"
     if state == "idle in transaction":
@@ -213,11 +209,10 @@ def _in(package: str) -> str:
 
 
 INCLUSIVE = [
-    ("auth middleware: token verification (app/auth)", _in("app/auth")),
+    ("token verification (app/auth/middleware.py authenticate)", r"^authenticate "),
     ("grant(): checks, charge, rows, audit, receipts (licensing/downloads.py grant)", r"^grant \("),
     ("  resolve_target: entitlement, product, versions", r"^resolve_target "),
-    ("  _charge: the conditional UPDATE", r"^_charge "),
-    ("  audit.record: the chain append", r"^record \((?:[^()]*/)?app/audit/service\.py"),
+    ("  _charge_and_record: charge, audit append, insert", r"^_charge_and_record "),
     ("  sign_receipt: Ed25519 JWS", r"^sign_receipt "),
     ("presigned URL (ObjectStore.presigned_get and the minio SDK)", r"^presigned_get |" + _in("minio")),
     ("session dependency: commit, close (app/db.py provide_session)", r"^provide_session "),

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import jwt
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer, load_only
 
@@ -184,29 +184,110 @@ async def resolve_target(
     return Target(entitlement, product, chosen, buyer_org)
 
 
-async def _charge(session: AsyncSession, entitlement: Entitlement, downloads: int, size: int) -> None:
-    """Charge atomically, or refuse with what remains: the WHERE clause is the quota check."""
-    now = utcnow()
-    charged = await session.scalar(
-        update(Entitlement)
-        .where(
-            Entitlement.id == entitlement.id,
-            Entitlement.status == "active",
-            Entitlement.valid_from <= now,
-            Entitlement.valid_until > now,
-            (Entitlement.downloads_limit.is_(None))
-            | (Entitlement.downloads_used + downloads <= Entitlement.downloads_limit),
-            (Entitlement.bytes_limit.is_(None)) | (Entitlement.bytes_used + size <= Entitlement.bytes_limit),
+# The charge, the audit events and the grant rows in one statement: from the UPDATE on, this transaction
+# holds the entitlement's row lock (and from the first append the audit chain head's) until it commits, and
+# every other grant under the entitlement waits; one round trip keeps that short. The WHERE clause is the
+# quota check: when it fails nothing is charged, appended or inserted. Each append takes its org from the
+# charged row, so no event is appended unless the charge succeeded.
+_CHARGE_AND_RECORD = text(
+    """
+WITH charged AS (
+    UPDATE entitlements
+    SET downloads_used = downloads_used + CAST(:downloads AS bigint), bytes_used = bytes_used + CAST(:bytes AS bigint)
+    WHERE id = CAST(:entitlement_id AS uuid) AND status = 'active'
+      AND valid_from <= CAST(:now AS timestamptz) AND valid_until > CAST(:now AS timestamptz)
+      AND (downloads_limit IS NULL OR downloads_used + CAST(:downloads AS bigint) <= downloads_limit)
+      AND (bytes_limit IS NULL OR bytes_used + CAST(:bytes AS bigint) <= bytes_limit)
+    RETURNING buyer_org_id
+), files AS (
+    SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:file_ids AS uuid[]), CAST(:paths AS text[]),
+                         CAST(:sha256s AS text[]), CAST(:sizes AS bigint[]), CAST(:details AS jsonb[]))
+        WITH ORDINALITY AS f(id, file_id, path, sha256, size, details, ord)
+), events AS (
+    SELECT f.id, e.event_hash
+    FROM charged AS c
+    CROSS JOIN files AS f
+    CROSS JOIN LATERAL audit_append(CAST(:actor AS text), c.buyer_org_id, 'download.granted', 'download',
+                                    CAST(f.id AS text), CAST(:request_id AS text), CAST(:client_addr AS text),
+                                    f.details) AS e
+)
+INSERT INTO download_grants (id, entitlement_id, user_id, api_key_id, file_id, version_id, path, sha256, size,
+                             purpose, mode, manifest_digest, granted_at, window_ends_at, url_expires_at, refreshed,
+                             bytes_charged, bytes_served, audit_hash)
+SELECT f.id, CAST(:entitlement_id AS uuid), CAST(:user_id AS uuid), CAST(:api_key_id AS uuid), f.file_id,
+       CAST(:version_id AS uuid), f.path, f.sha256, f.size, CAST(:purpose AS text), CAST(:mode AS text),
+       CAST(:manifest_digest AS text), CAST(:now AS timestamptz), CAST(:window_ends_at AS timestamptz),
+       CAST(:url_expires_at AS timestamptz), 0, f.size, 0, encode(e.event_hash, 'hex')
+FROM files AS f JOIN events AS e ON e.id = f.id
+RETURNING id, audit_hash
+"""
+)
+
+
+async def _charge_and_record(
+    session: AsyncSession, context: AuditContext, target: Target, rows: Sequence[DownloadGrant]
+) -> None:
+    """Charge the rows' downloads and bytes, append their audit events and insert them; or refuse, changing
+    nothing, with what remains of the quota."""
+    first = rows[0]
+    entitlement = target.entitlement
+    charged = (
+        await session.execute(
+            _CHARGE_AND_RECORD,
+            {
+                "downloads": len(rows),
+                "bytes": sum(row.size for row in rows),
+                "entitlement_id": entitlement.id,
+                "now": first.granted_at,
+                "ids": [row.id for row in rows],
+                "file_ids": [row.file_id for row in rows],
+                "paths": [row.path for row in rows],
+                "sha256s": [row.sha256 for row in rows],
+                "sizes": [row.size for row in rows],
+                "details": [
+                    audit.encode_details(
+                        {
+                            "entitlement_id": str(entitlement.id),
+                            "product": target.product.slug,
+                            "version": target.version.version,
+                            "path": row.path,
+                            "sha256": row.sha256,
+                            "bytes_charged": row.size,
+                            "purpose": row.purpose,
+                            "mode": row.mode,
+                        }
+                    )
+                    for row in rows
+                ],
+                "actor": context.actor,
+                "request_id": context.request_id,
+                "client_addr": context.client_addr,
+                "user_id": first.user_id,
+                "api_key_id": first.api_key_id,
+                "version_id": first.version_id,
+                "purpose": first.purpose,
+                "mode": first.mode,
+                "manifest_digest": first.manifest_digest,
+                "window_ends_at": first.window_ends_at,
+                "url_expires_at": first.url_expires_at,
+            },
         )
-        .values(downloads_used=Entitlement.downloads_used + downloads, bytes_used=Entitlement.bytes_used + size)
-        .returning(Entitlement.id)
-        .execution_options(synchronize_session=False)
-    )
-    if charged is not None:
+    ).all()
+    if charged:
+        hashes = {download_id: audit_hash for download_id, audit_hash in charged}
+        for row in rows:
+            row.audit_hash = hashes[row.id]
         return
+    await _refuse_charge(session, entitlement.id, len(rows), sum(row.size for row in rows), first.granted_at)
+
+
+async def _refuse_charge(
+    session: AsyncSession, entitlement_id: uuid.UUID, downloads: int, size: int, now: dt.datetime
+) -> None:
+    """Why a charge did not happen: the entitlement's status or term, else the quota, with what remains."""
     current = (
         await session.execute(
-            select(Entitlement).where(Entitlement.id == entitlement.id).execution_options(populate_existing=True)
+            select(Entitlement).where(Entitlement.id == entitlement_id).execution_options(populate_existing=True)
         )
     ).scalar_one()
     _check_active(current, now)
@@ -323,34 +404,10 @@ async def grant(
         )
         for file in files
     ]
-    # URLs are made before the charge: from the charge on, this transaction holds the entitlement's row lock
-    # (and from the first append the audit chain head's) until it commits, and every other grant under the
-    # entitlement waits. So only the statements that need the locks run after it, and the rows are inserted
-    # last, already carrying their events' hashes.
+    # URLs are made first: once the charge is sent, every other grant under the entitlement waits for this
+    # transaction to commit.
     urls = [await locate(row) for row in rows]
-    await _charge(session, target.entitlement, len(files), sum(f.size for f in files))
-    for row in rows:
-        event = await audit.record_chained(
-            session,
-            context,
-            "download.granted",
-            org_id=target.entitlement.buyer_org_id,
-            target_type="download",
-            target_id=row.id,
-            details={
-                "entitlement_id": str(entitlement_id),
-                "product": slug,
-                "version": version,
-                "path": row.path,
-                "sha256": row.sha256,
-                "bytes_charged": row.size,
-                "purpose": purpose,
-                "mode": mode,
-            },
-        )
-        row.audit_hash = event.hash.hex()
-    columns = [column.key for column in DownloadGrant.__table__.columns]
-    await session.execute(insert(DownloadGrant), [{key: getattr(row, key) for key in columns} for row in rows])
+    await _charge_and_record(session, context, target, rows)
     return [
         Grant(
             row,

@@ -23,18 +23,18 @@ import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from litestar.testing import AsyncTestClient
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.audit import checkpoints
 from app.audit import cli as audit_cli
+from app.audit.models import AuditEvent
 from app.audit.service import (
     SYSTEM,
     AuditContext,
     canonical,
     chain_rows,
     record,
-    record_chained,
     row_hash,
     verify_chain,
 )
@@ -131,9 +131,13 @@ async def test_intact_chain_verifies_and_matches_the_python_canonical_form(priva
 
     # audit_append hashes in SQL; canonical() must produce exactly the same bytes.
     async with private.sessionmaker() as session, session.begin():
-        event = await record_chained(
+        await record(
             session, AuditContext(actor=AWKWARD, request_id="r", client_addr="::1"), "x.y", details={"k": AWKWARD}
         )
+    async with private.sessionmaker() as session:
+        event = (
+            await session.scalars(select(AuditEvent).where(AuditEvent.action == "x.y").order_by(AuditEvent.seq))
+        ).one()
         details_text = (
             await session.execute(text("SELECT details::text FROM audit_events WHERE seq = :s"), {"s": event.seq})
         ).scalar_one()

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, Text, bindparam, cast, column, func, select, text
+from sqlalchemy import BigInteger, Integer, Text, bindparam, cast, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.models import AuditEvent, AuditHead, AuditPending
@@ -113,7 +113,7 @@ def row_hash(row: Sequence[Any]) -> bytes:
     return _sha256(prev_hash + encoded).digest()
 
 
-def _details_json(details: Mapping[str, Any] | None) -> str:
+def encode_details(details: Mapping[str, Any] | None) -> str:
     """``details`` as JSON text for ``jsonb``; values JSON lacks (UUIDs, datetimes, …) become strings."""
     encoded = msgspec.json.encode(dict(details or {}), enc_hook=str)
     if b"\\u0000" in encoded:  # jsonb cannot store NUL characters
@@ -137,19 +137,6 @@ _PENDING = text(
     " CAST(CAST(:details AS text) AS jsonb))"
 )
 
-# audit_append (migration 0006) renders ``canonical`` in SQL, so the head's lock is held for this one
-# statement and the rest of the transaction.
-_APPEND_NOW = text(
-    "SELECT event_seq, event_time, event_prev_hash, event_hash"
-    " FROM audit_append(:actor, CAST(:org_id AS uuid), :action, :target_type, :target_id, :request_id,"
-    " :client_addr, CAST(CAST(:details AS text) AS jsonb))"
-).columns(
-    column("event_seq", BigInteger),
-    column("event_time", DateTime(timezone=True)),
-    column("event_prev_hash", LargeBinary),
-    column("event_hash", LargeBinary),
-)
-
 
 def _event_values(
     context: AuditContext,
@@ -167,7 +154,7 @@ def _event_values(
         "target_id": str(target_id) if target_id is not None else None,
         "request_id": context.request_id,
         "client_addr": context.client_addr,
-        "details": _details_json(details),
+        "details": encode_details(details),
     }
 
 
@@ -187,41 +174,6 @@ async def record(
     rolled-back transaction records nothing and leaves no gap.
     """
     await session.execute(_PENDING, _event_values(context, action, org_id, target_type, target_id, details))
-
-
-async def record_chained(
-    session: AsyncSession,
-    context: AuditContext,
-    action: str,
-    *,
-    org_id: uuid.UUID | None = None,
-    target_type: str | None = None,
-    target_id: object | None = None,
-    details: Mapping[str, Any] | None = None,
-) -> AuditEvent:
-    """Append one event to the chain now and return it with its sequence number and hash.
-
-    For callers that must hand out the hash before committing (download receipts). The chain head stays
-    locked until the transaction ends, so every other append waits: make this the last statement of the
-    transaction. Use it in READ COMMITTED transactions (the default); under REPEATABLE READ a concurrent
-    append makes it fail with a serialization error.
-    """
-    values = _event_values(context, action, org_id, target_type, target_id, details)
-    row = (await session.execute(_APPEND_NOW, values)).one()
-    return AuditEvent(
-        seq=row.event_seq,
-        occurred_at=row.event_time,
-        actor=context.actor,
-        org_id=org_id,
-        action=action,
-        target_type=target_type,
-        target_id=values["target_id"],
-        request_id=context.request_id,
-        client_addr=context.client_addr,
-        details=msgspec.json.decode(values["details"]),
-        prev_hash=row.event_prev_hash,
-        hash=row.event_hash,
-    )
 
 
 @dataclasses.dataclass(slots=True)
