@@ -116,29 +116,21 @@ class ObjectStore:
 
         return await self._run(names)
 
+    # Presigning is local work (static credentials, the region given): it runs on the event loop, which costs
+    # less than a hop to a worker thread and back.
+
     async def presigned_get(self, key: str, seconds: int, *, filename: str | None = None) -> str:
         seconds = min(seconds, MAX_PRESIGN_SECONDS)
         headers: dict[str, str | list[str] | tuple[str]] | None = None
         if filename is not None:
             headers = {"response-content-disposition": f'attachment; filename="{filename}"'}
-        return await self._run(
-            partial(
-                self.client.presigned_get_object,
-                self.bucket,
-                key,
-                expires=dt.timedelta(seconds=seconds),
-                response_headers=headers,
-            )
+        return self.client.presigned_get_object(
+            self.bucket, key, expires=dt.timedelta(seconds=seconds), response_headers=headers
         )
 
     async def presigned_put(self, key: str, seconds: int) -> str:
-        return await self._run(
-            partial(
-                self.client.presigned_put_object,
-                self.bucket,
-                key,
-                expires=dt.timedelta(seconds=min(seconds, MAX_PRESIGN_SECONDS)),
-            )
+        return self.client.presigned_put_object(
+            self.bucket, key, expires=dt.timedelta(seconds=min(seconds, MAX_PRESIGN_SECONDS))
         )
 
     # --- uploads ------------------------------------------------------------------------------------------
@@ -149,15 +141,12 @@ class ObjectStore:
         )
 
     async def presigned_part(self, key: str, upload_id: str, part_number: int, seconds: int) -> str:
-        return await self._run(
-            partial(
-                self.client.get_presigned_url,
-                "PUT",
-                self.bucket,
-                key,
-                expires=dt.timedelta(seconds=min(seconds, MAX_PRESIGN_SECONDS)),
-                extra_query_params={"partNumber": str(part_number), "uploadId": upload_id},
-            )
+        return self.client.get_presigned_url(
+            "PUT",
+            self.bucket,
+            key,
+            expires=dt.timedelta(seconds=min(seconds, MAX_PRESIGN_SECONDS)),
+            extra_query_params={"partNumber": str(part_number), "uploadId": upload_id},
         )
 
     async def uploaded_parts(self, key: str, upload_id: str) -> list[tuple[int, str, int]]:

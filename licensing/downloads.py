@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import jwt
-from sqlalchemy import and_, func, select, text, update
+from sqlalchemy import Select, and_, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import defer, load_only
+from sqlalchemy.orm import defer
 
 from app.accounts.models import Membership, Organization
 from app.audit import service as audit
@@ -27,7 +27,6 @@ from app.auth.principal import Principal
 from app.db import utcnow
 from app.errors import ProblemError, forbidden, not_found
 from catalog.models import Product, ProductVersion, VersionFile
-from catalog.service import semver_key
 from licensing.models import DownloadGrant, Entitlement
 from licensing.service import expire_due
 
@@ -54,17 +53,24 @@ class Refused(ProblemError):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class ProductRef:
+class FileRef:
     id: uuid.UUID
-    slug: str
+    path: str
+    size: int
+    sha256: str
 
 
 @dataclasses.dataclass(slots=True)
 class Target:
+    """What a grant needs once every check has passed."""
+
     entitlement: Entitlement
-    product: ProductRef
-    version: ProductVersion
     buyer_org: str
+    product: str
+    version: str
+    version_id: uuid.UUID
+    manifest_digest: str
+    files: list[FileRef]
 
 
 @dataclasses.dataclass(slots=True)
@@ -81,21 +87,14 @@ class Grant:
 Locate = Callable[[DownloadGrant], Awaitable[str]]
 
 
-async def _entitlement_for_download(
-    session: AsyncSession, principal: Principal, entitlement_id: uuid.UUID
-) -> tuple[Entitlement, str, ProductRef]:
-    """The entitlement, its buyer org's slug and its product, if the caller may download under it; 404 otherwise.
-
-    One query. An entitlement past its term that the sweep has not reached yet is marked expired here first
-    (with its audit event), so the refusal names the right status.
-    """
+def _downloadable(principal: Principal, entitlement_id: uuid.UUID, *columns: Any) -> Select[Any]:
+    """The entitlement, its buyer org's slug and ``columns``, where the caller may download under it."""
     if not principal.has_scope("downloads"):
         raise forbidden("this API key lacks the 'downloads' scope")
-    query = (
-        select(Entitlement, Organization.slug, Product.id, Product.slug)
+    return (
+        select(Entitlement, Organization.slug, *columns)
         .options(defer(Entitlement.terms))  # the accepted terms snapshot is large and not needed here
         .join(Organization, Organization.id == Entitlement.buyer_org_id)
-        .join(Product, Product.id == Entitlement.product_id)
         .join(
             Membership,
             and_(
@@ -106,21 +105,25 @@ async def _entitlement_for_download(
         )
         .where(Entitlement.id == entitlement_id)
     )
-    row = (await session.execute(query)).one_or_none()
-    if row is None or (principal.api_key_org_id is not None and principal.api_key_org_id != row[0].buyer_org_id):
+
+
+async def _current(session: AsyncSession, principal: Principal, entitlement: Entitlement | None) -> Entitlement:
+    """404 unless the caller's API key (if any) is for the entitlement's org. An entitlement past its term that
+    the sweep has not reached yet is marked expired here first (with its audit event), so a refusal names the
+    right status."""
+    if entitlement is None or principal.api_key_org_id not in (None, entitlement.buyer_org_id):
         raise not_found("entitlement")
-    entitlement, buyer_org, product_id, product_slug = row
     if entitlement.status in ("active", "suspended") and entitlement.valid_until <= utcnow():
-        await expire_due(session, [entitlement_id])
+        await expire_due(session, [entitlement.id])
         entitlement = (
             await session.execute(
                 select(Entitlement)
                 .options(defer(Entitlement.terms))
-                .where(Entitlement.id == entitlement_id)
+                .where(Entitlement.id == entitlement.id)
                 .execution_options(populate_existing=True)
             )
         ).scalar_one()
-    return entitlement, buyer_org, ProductRef(product_id, product_slug)
+    return entitlement
 
 
 def _check_active(entitlement: Entitlement, now: dt.datetime) -> None:
@@ -131,49 +134,74 @@ def _check_active(entitlement: Entitlement, now: dt.datetime) -> None:
         raise Refused(403, "entitlement-inactive", "the entitlement is outside its term")
 
 
-async def resolve_target(
-    session: AsyncSession, principal: Principal, entitlement_id: uuid.UUID, slug: str, version: str, purpose: str
-) -> Target:
-    """Every check a grant needs: membership, status, term, product, version coverage, purpose."""
-    entitlement, buyer_org, product = await _entitlement_for_download(session, principal, entitlement_id)
-    now = utcnow()
-    _check_active(entitlement, now)
-    if product.slug != slug:
-        raise Refused(403, "version-not-covered", f"this entitlement is for '{product.slug}', not '{slug}'")
-    versions = list(
-        (
-            await session.scalars(
-                select(ProductVersion)
-                .options(
-                    load_only(
-                        ProductVersion.version,
-                        ProductVersion.major,
-                        ProductVersion.minor,
-                        ProductVersion.patch,
-                        ProductVersion.prerelease,
-                        ProductVersion.state,
-                        ProductVersion.withdrawn_reason,
-                        ProductVersion.manifest_digest,
-                    )
-                )
-                .where(ProductVersion.product_id == product.id)
-            )
-        ).all()
+# The newest released version of the product in the enclosing query, by catalog.service.semver_key's order.
+_LATEST_RELEASED = (
+    select(ProductVersion.version)
+    .where(ProductVersion.product_id == Entitlement.product_id, ProductVersion.state.in_(RELEASED))
+    .order_by(
+        ProductVersion.major.desc(),
+        ProductVersion.minor.desc(),
+        ProductVersion.patch.desc(),
+        ProductVersion.prerelease.is_(None).desc(),
+        ProductVersion.prerelease.collate("C").desc(),
     )
-    chosen = next((v for v in versions if v.version == version), None)
-    if chosen is None or chosen.state in ("draft", "in_review"):
+    .limit(1)
+    .correlate(Entitlement)
+    .scalar_subquery()
+)
+
+
+async def resolve_target(
+    session: AsyncSession,
+    principal: Principal,
+    entitlement_id: uuid.UUID,
+    slug: str,
+    version: str,
+    purpose: str,
+    paths: Sequence[str] | None,
+) -> Target:
+    """Every check a grant needs (membership, status, term, product, version coverage, purpose) and the
+    version's verified files at ``paths`` (all of them without), in one query: a row per file."""
+    file_match = and_(VersionFile.version_id == ProductVersion.id, VersionFile.status == "verified")
+    if paths is not None:
+        file_match = and_(file_match, VersionFile.path.in_(paths))
+    query = (
+        _downloadable(
+            principal,
+            entitlement_id,
+            Product.slug,
+            ProductVersion.id,
+            ProductVersion.state,
+            ProductVersion.withdrawn_reason,
+            ProductVersion.manifest_digest,
+            _LATEST_RELEASED,
+            VersionFile.id,
+            VersionFile.path,
+            VersionFile.size,
+            VersionFile.sha256,
+        )
+        .join(Product, Product.id == Entitlement.product_id)
+        .outerjoin(ProductVersion, and_(ProductVersion.product_id == Product.id, ProductVersion.version == version))
+        .outerjoin(VersionFile, file_match)
+        .order_by(VersionFile.path)
+    )
+    rows = (await session.execute(query)).all()
+    entitlement = await _current(session, principal, rows[0][0] if rows else None)
+    _, buyer_org, product_slug, version_id, state, withdrawn_reason, manifest_digest, latest, *_ = rows[0]
+    _check_active(entitlement, utcnow())
+    if product_slug != slug:
+        raise Refused(403, "version-not-covered", f"this entitlement is for '{product_slug}', not '{slug}'")
+    if version_id is None or state in ("draft", "in_review"):
         raise not_found(f"version {version} of '{slug}'")
-    if chosen.state == "withdrawn":
-        raise Refused(403, "version-withdrawn", f"version {version} was withdrawn: {chosen.withdrawn_reason or ''}")
-    if entitlement.versions == "latest":
-        latest = max((v for v in versions if v.state in RELEASED), key=semver_key)
-        if latest.id != chosen.id:
-            raise Refused(
-                403,
-                "version-not-covered",
-                f"this entitlement covers the latest version only ({latest.version}), not {version}",
-                latest_version=latest.version,
-            )
+    if state == "withdrawn":
+        raise Refused(403, "version-withdrawn", f"version {version} was withdrawn: {withdrawn_reason or ''}")
+    if entitlement.versions == "latest" and latest != version:
+        raise Refused(
+            403,
+            "version-not-covered",
+            f"this entitlement covers the latest version only ({latest}), not {version}",
+            latest_version=latest,
+        )
     if purpose not in entitlement.purposes:
         raise Refused(
             403,
@@ -181,7 +209,9 @@ async def resolve_target(
             f"this entitlement was granted for {', '.join(entitlement.purposes)}, not {purpose}",
             permitted_purposes=list(entitlement.purposes),
         )
-    return Target(entitlement, product, chosen, buyer_org)
+    assert manifest_digest is not None  # released versions have their manifest
+    files = [FileRef(*row[-4:]) for row in rows if row[-4] is not None]
+    return Target(entitlement, buyer_org, slug, version, version_id, manifest_digest, files)
 
 
 # The charge, the audit events and the grant rows in one statement: from the UPDATE on, this transaction
@@ -248,8 +278,8 @@ async def _charge_and_record(
                     audit.encode_details(
                         {
                             "entitlement_id": str(entitlement.id),
-                            "product": target.product.slug,
-                            "version": target.version.version,
+                            "product": target.product,
+                            "version": target.version,
                             "path": row.path,
                             "sha256": row.sha256,
                             "bytes_charged": row.size,
@@ -332,24 +362,6 @@ def sign_receipt(
     return jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": RECEIPT_TYPE})
 
 
-async def _files(
-    session: AsyncSession, version: ProductVersion, paths: Sequence[str] | None, patterns: Sequence[str] | None
-) -> list[VersionFile]:
-    """The version's verified files: those at ``paths``, else those matching ``patterns``, else all."""
-    query = (
-        select(VersionFile)
-        .options(load_only(VersionFile.path, VersionFile.size, VersionFile.sha256))
-        .where(VersionFile.version_id == version.id, VersionFile.status == "verified")
-        .order_by(VersionFile.path)
-    )
-    if paths is not None:
-        query = query.where(VersionFile.path.in_(paths))
-    files = list((await session.scalars(query)).all())
-    if patterns is None:
-        return files
-    return [f for f in files if any(fnmatch.fnmatchcase(f.path, p) for p in patterns)]
-
-
 async def grant(
     session: AsyncSession,
     context: AuditContext,
@@ -368,17 +380,18 @@ async def grant(
     locate: Locate,
 ) -> list[Grant]:
     """Grant the named files (or those matching ``patterns``), charged together: all or nothing."""
-    target = await resolve_target(session, principal, entitlement_id, slug, version, purpose)
-    files = await _files(session, target.version, paths, patterns)
+    target = await resolve_target(session, principal, entitlement_id, slug, version, purpose, paths)
+    files = target.files
     if paths is not None:
         by_path = {f.path: f for f in files}
         missing = [p for p in paths if p not in by_path]
         if missing:
             raise not_found(f"file '{missing[0]}' in {slug}@{version}")
         files = [by_path[p] for p in dict.fromkeys(paths)]
+    elif patterns is not None:
+        files = [f for f in files if any(fnmatch.fnmatchcase(f.path, p) for p in patterns)]
     if not files:
         raise not_found(f"files matching {list(patterns or [])} in {slug}@{version}")
-    assert target.version.manifest_digest is not None
     now = utcnow()
     rows = [
         DownloadGrant(
@@ -387,13 +400,13 @@ async def grant(
             user_id=principal.user_id,
             api_key_id=principal.api_key_id,
             file_id=file.id,
-            version_id=target.version.id,
+            version_id=target.version_id,
             path=file.path,
             sha256=file.sha256,
             size=file.size,
             purpose=purpose,
             mode=mode,
-            manifest_digest=target.version.manifest_digest,
+            manifest_digest=target.manifest_digest,
             granted_at=now,
             window_ends_at=now + GRANT_WINDOW,
             url_expires_at=now + dt.timedelta(seconds=url_seconds),
@@ -471,7 +484,7 @@ async def grant_for_content(
     row = await session.scalar(query.with_for_update() if lock else query)
     if row is None:
         raise not_found("download")
-    entitlement, _, _ = await _entitlement_for_download(session, principal, row.entitlement_id)
+    entitlement = await _current(session, principal, await session.scalar(_downloadable(principal, row.entitlement_id)))
     now = utcnow()
     _check_active(entitlement, now)
     if row.window_ends_at <= now:
