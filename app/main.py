@@ -35,7 +35,6 @@ from catalog import routes as catalog_routes
 from catalog.janitor import run_janitor
 from licensing import download_routes
 from licensing import routes as licensing_routes
-from licensing.service import products_permitting
 from licensing.sweeps import run_sweeps
 
 log = logging.getLogger("corpora")
@@ -103,8 +102,6 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
                 "sessionmaker": sessionmaker,
                 "object_store": store,
                 "me_cache": me_cache,
-                # The catalogue's `use` filter, decided by the licences' terms.
-                "use_filter": products_permitting,
             }
         )
         return config

@@ -48,7 +48,6 @@ from app.auth.principal import Principal
 from app.db import create_engine
 from catalog import search
 from catalog.search import SearchQuery
-from licensing.service import products_permitting
 
 TARGET_100K_MS = 50.0
 TARGET_1M_MS = 150.0
@@ -187,7 +186,7 @@ async def explain(sessionmaker: async_sessionmaker[AsyncSession], case: Case, pr
         sync_engine = session.bind.sync_engine  # type: ignore[union-attr]
         event.listen(sync_engine, "before_cursor_execute", capture)
         try:
-            await search.search_products(session, principal, case.query, use_filter=products_permitting)
+            await search.search_products(session, principal, case.query)
         finally:
             event.remove(sync_engine, "before_cursor_execute", capture)
     lines = []
@@ -218,7 +217,7 @@ async def run_case(
     for _ in range(rounds):
         started = time.perf_counter()
         async with sessionmaker() as session, session.begin():
-            page = await search.search_products(session, principal, case.query, use_filter=products_permitting)
+            page = await search.search_products(session, principal, case.query)
         samples.append((time.perf_counter() - started) * 1000)
         exact = page.facets_exact
     return samples, exact
@@ -317,7 +316,7 @@ async def bench(args: argparse.Namespace, database_url: str) -> int:
         async with sessionmaker() as session, session.begin():
             query = SearchQuery(limit=search.MAX_LIMIT)
             for _ in range(min(49, total // search.MAX_LIMIT)):
-                page = await search.search_products(session, None, query, use_filter=products_permitting)
+                page = await search.search_products(session, None, query)
                 deep_cursor = page.next_cursor
                 query = SearchQuery(limit=search.MAX_LIMIT, cursor=deep_cursor)
         mix = cases(deep_cursor)

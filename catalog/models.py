@@ -62,6 +62,7 @@ class Product(Base):
         Index("ix_products_org_id_listed_seq", "org_id", "listed_seq"),
         Index("ix_products_languages", "languages", postgresql_using="gin"),
         Index("ix_products_facet_terms", "facet_terms", postgresql_using="gin"),
+        Index("ix_products_uses", "uses", postgresql_using="gin"),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -84,6 +85,9 @@ class Product(Base):
     facet_terms: Mapped[list[str]] = mapped_column(
         ARRAY(Text), Computed("catalog_facet_terms(industry, modality, access, languages, org_id)", persisted=True)
     )
+    # The AI uses the licences of its published and deprecated versions permit (the search's `use` filter),
+    # kept by triggers on product_versions and licences (migration 0007); never written by the application.
+    uses: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
     created_at: Mapped[dt.datetime] = server_now()
     updated_at: Mapped[dt.datetime] = server_now()
 

@@ -182,7 +182,6 @@ class ProductController(Controller):
         self,
         session: Session,
         optional_principal: OptionalCaller,
-        state: State,
         q: Annotated[
             str | None,
             QueryParameter(
@@ -225,7 +224,6 @@ class ProductController(Controller):
                 cursor=cursor,
                 limit=limit,
             ),
-            use_filter=state.use_filter,
         )
         page = ProductPage(
             items=[product_out(product, org_slug) for product, org_slug in result.products],

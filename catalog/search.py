@@ -16,7 +16,7 @@ import json
 import re
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal, get_args
 
 from sqlalchemy import (
@@ -95,9 +95,9 @@ Use = Literal[
     "derivative_datasets",
 ]
 USES: tuple[str, ...] = get_args(Use)
-# Which products a use is permitted for is decided by the licences' terms, which live in licensing: the
-# application passes that condition in (``UseFilter``), so the catalogue never imports licensing.
-UseFilter = Callable[[str], ColumnElement[bool]]
+# Which products a use is permitted for is decided by the licences' terms, which live in licensing: triggers
+# on product_versions and licences (migration 0007) keep the union of the uses of each product's released
+# versions in ``products.uses``, GIN-indexed, so the catalogue filters on it without importing licensing.
 
 
 # --- the search ----------------------------------------------------------------------------------------------
@@ -128,8 +128,8 @@ FACET_VALUES_MAX = 50  # the most frequent values of each facet
 # Plans. PostgreSQL does not charge for decompressing ``search_terms`` (a few hundred terms a product),
 # so its cost model would evaluate ``@>`` row by row along the listed_seq index even for a word no
 # product has: 6.5 s for 122,000 products. So the shape of each plan is decided here:
-# - words or facet filters: one statement driven by the GIN indexes alone (words and facet filters as GIN
-#   conditions, intersected inside the index; visibility and `use` wrapped so they cannot drive the scan;
+# - words, facet filters or `use`: one statement driven by the GIN indexes alone (words, facet filters and
+#   uses as GIN conditions, intersected inside the indexes; visibility wrapped so it cannot drive the scan;
 #   the matches in a MATERIALIZED CTE, see ``_matched``) collects up to FACET_SCAN_LIMIT + 1 matches,
 #   counts their facets and, when that is all of them, picks the page from them too;
 # - when there are more, the matches are dense (at least FACET_SCAN_LIMIT in the catalogue) and the page
@@ -365,16 +365,16 @@ async def _estimated(
 async def _indexed_search(
     session: AsyncSession,
     indexed: Sequence[ColumnElement[bool]],
-    others: Sequence[ColumnElement[bool]],
+    visible: ColumnElement[bool],
     plain: Sequence[ColumnElement[bool]],
     after: int | None,
     limit: int,
 ) -> SearchPage:
-    """Words and facet filters (``indexed``: GIN conditions; ``plain``: the same as plain column conditions
-    for an ordered walk); see "Plans" above."""
+    """Words, facet filters and use (``indexed``: GIN conditions; ``plain``: the same with plain column
+    conditions where there are some, for an ordered walk); see "Plans" above."""
     await _plan_with(session, **PLANNER)
-    # coalesce(…): the same rows, but no index can drive the scan by these conditions
-    matched = _matched([*indexed, func.coalesce(and_(true(), *others), False)], FACET_SCAN_LIMIT + 1, by_index=True)
+    # coalesce(…): the same rows, but no index can drive the scan by visibility
+    matched = _matched([*indexed, func.coalesce(and_(true(), visible), False)], FACET_SCAN_LIMIT + 1, by_index=True)
     counted = _counted(matched).add_columns(cast(null(), BigInteger))
     page_ids = select(*(null() for _ in range(7)), matched.c.listed_seq).order_by(matched.c.listed_seq.desc())
     if after is not None:
@@ -394,8 +394,8 @@ async def _indexed_search(
         return SearchPage(products, next_cursor, _facets(values), facets_exact=True)
     # Dense: at least FACET_SCAN_LIMIT matches, so walking the listing newest first finds a page soon
     # (and the planner, which estimates such frequent terms well, walks it).
-    products, next_cursor = await _page(session, [*plain, *others], after, limit)
-    facets = await _estimated(session, values, total, [*indexed, *others])
+    products, next_cursor = await _page(session, [*plain, visible], after, limit)
+    facets = await _estimated(session, values, total, [*indexed, visible])
     return SearchPage(products, next_cursor, facets, facets_exact=False)
 
 
@@ -428,9 +428,7 @@ async def _listing(
     return SearchPage(products, next_cursor, _facets(values), facets_exact=True)
 
 
-async def search_products(
-    session: AsyncSession, principal: Principal | None, query: SearchQuery, *, use_filter: UseFilter
-) -> SearchPage:
+async def search_products(session: AsyncSession, principal: Principal | None, query: SearchQuery) -> SearchPage:
     """One page of the products the caller may see that match ``query``, newest listing first, with facets.
 
     Pages are keyed on ``listed_seq`` (the cursor is its base64), so products listed while a client pages
@@ -461,21 +459,21 @@ async def search_products(
             return SearchPage([], None, _facets([]), facets_exact=True)
 
     visible = visible_products(principal)
-    others = [visible, *([use_filter(query.use)] if query.use is not None else [])]
     wanted, plain = _filters(query, language, org_id)
-    if words:
-        indexed = [Product.search_terms.contains(words), *([Product.facet_terms.contains(wanted)] if wanted else [])]
-        plain = [*plain, Product.search_terms.contains(words)]
-        return await _indexed_search(session, indexed, others, plain, after, query.limit)
-    if len(wanted) > (org_id is not None):  # a facet filter besides the provider
-        return await _indexed_search(session, [Product.facet_terms.contains(wanted)], others, plain, after, query.limit)
-    if query.use is None:
-        listing = await _listing(session, visible, [visible, *plain], org_id, after, query.limit)
-        if listing is not None:
-            return listing
-    # `use` alone (or an unusual visibility): the planner's plans, facets counted up to the limit.
+    # GIN conditions without a plain-column equivalent: the words, the use
+    terms_and_use = [
+        *([Product.search_terms.contains(words)] if words else []),
+        *([Product.uses.contains([query.use])] if query.use is not None else []),
+    ]
+    if terms_and_use or len(wanted) > (org_id is not None):  # more than the catalogue or one provider's
+        indexed = [*terms_and_use, *([Product.facet_terms.contains(wanted)] if wanted else [])]
+        return await _indexed_search(session, indexed, visible, [*plain, *terms_and_use], after, query.limit)
+    listing = await _listing(session, visible, [visible, *plain], org_id, after, query.limit)
+    if listing is not None:
+        return listing
+    # A visibility that needs more than status and provider: the planner's plans, facets counted up to the limit.
     await _plan_with(session, **PLANNER)
-    conditions = [*others, *plain]
+    conditions = [visible, *plain]
     products, next_cursor = await _page(session, conditions, after, query.limit)
     # No index can select these: walking the listing (lazily, with the LIMIT) beats a bitmap of everything.
     rows = (await session.execute(_counted(_matched(conditions, FACET_SCAN_LIMIT + 1, by_index=False)))).all()

@@ -387,7 +387,9 @@ class CatalogueGenerator:
         return title, summary, description
 
     def rows(self, count: int, start: int = 0) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...]]]:
-        """``count`` (product, version) row pairs in the column order of ``PRODUCT_COLUMNS``/``VERSION_COLUMNS``."""
+        """``count`` (product, version) row pairs: products in the column order of ``PRODUCT_COLUMNS`` but for
+        the last, ``uses``, which the caller adds from the licence; versions as (id, product id, licence,
+        provenance)."""
         from catalog.search import product_terms
 
         rng = self.rng
@@ -461,6 +463,7 @@ PRODUCT_COLUMNS = (
     "access",
     "status",
     "search_terms",
+    "uses",
 )
 VERSION_COLUMNS = (
     "id",
@@ -539,12 +542,15 @@ async def seed_catalogue(
     await connection.execute("SET LOCAL work_mem = '256MB'")
     now = utcnow()
     digest = manifest_digest([])
+    # Each product goes in with the uses its version's licence permits: the versions' trigger (migration 0007)
+    # then finds nothing to change, instead of rewriting every product row just copied.
+    uses_of = {row["id"]: list(row["uses"]) for row in await connection.fetch("SELECT id, uses FROM licences")}
     Rows = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
 
     def build(start: int, size: int) -> Rows:
         product_rows, version_rows = [], []
         for product, (version_id, product_id, licence, provenance) in generator.rows(size, start=start):
-            product_rows.append(product)
+            product_rows.append((*product, sorted(uses_of[licence])))
             version_rows.append(
                 (
                     version_id,

@@ -188,6 +188,64 @@ async def test_facet_counts_and_each_filter(client: Client, db: asyncpg.Connecti
     assert draft_only in slugs(await find(client, org=org, industry="legal"))
 
 
+async def test_use_filter_follows_releases_withdrawals_and_licence_terms(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    """`use` reads ``products.uses``, which triggers on versions and licences keep equal to the union of the
+    uses of the licences of the product's published and deprecated versions."""
+    owner, org = await provider(client)
+    slug = await listed(client, db, owner, org, licence="CC-BY-NC-ND-4.0")  # research and evaluation only
+
+    async def found(use: str, **params: Any) -> bool:
+        return slug in slugs(await find(client, org=org, use=use, **params))
+
+    assert await found("research")
+    assert await found("evaluation", q="corpus")
+    assert not await found("commercial_model_release")
+    await make_version(client, owner, slug, version="2.0.0", licence="CC-BY-4.0")
+    assert not await found("commercial_model_release")  # a draft licenses nothing
+    await db.execute(
+        "UPDATE product_versions SET state = 'published', manifest_digest = $2, submitted_at = now(), "
+        "published_at = now() WHERE version = '2.0.0' AND product_id = (SELECT id FROM products WHERE slug = $1)",
+        slug,
+        "sha256:" + "0" * 64,
+    )
+    assert await found("commercial_model_release")
+    assert await found("commercial_model_release", q="corpus", industry="finance")
+    base = f"/api/v1/products/{slug}/versions/2.0.0"
+    deprecated = await client.post(f"{base}/deprecate", json={"reason": "superseded"}, headers=owner.headers)
+    assert deprecated.status_code == 200, deprecated.text
+    assert await found("commercial_model_release")  # deprecated versions stay licensed
+    withdrawn = await client.post(f"{base}/withdraw", json={"reason": "rights dispute"}, headers=owner.headers)
+    assert withdrawn.status_code == 200, withdrawn.text
+    assert not await found("commercial_model_release")
+    assert await found("research")  # 1.0.0 still permits it
+
+    custom = await client.post(
+        "/api/v1/licences",
+        json={
+            "name": f"Evaluation only {uuid.uuid4().hex[:6]}",
+            "url": "https://example.com/eval",
+            "uses": ["evaluation"],
+        },
+        headers=owner.headers,
+    )
+    assert custom.status_code == 201, custom.text
+    other = await listed(client, db, owner, org, licence=custom.json()["id"])
+    assert other not in slugs(await find(client, org=org, use="pretraining"))
+    # Licences' terms do not change through the API; should they change in the database, the products follow.
+    await db.execute("UPDATE licences SET uses = '{evaluation,pretraining}' WHERE id = $1", custom.json()["id"])
+    assert other in slugs(await find(client, org=org, use="pretraining"))
+
+    # Whatever every test so far has done to versions and licences, the stored uses equal a recount.
+    stale = await db.fetchval(
+        "SELECT count(*) FROM products AS p WHERE p.uses IS DISTINCT FROM ARRAY("
+        ' SELECT DISTINCT u COLLATE "C" FROM product_versions AS v JOIN licences AS l ON l.id = v.licence_id,'
+        " unnest(l.uses) AS u WHERE v.product_id = p.id AND v.state IN ('published', 'deprecated') ORDER BY 1)"
+    )
+    assert stale == 0
+
+
 async def test_drafts_are_visible_only_to_their_provider_and_staff(client: Client, db: asyncpg.Connection) -> None:
     owner, org = await provider(client)
     public = await listed(client, db, owner, org, title="公开语料 public corpus")
