@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import jwt
-from sqlalchemy import Select, and_, func, select, text, update
+from sqlalchemy import ARRAY, Select, String, and_, any_, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer
 
@@ -87,10 +87,10 @@ class Grant:
 Locate = Callable[[DownloadGrant], Awaitable[str]]
 
 
-def _downloadable(principal: Principal, entitlement_id: uuid.UUID, *columns: Any) -> Select[Any]:
-    """The entitlement, its buyer org's slug and ``columns``, where the caller may download under it."""
-    if not principal.has_scope("downloads"):
-        raise forbidden("this API key lacks the 'downloads' scope")
+def _downloadable(*columns: Any) -> Select[Any]:
+    """The entitlement ``:entitlement_id``, its buyer org's slug and ``columns``, if user ``:user_id`` may
+    download under it. Built once per query shape: statements with bound parameters cost less to run than to
+    build."""
     return (
         select(Entitlement, Organization.slug, *columns)
         .options(defer(Entitlement.terms))  # the accepted terms snapshot is large and not needed here
@@ -99,12 +99,20 @@ def _downloadable(principal: Principal, entitlement_id: uuid.UUID, *columns: Any
             Membership,
             and_(
                 Membership.org_id == Entitlement.buyer_org_id,
-                Membership.user_id == principal.user_id,
+                Membership.user_id == bindparam("user_id"),
                 Membership.role.in_(DOWNLOADER_ROLES),
             ),
         )
-        .where(Entitlement.id == entitlement_id)
+        .where(Entitlement.id == bindparam("entitlement_id"))
     )
+
+
+def _require_downloads_scope(principal: Principal) -> None:
+    if not principal.has_scope("downloads"):
+        raise forbidden("this API key lacks the 'downloads' scope")
+
+
+_DOWNLOADABLE = _downloadable()
 
 
 async def _current(session: AsyncSession, principal: Principal, entitlement: Entitlement | None) -> Entitlement:
@@ -151,24 +159,14 @@ _LATEST_RELEASED = (
 )
 
 
-async def resolve_target(
-    session: AsyncSession,
-    principal: Principal,
-    entitlement_id: uuid.UUID,
-    slug: str,
-    version: str,
-    purpose: str,
-    paths: Sequence[str] | None,
-) -> Target:
-    """Every check a grant needs (membership, status, term, product, version coverage, purpose) and the
-    version's verified files at ``paths`` (all of them without), in one query: a row per file."""
+def _target_query(*, some_paths: bool) -> Select[Any]:
+    """The entitlement with its product, the version ``:version`` and its verified files (those in ``:paths``
+    when ``some_paths``): a row per file, or one with no file."""
     file_match = and_(VersionFile.version_id == ProductVersion.id, VersionFile.status == "verified")
-    if paths is not None:
-        file_match = and_(file_match, VersionFile.path.in_(paths))
-    query = (
+    if some_paths:
+        file_match = and_(file_match, VersionFile.path == any_(bindparam("paths", type_=ARRAY(String))))
+    return (
         _downloadable(
-            principal,
-            entitlement_id,
             Product.slug,
             ProductVersion.id,
             ProductVersion.state,
@@ -181,11 +179,36 @@ async def resolve_target(
             VersionFile.sha256,
         )
         .join(Product, Product.id == Entitlement.product_id)
-        .outerjoin(ProductVersion, and_(ProductVersion.product_id == Product.id, ProductVersion.version == version))
+        .outerjoin(
+            ProductVersion,
+            and_(ProductVersion.product_id == Product.id, ProductVersion.version == bindparam("version")),
+        )
         .outerjoin(VersionFile, file_match)
         .order_by(VersionFile.path)
     )
-    rows = (await session.execute(query)).all()
+
+
+_TARGET_FILES = _target_query(some_paths=True)
+_TARGET_ALL_FILES = _target_query(some_paths=False)
+
+
+async def resolve_target(
+    session: AsyncSession,
+    principal: Principal,
+    entitlement_id: uuid.UUID,
+    slug: str,
+    version: str,
+    purpose: str,
+    paths: Sequence[str] | None,
+) -> Target:
+    """Every check a grant needs (membership, status, term, product, version coverage, purpose) and the
+    version's verified files at ``paths`` (all of them without), in one query."""
+    _require_downloads_scope(principal)
+    params: dict[str, Any] = {"entitlement_id": entitlement_id, "user_id": principal.user_id, "version": version}
+    if paths is not None:
+        params["paths"] = list(paths)
+    query = _TARGET_ALL_FILES if paths is None else _TARGET_FILES
+    rows = (await session.execute(query, params)).all()
     entitlement = await _current(session, principal, rows[0][0] if rows else None)
     _, buyer_org, product_slug, version_id, state, withdrawn_reason, manifest_digest, latest, *_ = rows[0]
     _check_active(entitlement, utcnow())
@@ -484,7 +507,12 @@ async def grant_for_content(
     row = await session.scalar(query.with_for_update() if lock else query)
     if row is None:
         raise not_found("download")
-    entitlement = await _current(session, principal, await session.scalar(_downloadable(principal, row.entitlement_id)))
+    _require_downloads_scope(principal)
+    entitlement = await _current(
+        session,
+        principal,
+        await session.scalar(_DOWNLOADABLE, {"entitlement_id": row.entitlement_id, "user_id": principal.user_id}),
+    )
     now = utcnow()
     _check_active(entitlement, now)
     if row.window_ends_at <= now:
