@@ -102,7 +102,7 @@ SELECT state, coalesce(wait_event_type, ''), coalesce(wait_event, ''), left(quer
 """
 
 
-def _classify(state: str, wait_type: str, query: str) -> str:
+def _classify(state: str, wait_type: str, wait_event: str, query: str) -> str:
     sql = " ".join(query.split()).lower()
     if sql.startswith("with charged as"):
         what = "the grant statement (charge, audit append, insert)"
@@ -116,6 +116,8 @@ def _classify(state: str, wait_type: str, query: str) -> str:
         return f"idle in transaction (the service's turn) after {what}"
     if state == "active" and wait_type == "Lock":
         return f"waiting for a lock in {what}"
+    if state == "active" and wait_type:
+        return f"running {what}, waiting on {wait_type}:{wait_event}"
     if state == "active":
         return f"running {what}"
     return "idle (no transaction)"
@@ -138,8 +140,8 @@ class ActivitySampler:
         connection = await asyncpg.connect(self.dsn)
         try:
             while not self._stop.is_set():
-                for state, wait_type, _, query in await connection.fetch(_ACTIVITY):
-                    self.counts[_classify(state or "", wait_type, query or "")] += 1
+                for state, wait_type, wait_event, query in await connection.fetch(_ACTIVITY):
+                    self.counts[_classify(state or "", wait_type, wait_event, query or "")] += 1
                 self.samples += 1
                 await asyncio.sleep(self.interval)
         finally:
