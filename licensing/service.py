@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -837,23 +837,3 @@ async def licence_check(
         )
     return terms.check(resolved, use, territory), [(i.product, i.version) for i in resolved]
 
-
-def products_permitting(use: str) -> ColumnElement[bool]:
-    """Products with a released version whose licence permits ``use`` (the catalogue's ``use`` filter).
-
-    A correlated scalar subquery, looked up per candidate product through the versions' product_id index:
-    PostgreSQL would turn an EXISTS into a hash over every released version of the catalogue.
-    """
-    return (
-        select(literal(1))
-        .select_from(ProductVersion)
-        .join(Licence, Licence.id == ProductVersion.licence_id)
-        .where(
-            ProductVersion.product_id == Product.id,
-            ProductVersion.state.in_(("published", "deprecated")),
-            Licence.uses.contains([use]),
-        )
-        .limit(1)
-        .scalar_subquery()
-        .is_not(None)
-    )
