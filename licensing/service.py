@@ -836,4 +836,3 @@ async def licence_check(
             )
         )
     return terms.check(resolved, use, territory), [(i.product, i.version) for i in resolved]
-
