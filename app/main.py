@@ -35,7 +35,6 @@ from catalog import routes as catalog_routes
 from catalog.janitor import run_janitor
 from licensing import download_routes
 from licensing import routes as licensing_routes
-from licensing.downloads import GrantTurns
 from licensing.sweeps import run_sweeps
 
 log = logging.getLogger("corpora")
@@ -103,7 +102,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
                 "sessionmaker": sessionmaker,
                 "object_store": store,
                 "me_cache": me_cache,
-                "grant_turns": GrantTurns(),
+                "charge_turn": asyncio.Lock(),  # see licensing.downloads.grant
             }
         )
         return config

@@ -205,7 +205,7 @@ async def _grant(
             url_seconds=_url_seconds(settings),
             issuer=settings.jwt_issuer,
             locate=_locator(request, state.object_store, settings),
-            turns=state.grant_turns,
+            charge_turn=state.charge_turn,
         )
     except downloads.Refused as refused:
         REFUSALS.labels(reason=refused.reason).inc()

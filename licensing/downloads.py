@@ -11,15 +11,14 @@ import asyncio
 import dataclasses
 import datetime as dt
 import fnmatch
-import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import jwt
-from sqlalchemy import ARRAY, Select, String, and_, any_, bindparam, event, func, select, text, update
+from sqlalchemy import ARRAY, Select, String, and_, any_, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, SessionTransaction, defer
+from sqlalchemy.orm import defer
 
 from app.accounts.models import Membership, Organization
 from app.audit import service as audit
@@ -37,8 +36,6 @@ GRANT_WINDOW = dt.timedelta(hours=24)
 DOWNLOADER_ROLES = ("owner", "admin", "member")
 RECEIPT_TYPE = "corpora-receipt+jwt"
 RELEASED = ("published", "deprecated")
-
-log = logging.getLogger("corpora.downloads")
 
 
 class Refused(ProblemError):
@@ -85,43 +82,6 @@ class Grant:
     receipt: str
     charged: bool
     url: str
-
-
-class GrantTurns:
-    """Grants in one process take turns from their charge to the end of their transaction.
-
-    Every grant appends to the audit chain, whose head stays locked from the append to the commit, so grants
-    commit one at a time whatever their entitlement, and queueing here loses no parallelism. It keeps the
-    queue out of PostgreSQL, where dozens of backends waiting on one row lock spend more CPU in the lock
-    manager than the grants themselves. Correctness never depends on the turn: the row locks still order the
-    charges, and a turn not had within ``TURN_WAIT`` (a transaction left open somewhere) is skipped.
-    """
-
-    TURN_WAIT = 5.0
-
-    def __init__(self) -> None:
-        self._lock = asyncio.Lock()
-
-    async def take(self, session: AsyncSession) -> None:
-        try:
-            await asyncio.wait_for(self._lock.acquire(), self.TURN_WAIT)
-        except TimeoutError:
-            log.warning("no grant turn within %.0f s; charging without one", self.TURN_WAIT)
-            return
-        session.info[_TURN] = self._lock
-
-    @property
-    def busy(self) -> bool:
-        return self._lock.locked()
-
-
-_TURN = "corpora.grant_turn"
-
-
-@event.listens_for(Session, "after_transaction_end")
-def _end_turn(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is None and (turn := session.info.pop(_TURN, None)) is not None:
-        turn.release()
 
 
 # Where a grant's bytes are fetched: a presigned object-store URL or the proxy endpoint.
@@ -442,7 +402,7 @@ async def grant(
     url_seconds: int,
     issuer: str,
     locate: Locate,
-    turns: GrantTurns,
+    charge_turn: asyncio.Lock,
 ) -> list[Grant]:
     """Grant the named files (or those matching ``patterns``), charged together: all or nothing."""
     target = await resolve_target(session, principal, entitlement_id, slug, version, purpose, paths)
@@ -485,8 +445,12 @@ async def grant(
     # URLs are made first: once the charge is sent, every other grant under the entitlement waits for this
     # transaction to commit.
     urls = [await locate(row) for row in rows]
-    await turns.take(session)
-    await _charge_and_record(session, context, target, rows)
+    # Grants commit one at a time whatever their entitlement (the audit chain head stays locked from the append
+    # to the commit), so charges in this process queue here first, losing no parallelism: PostgreSQL then sees
+    # one waiter per process rather than dozens, whose lock queue costs more CPU than the grants. The turn
+    # ends when the statement returns, so the next charge is already waiting in PostgreSQL when this commits.
+    async with charge_turn:
+        await _charge_and_record(session, context, target, rows)
     return [
         Grant(
             row,

@@ -354,7 +354,7 @@ async def test_cancelled_grants_leave_no_grant_without_its_event(
             # Every connection went back to the pool, and nothing is left holding a lock (the audit head, the
             # entitlement row, the process's grant turn): all three still grant.
             assert own.state.engine.pool.checkedout() == 0
-            assert not own.state.grant_turns.busy
+            assert not own.state.charge_turn.locked()
             for api in (asgi, http):
                 after = await asyncio.wait_for(
                     api.post("/api/v1/downloads", json=download_body(m, "data/b.txt"), headers=m.buyer.headers), 30

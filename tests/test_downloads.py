@@ -64,7 +64,7 @@ async def test_grants_stop_at_the_download_quota(client: AsyncTestClient[Any], d
         response = await client.post("/api/v1/downloads", json=download_body(m, "data/a.txt"), headers=m.buyer.headers)
         statuses.append(response.status_code)
     assert statuses == [201] * 10 + [429] * 3
-    assert not client.app.state.grant_turns.busy  # granted and refused alike gave their turn back
+    assert not client.app.state.charge_turn.locked()  # granted and refused alike gave their turn back
     refused = response.json()
     assert refused["type"] == "quota-exceeded"
     assert refused["downloads_remaining"] == 0
