@@ -103,6 +103,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
                 "object_store": store,
                 "me_cache": me_cache,
                 "charge_turn": asyncio.Lock(),  # see licensing.downloads.grant
+                "grant_slots": asyncio.Semaphore(download_routes.GRANTS_IN_FLIGHT),
             }
         )
         return config

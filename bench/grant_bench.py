@@ -10,8 +10,9 @@ Load: ``wrk`` (``--clients`` keep-alive connections, in its own process) with a 
 grant body with the buyer's token; the bare endpoint gets the same connections (GET, as in me_bench.py).
 Every grant charges its entitlement, appends an audit event to the hash chain and inserts a grant row in one
 statement, then signs a receipt; the entitlement's row and the audit chain head stay locked until commit, so
-grants commit one at a time (each worker queues them on its grant turn first). With ``--entitlements N``
-the load goes round N buyers with an entitlement each, which leaves the audit head as the shared lock.
+grants commit one at a time (each worker admits a few at once and queues their charges on its charge turn).
+With ``--entitlements N`` the load goes round N buyers with an entitlement each, which leaves the audit head as
+the shared lock.
 
 Prints grants/s, p50/p99, and the ratios to the targets (at least 20% of bare, at least 500 grants/s, p99
 below 100 ms on 2 cores); checks afterwards that the counters, the grant rows and the audit events agree.

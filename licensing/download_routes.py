@@ -174,6 +174,12 @@ def _out(grant: downloads.Grant) -> DownloadOut:
     )
 
 
+# Grants commit one at a time (see licensing.downloads.grant), so a process gains nothing from working on
+# more than a few at once; the rest wait here, costing nothing, rather than in the event loop's queue, where
+# every one of them would delay the commit that the others are waiting for.
+GRANTS_IN_FLIGHT = 4
+
+
 async def _grant(
     request: Request[Any, Any, Any],
     session: AsyncSession,
@@ -190,23 +196,24 @@ async def _grant(
 ) -> list[downloads.Grant]:
     settings: Settings = state.settings
     try:
-        granted = await downloads.grant(
-            session,
-            audit_context,
-            principal,
-            state.keyring,
-            entitlement_id=entitlement_id,
-            slug=product,
-            version=version,
-            paths=paths,
-            patterns=patterns,
-            purpose=purpose,
-            mode=settings.download_mode,
-            url_seconds=_url_seconds(settings),
-            issuer=settings.jwt_issuer,
-            locate=_locator(request, state.object_store, settings),
-            charge_turn=state.charge_turn,
-        )
+        async with state.grant_slots:
+            granted = await downloads.grant(
+                session,
+                audit_context,
+                principal,
+                state.keyring,
+                entitlement_id=entitlement_id,
+                slug=product,
+                version=version,
+                paths=paths,
+                patterns=patterns,
+                purpose=purpose,
+                mode=settings.download_mode,
+                url_seconds=_url_seconds(settings),
+                issuer=settings.jwt_issuer,
+                locate=_locator(request, state.object_store, settings),
+                charge_turn=state.charge_turn,
+            )
     except downloads.Refused as refused:
         REFUSALS.labels(reason=refused.reason).inc()
         raise
