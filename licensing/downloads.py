@@ -18,7 +18,6 @@ from typing import Any
 import jwt
 from sqlalchemy import ARRAY, Select, String, and_, any_, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import defer
 
 from app.accounts.models import Membership, Organization
 from app.audit import service as audit
@@ -61,11 +60,37 @@ class FileRef:
     sha256: str
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Standing:
+    """What the checks read of an entitlement (the ``_STANDING`` columns)."""
+
+    id: uuid.UUID
+    buyer_org_id: uuid.UUID
+    status: str
+    status_reason: str | None
+    valid_from: dt.datetime
+    valid_until: dt.datetime
+    versions: str
+    purposes: list[str]
+
+
+_STANDING = (
+    Entitlement.id,
+    Entitlement.buyer_org_id,
+    Entitlement.status,
+    Entitlement.status_reason,
+    Entitlement.valid_from,
+    Entitlement.valid_until,
+    Entitlement.versions,
+    Entitlement.purposes,
+)
+
+
 @dataclasses.dataclass(slots=True)
 class Target:
     """What a grant needs once every check has passed."""
 
-    entitlement: Entitlement
+    entitlement: Standing
     buyer_org: str
     product: str
     version: str
@@ -89,12 +114,11 @@ Locate = Callable[[DownloadGrant], Awaitable[str]]
 
 
 def _downloadable(*columns: Any) -> Select[Any]:
-    """The entitlement ``:entitlement_id``, its buyer org's slug and ``columns``, if user ``:user_id`` may
-    download under it. Built once per query shape: statements with bound parameters cost less to run than to
-    build."""
+    """The entitlement ``:entitlement_id``'s standing, its buyer org's slug and ``columns``, if user ``:user_id``
+    may download under it. Built once per query shape, and run on the session's connection without the ORM:
+    these statements cost less to run than to build, and rows need no objects."""
     return (
-        select(Entitlement, Organization.slug, *columns)
-        .options(defer(Entitlement.terms))  # the accepted terms snapshot is large and not needed here
+        select(*_STANDING, Organization.slug, *columns)
         .join(Organization, Organization.id == Entitlement.buyer_org_id)
         .join(
             Membership,
@@ -114,28 +138,26 @@ def _require_downloads_scope(principal: Principal) -> None:
 
 
 _DOWNLOADABLE = _downloadable()
+_STANDING_OF = select(*_STANDING).where(Entitlement.id == bindparam("entitlement_id"))
 
 
-async def _current(session: AsyncSession, principal: Principal, entitlement: Entitlement | None) -> Entitlement:
-    """404 unless the caller's API key (if any) is for the entitlement's org. An entitlement past its term that
-    the sweep has not reached yet is marked expired here first (with its audit event), so a refusal names the
-    right status."""
-    if entitlement is None or principal.api_key_org_id not in (None, entitlement.buyer_org_id):
+async def _current(session: AsyncSession, principal: Principal, row: Any) -> Standing:
+    """The standing in ``row`` (from ``_downloadable``); 404 for no row or an API key of another org. An
+    entitlement past its term that the sweep has not reached yet is marked expired here first (with its audit
+    event), so a refusal names the right status."""
+    if row is None:
         raise not_found("entitlement")
-    if entitlement.status in ("active", "suspended") and entitlement.valid_until <= utcnow():
-        await expire_due(session, [entitlement.id])
-        entitlement = (
-            await session.execute(
-                select(Entitlement)
-                .options(defer(Entitlement.terms))
-                .where(Entitlement.id == entitlement.id)
-                .execution_options(populate_existing=True)
-            )
-        ).scalar_one()
-    return entitlement
+    standing = Standing(*row[: len(_STANDING)])
+    if principal.api_key_org_id not in (None, standing.buyer_org_id):
+        raise not_found("entitlement")
+    if standing.status in ("active", "suspended") and standing.valid_until <= utcnow():
+        await expire_due(session, [standing.id])
+        connection = await session.connection()
+        standing = Standing(*(await connection.execute(_STANDING_OF, {"entitlement_id": standing.id})).one())
+    return standing
 
 
-def _check_active(entitlement: Entitlement, now: dt.datetime) -> None:
+def _check_active(entitlement: Standing | Entitlement, now: dt.datetime) -> None:
     if entitlement.status != "active":
         reason = f" ({entitlement.status_reason})" if entitlement.status_reason else ""
         raise Refused(403, "entitlement-inactive", f"the entitlement is {entitlement.status}{reason}")
@@ -209,9 +231,11 @@ async def resolve_target(
     if paths is not None:
         params["paths"] = list(paths)
     query = _TARGET_ALL_FILES if paths is None else _TARGET_FILES
-    rows = (await session.execute(query, params)).all()
-    entitlement = await _current(session, principal, rows[0][0] if rows else None)
-    _, buyer_org, product_slug, version_id, state, withdrawn_reason, manifest_digest, latest, *_ = rows[0]
+    rows = (await (await session.connection()).execute(query, params)).all()
+    entitlement = await _current(session, principal, rows[0] if rows else None)
+    buyer_org, product_slug, version_id, state, withdrawn_reason, manifest_digest, latest, *_ = rows[0][
+        len(_STANDING) :
+    ]
     _check_active(entitlement, utcnow())
     if product_slug != slug:
         raise Refused(403, "version-not-covered", f"this entitlement is for '{product_slug}', not '{slug}'")
@@ -515,11 +539,11 @@ async def grant_for_content(
     if row is None:
         raise not_found("download")
     _require_downloads_scope(principal)
-    entitlement = await _current(
-        session,
-        principal,
-        await session.scalar(_DOWNLOADABLE, {"entitlement_id": row.entitlement_id, "user_id": principal.user_id}),
+    connection = await session.connection()
+    found = await connection.execute(
+        _DOWNLOADABLE, {"entitlement_id": row.entitlement_id, "user_id": principal.user_id}
     )
+    entitlement = await _current(session, principal, found.one_or_none())
     now = utcnow()
     _check_active(entitlement, now)
     if row.window_ends_at <= now:
