@@ -309,8 +309,9 @@ async def _charge_and_record(
     nothing, with what remains of the quota."""
     first = rows[0]
     entitlement = target.entitlement
+    connection = await session.connection()
     charged = (
-        await session.execute(
+        await connection.execute(
             _CHARGE_AND_RECORD,
             {
                 "downloads": len(rows),
