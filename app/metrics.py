@@ -1,4 +1,5 @@
-"""Prometheus metrics of every HTTP request: count, duration and requests in flight, per route.
+"""The service's Prometheus metrics: every HTTP request's count, duration and requests in flight, per route,
+and the download counters.
 
 A lean ASGI middleware rather than litestar's Prometheus plugin middleware, which builds a ``Request`` and
 resolves four labelled children on every call: here the labelled children are looked up once per route
@@ -8,12 +9,28 @@ label cardinality is bounded by the routes, not by the ids in URLs.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, values
+
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
+if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+    # In multiprocess mode every update asks for the process id to notice a fork (and switch files); os.getpid()
+    # is a system call, several per request. A fork hook keeps the answer instead. Metrics made from here on
+    # use it, which is why the service's metrics are all defined in this module.
+    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: _pid)  # type: ignore[no-untyped-call]
 
 REQUESTS = Counter("corpora_http_requests", "HTTP requests answered", ["method", "path", "status_code"])
 SERVER_ERRORS = Counter("corpora_http_server_errors", "HTTP requests answered with 5xx", ["method", "path"])
@@ -22,6 +39,11 @@ IN_PROGRESS = Gauge(
     "corpora_http_requests_in_progress", "HTTP requests being answered", ["method", "path"], multiprocess_mode="livesum"
 )
 EXCLUDED_PATHS = frozenset({"/metrics", "/healthz"})
+
+GRANTS = Counter("corpora_download_grants", "Download grants issued", ["mode"])
+REFRESHES = Counter("corpora_download_refreshes", "Download URLs refreshed without a new charge")
+REFUSALS = Counter("corpora_download_refusals", "Download grants refused", ["reason"])
+BYTES_SERVED = Counter("corpora_download_bytes_served", "Bytes streamed through proxy downloads")
 
 
 class RequestMetrics:

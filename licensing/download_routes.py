@@ -22,13 +22,13 @@ from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import ControllerRouterHandler, Receive, Scope, Send, TypeEncodersMap
 from litestar.utils.helpers import get_enum_string_value
-from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.accounts.schemas import Strict
 from app.auth.guards import authenticated
 from app.deps import Audit, Caller, Session
 from app.errors import ProblemError
+from app.metrics import BYTES_SERVED, GRANTS, REFRESHES, REFUSALS
 from app.objectstore import ObjectStore
 from app.settings import Settings
 from catalog.search import Use
@@ -37,11 +37,6 @@ from licensing import delivery, downloads
 from licensing.models import DownloadGrant
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
-
-GRANTS = Counter("corpora_download_grants", "Download grants issued", ["mode"])
-REFRESHES = Counter("corpora_download_refreshes", "Download URLs refreshed without a new charge")
-REFUSALS = Counter("corpora_download_refusals", "Download grants refused", ["reason"])
-BYTES_SERVED = Counter("corpora_download_bytes_served", "Bytes streamed through proxy downloads")
 
 
 class DownloadIn(Strict):

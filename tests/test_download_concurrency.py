@@ -16,6 +16,7 @@ ASGI transport on the test's own event loop, as used here.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -39,6 +40,7 @@ from cryptography.hazmat.primitives import serialization
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from minio.error import S3Error
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
 from app.objectstore import ObjectStore
@@ -266,6 +268,18 @@ async def test_two_server_processes_never_overshoot_the_quota(real_servers: list
     assert len(book.events) == 10
     granted = {r.json()["download_id"] for r in responses if r.status_code == 201}
     assert granted == book.grants
+    # Each process counted its own grants and refusals in /metrics; together they count every answer.
+    counted: collections.Counter[tuple[str, str]] = collections.Counter()
+    for url in real_servers:
+        async with httpx.AsyncClient(base_url=url, timeout=timeout) as api:
+            exposition = (await api.get("/metrics")).text
+        for family in text_string_to_metric_families(exposition):
+            for sample in family.samples:
+                if sample.name == "corpora_download_grants_total":
+                    counted["granted", sample.labels["mode"]] += int(sample.value)
+                elif sample.name == "corpora_download_refusals_total":
+                    counted["refused", sample.labels["reason"]] += int(sample.value)
+    assert counted == {("granted", "presigned"): 10, ("refused", "quota-exceeded"): 190}
     # Receipts from either process verify with the key both publish.
     async with httpx.AsyncClient(base_url=real_servers[1], timeout=timeout) as other:
         jwks = (await other.get("/.well-known/jwks.json")).json()
