@@ -209,7 +209,7 @@ class ObjectStore:
         await self._run(partial(self.client.remove_object, self.bucket, key))
 
     async def sha256_of(self, key: str, chunk_size: int = 4 * 1024 * 1024) -> tuple[int, str]:
-        """Stream the object and return (bytes read, lower-case hex SHA-256).
+        """Stream the object as stored (never content-decoded) and return (bytes read, lower-case hex SHA-256).
 
         Each chunk is hashed in a second thread while the next one is read (``hashlib`` releases the GIL),
         so reading and hashing overlap.
@@ -222,7 +222,7 @@ class ObjectStore:
             hashing: Future[None] | None = None
             try:
                 with ThreadPoolExecutor(1, thread_name_prefix="sha256") as pool:
-                    for chunk in response.stream(chunk_size):
+                    for chunk in response.stream(chunk_size, decode_content=False):
                         if hashing is not None:
                             hashing.result()
                         hashing = pool.submit(hasher.update, chunk)
@@ -268,7 +268,8 @@ class ObjectReader:
         self._response = response
 
     async def read(self, size: int) -> bytes:
-        return await self._store._run(partial(self._response.read, size))
+        # The stored bytes as they are: they are what the sha256 of the manifest covers.
+        return await self._store._run(partial(self._response.read, size, decode_content=False))
 
     def close(self) -> None:
         # Closing (not draining) drops the connection instead of reading the rest of the object.
