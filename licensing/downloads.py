@@ -280,7 +280,7 @@ WITH charged AS (
 ), files AS (
     SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:file_ids AS uuid[]), CAST(:paths AS text[]),
                          CAST(:sha256s AS text[]), CAST(:sizes AS bigint[]), CAST(:details AS jsonb[]))
-        WITH ORDINALITY AS f(id, file_id, path, sha256, size, details, ord)
+        AS f(id, file_id, path, sha256, size, details)
 ), events AS (
     SELECT f.id, e.event_hash
     FROM charged AS c
