@@ -117,7 +117,7 @@ def _wait_ready(procs: list[ServerProcess]) -> None:
 def real_servers(
     servers: Servers, settings: Settings, app: Litestar, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[list[str]]:
-    """Two ``corpora serve`` processes with one worker each, on this run's database and bucket.
+    """Two ``corpora serve`` processes, with one and two workers, on this run's database and bucket.
 
     They sign with the in-process app's key, so tokens work across all three and the audit checkpoints
     they write to the shared bucket verify everywhere.
@@ -152,7 +152,7 @@ def real_servers(
             log = root / f"server-{n}.log"
             with log.open("wb") as out:
                 popen = subprocess.Popen(
-                    [sys.executable, "-m", "app.cli", "serve", "--host=127.0.0.1", f"--port={port}", "--workers=1"],
+                    [sys.executable, "-m", "app.cli", "serve", "--host=127.0.0.1", f"--port={port}", f"--workers={n}"],
                     env=env,
                     cwd=REPO_ROOT,
                     stdin=subprocess.DEVNULL,
@@ -268,12 +268,13 @@ async def test_two_server_processes_never_overshoot_the_quota(real_servers: list
     assert len(book.events) == 10
     granted = {r.json()["download_id"] for r in responses if r.status_code == 201}
     assert granted == book.grants
-    # Each process counted its own grants and refusals in /metrics; together they count every answer.
+    # Each server counted its workers' grants and refusals in /metrics; together they count every answer.
     counted: collections.Counter[tuple[str, str]] = collections.Counter()
     for url in real_servers:
         async with httpx.AsyncClient(base_url=url, timeout=timeout) as api:
-            exposition = (await api.get("/metrics")).text
-        for family in text_string_to_metric_families(exposition):
+            scraped = await api.get("/metrics")
+        assert scraped.status_code == 200, scraped.text
+        for family in text_string_to_metric_families(scraped.text):
             for sample in family.samples:
                 if sample.name == "corpora_download_grants_total":
                     counted["granted", sample.labels["mode"]] += int(sample.value)
