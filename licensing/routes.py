@@ -413,6 +413,9 @@ class PaymentWebhookIn(msgspec.Struct, forbid_unknown_fields=True):
     order_id: uuid.UUID
     reference: str
     status: str
+    # What the provider collected; when given, it must be the order's price.
+    amount: decimal.Decimal | None = None
+    currency: str | None = None
 
 
 @post(
@@ -430,7 +433,9 @@ async def payment_webhook(
         str, HeaderParameter(name=PAYMENT_SIGNATURE_HEADER, description="hex HMAC-SHA256 of the body")
     ],
 ) -> dict[str, str]:
-    """Marks an order paid when the body's HMAC-SHA256 under ``CORPORA_PAYMENT_WEBHOOK_SECRET`` matches."""
+    """Marks an order paid when the body's HMAC-SHA256 under ``CORPORA_PAYMENT_WEBHOOK_SECRET`` matches. A
+    payment whose ``amount`` or ``currency`` differs from the order's price is refused (409 ``payment-mismatch``)
+    and changes nothing."""
     secret: str | None = state.settings.payment_webhook_secret
     body = await request.body()
     if not secret:
@@ -444,7 +449,14 @@ async def payment_webhook(
         raise invalid("body", str(exc)) from None
     if event.status != "paid":
         return {"status": "ignored"}
-    order = await service.confirm_payment(session, audit_context, event.order_id, reference=event.reference, by=None)
+    order = await service.confirm_payment(
+        session,
+        audit_context,
+        event.order_id,
+        reference=event.reference,
+        by=None,
+        collected=service.Collected(event.amount, event.currency),
+    )
     return {"status": order.status}
 
 

@@ -617,8 +617,22 @@ async def decide_order(
     return order
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Collected:
+    """What a payment provider reports it collected (either part may be unreported)."""
+
+    amount: decimal.Decimal | None
+    currency: str | None
+
+
 async def confirm_payment(
-    session: AsyncSession, context: AuditContext, order_id: uuid.UUID, *, reference: str, by: uuid.UUID | None
+    session: AsyncSession,
+    context: AuditContext,
+    order_id: uuid.UUID,
+    *,
+    reference: str,
+    by: uuid.UUID | None,
+    collected: Collected | None = None,
 ) -> Order:
     order = await session.scalar(select(Order).where(Order.id == order_id).with_for_update())
     if order is None:
@@ -631,6 +645,17 @@ async def confirm_payment(
     product = await session.get(Product, order.product_id)
     assert offer is not None
     assert product is not None
+    # The offer's price cannot change while the order is open (update_offer), so it is the order's price.
+    if collected is not None and (
+        (collected.amount is not None and collected.amount != offer.price_amount)
+        or (collected.currency is not None and collected.currency != offer.currency)
+    ):
+        raise conflict(
+            f"the order costs {offer.price_amount} {offer.currency}, but the payment was "
+            f"{collected.amount if collected.amount is not None else '?'} {collected.currency or '?'}; "
+            "nothing was recorded",
+            "payment-mismatch",
+        )
     order.paid_at, order.payment_reference = utcnow(), reference or None
     await session.flush()
     await audit.record(

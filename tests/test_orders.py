@@ -383,7 +383,17 @@ async def test_payment_webhook_needs_the_right_signature(
         assert failed.status_code == 200, failed.text
         assert await order_status(db, order["id"]) == "awaiting_payment"
 
-        paid = await hook.post("/api/v1/payments/webhook", content=body, headers=headers)
+        # A payment of another amount or currency than the order's price is refused and changes nothing.
+        for collected in ({"amount": "99.99", "currency": "USD"}, {"amount": "100", "currency": "EUR"}):
+            short_body, short_headers = signed(secret, {**event, **collected})
+            short = await hook.post("/api/v1/payments/webhook", content=short_body, headers=short_headers)
+            assert_problem(short, 409)
+            assert short.json()["type"] == "payment-mismatch"
+        assert await order_status(db, order["id"]) == "awaiting_payment"
+        assert await entitlements_of(db, order["id"]) == 0
+
+        paid_body, paid_headers = signed(secret, {**event, "amount": "100.00", "currency": "USD"})
+        paid = await hook.post("/api/v1/payments/webhook", content=paid_body, headers=paid_headers)
         assert paid.status_code == 200, paid.text
         assert paid.json() == {"status": "fulfilled"}
         # Delivered twice: still one entitlement.
