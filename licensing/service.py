@@ -32,6 +32,9 @@ from licensing.models import DUTIES, USES, Entitlement, Licence, Offer, Order
 ADMIN_ROLES = ("owner", "admin")
 BUYER_ROLES = ("owner", "admin", "member")
 REQUEST_TTL = dt.timedelta(days=45)
+# An order left unpaid this long expires: open orders freeze their offer's terms (update_offer).
+PAYMENT_TTL = dt.timedelta(days=7)
+OPEN_ORDER_STATUSES = ("pending_approval", "awaiting_payment")
 MAX_PRICE = decimal.Decimal(10) ** 12
 # Active ISO 4217 currency codes.
 CURRENCIES = frozenset(
@@ -275,7 +278,7 @@ async def update_offer(
         open_orders = await session.scalar(
             select(func.count())
             .select_from(Order)
-            .where(Order.offer_id == offer.id, Order.status.in_(("pending_approval", "awaiting_payment")))
+            .where(Order.offer_id == offer.id, Order.status.in_(OPEN_ORDER_STATUSES))
         )
         if open_orders:
             raise conflict(
@@ -412,7 +415,9 @@ async def place_order(
             request_sha256=fingerprint,
             created_by=principal.user_id,
             created_at=now,
-            expires_at=now + REQUEST_TTL if status == "pending_approval" else None,
+            expires_at=now + REQUEST_TTL
+            if status == "pending_approval"
+            else (now + PAYMENT_TTL if status == "awaiting_payment" else None),
         )
         .on_conflict_do_nothing(index_elements=[Order.created_by, Order.idempotency_key])
         .returning(Order.id)
@@ -536,12 +541,12 @@ async def get_order(session: AsyncSession, principal: Principal, order_id: uuid.
 
 
 async def expire_due_requests(session: AsyncSession) -> int:
-    """Mark access requests nobody decided within ``REQUEST_TTL`` as expired (also run by the periodic sweep), so
-    lists and counts never show an overdue request as pending."""
+    """Mark access requests nobody decided within ``REQUEST_TTL``, and orders nobody paid within ``PAYMENT_TTL``,
+    as expired (also run by the periodic sweep), so lists and counts never show an overdue order as open."""
     expired = (
         await session.execute(
             update(Order)
-            .where(Order.status == "pending_approval", Order.expires_at <= utcnow())
+            .where(Order.status.in_(OPEN_ORDER_STATUSES), Order.expires_at <= utcnow())
             .values(status="expired")
             .returning(Order.id, Order.buyer_org_id)
         )
@@ -554,7 +559,7 @@ async def expire_due_requests(session: AsyncSession) -> int:
 
 
 async def _expire_if_due(session: AsyncSession, order: Order) -> None:
-    if order.status == "pending_approval" and order.expires_at is not None and order.expires_at <= utcnow():
+    if order.status in OPEN_ORDER_STATUSES and order.expires_at is not None and order.expires_at <= utcnow():
         order.status = "expired"
         await session.flush()
         await audit.record(
@@ -602,6 +607,8 @@ async def decide_order(
         order.status = "rejected"
     else:
         order.status = "fulfilled" if offer.price_amount == 0 else "awaiting_payment"
+        if order.status == "awaiting_payment":
+            order.expires_at = now + PAYMENT_TTL
     await session.flush()
     await audit.record(
         session,
@@ -637,6 +644,7 @@ async def confirm_payment(
     order = await session.scalar(select(Order).where(Order.id == order_id).with_for_update())
     if order is None:
         raise not_found("order")
+    await _expire_if_due(session, order)
     if order.status == "fulfilled" and order.paid_at is not None:
         return order  # a webhook delivered twice
     if order.status != "awaiting_payment":

@@ -327,7 +327,8 @@ async def test_manual_approval_flow(
     placed = await order_ok(client, market.buyer, automatic["id"], market.buyer_org)
     assert placed["status"] == "awaiting_payment"
     assert placed["entitlement_id"] is None
-    assert placed["expires_at"] is None
+    deadline = dt.datetime.fromisoformat(placed["expires_at"]) - dt.datetime.fromisoformat(placed["created_at"])
+    assert dt.timedelta(days=7) - dt.timedelta(minutes=1) < deadline <= dt.timedelta(days=7)
     # The buyer can still cancel it; then it can no longer be paid.
     cancelled = await client.post(f"/api/v1/orders/{placed['id']}/cancel", headers=market.buyer.headers)
     assert cancelled.status_code == 200, cancelled.text
@@ -520,6 +521,30 @@ async def test_overdue_requests_never_show_as_pending(client: Client, db: asyncp
     }
     numbers = (await client.get(f"/api/v1/products/{market.product}/offers/transparency")).json()
     assert (numbers["requests"], numbers["pending"]) == (2, 1)
+
+
+async def test_unpaid_orders_expire_and_free_their_offer(
+    client: Client, db: asyncpg.Connection, market: Market, platform_admin: Account
+) -> None:
+    paid = await make_offer(client, market.provider, market.product, price={"amount": "5", "currency": "EUR"})
+    unpaid = await order_ok(client, market.buyer, paid["id"], market.buyer_org)
+    assert unpaid["status"] == "awaiting_payment"
+    offer_url = f"/api/v1/products/{market.product}/offers/{paid['id']}"
+    reprice = {"price": {"amount": "6", "currency": "EUR"}}
+    # While the order is open, the offer's terms are frozen.
+    assert_problem(await client.patch(offer_url, json=reprice, headers=market.provider.headers), 409)
+    await db.execute(
+        "UPDATE orders SET expires_at = now() - interval '1 minute' WHERE id = $1", uuid.UUID(unpaid["id"])
+    )
+    # Past its deadline it can no longer be paid, and it shows as expired.
+    confirm = f"/api/v1/orders/{unpaid['id']}/confirm-payment"
+    assert_problem(await client.post(confirm, json={"reference": "late"}, headers=platform_admin.headers), 409)
+    assert await entitlements_of(db, unpaid["id"]) == 0
+    shown = await client.get(f"/api/v1/orders/{unpaid['id']}", headers=market.buyer.headers)
+    assert shown.json()["status"] == "expired"
+    assert await order_status(db, unpaid["id"]) == "expired"
+    # No open order holds the offer any more.
+    assert (await client.patch(offer_url, json=reprice, headers=market.provider.headers)).status_code == 200
 
 
 async def test_concurrent_decisions_grant_once(
