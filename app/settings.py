@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 DownloadMode = Literal["presigned", "proxy"]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class SettingsError(ValueError):
@@ -32,6 +34,13 @@ def _int(value: str, name: str, *, low: int, high: int) -> int:
     if not low <= number <= high:
         raise SettingsError(f"{name} must be between {low} and {high}, not {number}")
     return number
+
+
+def _networks(value: str, name: str) -> tuple[IPNetwork, ...]:
+    try:
+        return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in value.split(",") if part.strip())
+    except ValueError as exc:
+        raise SettingsError(f"{name} must list IP addresses or networks (10.0.0.0/8,::1): {exc}") from None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,6 +80,9 @@ class Settings:
     # and unreferenced objects this old are deleted; it runs in every server process this often (0: never).
     janitor_max_age_seconds: int = 24 * 3600
     janitor_every_seconds: int = 3600
+    # Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For names the client; empty: the TCP peer
+    # is the client, and X-Forwarded-For is ignored.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
 
     @property
     def embedded_database(self) -> bool:
@@ -138,6 +150,8 @@ class Settings:
             values["download_mode"] = raw
         if (raw := get("SIGNING_KEY_FILES")) is not None:
             values["signing_key_files"] = tuple(Path(p) for p in raw.split(",") if p.strip())
+        if (raw := get("TRUSTED_PROXIES")) is not None:
+            values["trusted_proxies"] = _networks(raw, "CORPORA_TRUSTED_PROXIES")
         return dataclasses.replace(defaults, **values)  # type: ignore[arg-type]
 
     def as_env(self) -> dict[str, str]:
@@ -177,4 +191,6 @@ class Settings:
             env["CORPORA_PAYMENT_WEBHOOK_SECRET"] = self.payment_webhook_secret
         if self.signing_key_files:
             env["CORPORA_SIGNING_KEY_FILES"] = ",".join(str(p) for p in self.signing_key_files)
+        if self.trusted_proxies:
+            env["CORPORA_TRUSTED_PROXIES"] = ",".join(str(n) for n in self.trusted_proxies)
         return env

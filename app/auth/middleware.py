@@ -8,11 +8,12 @@ route's guards, so public endpoints stay public.
 from __future__ import annotations
 
 import collections
+import ipaddress
 import itertools
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from litestar.enums import ScopeType
@@ -26,7 +27,7 @@ from app.auth.principal import Principal
 from app.auth.tokens import API_KEY_PREFIX, AccessClaims, InvalidToken, secret_digest, verify_access_token
 from app.db import utcnow
 from app.errors import unauthorized
-from app.settings import Settings
+from app.settings import IPNetwork, Settings
 
 REQUEST_ID_HEADER = b"x-request-id"
 VERIFIED_TOKENS_KEPT = 10_000
@@ -38,6 +39,35 @@ def _request_ids() -> Iterator[str]:
     prefix = secrets.token_hex(4)
     for number in itertools.count(1):
         yield f"{prefix}{number:08x}"
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted: Sequence[IPNetwork]) -> str | None:
+    """The client's address: the TCP peer, unless that is a trusted proxy; then the nearest address in
+    X-Forwarded-For that is not a trusted proxy (each proxy appends the address it was reached from, so what
+    lies left of the first untrusted hop may be forged)."""
+    if not trusted or not forwarded_for or not _is_trusted(peer, trusted):
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",")]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, trusted):
+            return hop if _is_address(hop) else peer
+    return hops[0] if _is_address(hops[0]) else peer
+
+
+def _is_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_trusted(address: str | None, trusted: Sequence[IPNetwork]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -72,7 +102,9 @@ class AuthMiddleware:
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         client = scope.get("client")
-        state["client_addr"] = client[0] if client else None
+        peer = client[0] if client else None
+        trusted = self.settings.trusted_proxies
+        state["client_addr"] = client_address(peer, _header(scope, b"x-forwarded-for"), trusted) if trusted else peer
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
