@@ -1,4 +1,4 @@
-"""The periodic sweep: expire entitlements past their term and access requests nobody decided in time."""
+"""The periodic sweep: expire entitlements past their term and orders nobody decided or paid in time."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ log = logging.getLogger("corpora.licensing")
 
 
 async def sweep(session: AsyncSession) -> tuple[int, int]:
-    """(entitlements expired, requests expired). Checks at grant time do not depend on this having run."""
+    """(entitlements expired, orders expired). Checks at grant time do not depend on this having run."""
     entitlements = await expire_due(session)
     requests = await expire_due_requests(session)
     return entitlements, requests
@@ -26,6 +26,6 @@ async def run_sweeps(sessionmaker: async_sessionmaker[AsyncSession], every_secon
             async with sessionmaker() as session, session.begin():
                 entitlements, requests = await sweep(session)
             if entitlements or requests:
-                log.info("expired %d entitlements and %d access requests", entitlements, requests)
+                log.info("expired %d entitlements and %d orders", entitlements, requests)
         except Exception as exc:  # the sweep retries next round; an outage must not kill it
             log.warning("licensing sweep failed: %s", exc)
