@@ -54,8 +54,9 @@ def test_trusted_proxies_setting() -> None:
         Settings.from_env({"CORPORA_TRUSTED_PROXIES": "10.0.0.0/8,proxy.internal"})
 
 
-async def _signed_up_from(settings: Settings, db: asyncpg.Connection, peer: str, forwarded_for: str) -> Any:
-    """Sign up through an app whose TCP peer is ``peer``; the address its audit event recorded."""
+async def _signed_up_from(settings: Settings, db: asyncpg.Connection, peer: str, forwarded_for: list[str]) -> Any:
+    """Sign up through an app whose TCP peer is ``peer``, with an X-Forwarded-For line per item of
+    ``forwarded_for``; the address its audit event recorded."""
     request_id = f"xff-{secrets.token_hex(6)}"
     app = create_app(settings)
     transport = httpx.ASGITransport(app=app, client=(peer, 40000))  # type: ignore[arg-type]
@@ -64,7 +65,7 @@ async def _signed_up_from(settings: Settings, db: asyncpg.Connection, peer: str,
             created = await api.post(
                 "/api/v1/users",
                 json={"email": unique_email(), "password": PASSWORD, "display_name": "xff"},
-                headers={"X-Forwarded-For": forwarded_for, "X-Request-Id": request_id},
+                headers=[("X-Request-Id", request_id), *(("X-Forwarded-For", line) for line in forwarded_for)],
             )
     finally:
         await app.state.engine.dispose()
@@ -76,6 +77,8 @@ async def test_audit_records_the_forwarded_client_only_behind_a_trusted_proxy(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
     behind_proxy = dataclasses.replace(settings, trusted_proxies=PROXIES)
-    assert await _signed_up_from(behind_proxy, db, "10.1.2.3", "203.0.113.7") == "203.0.113.7"
-    assert await _signed_up_from(behind_proxy, db, "192.0.2.10", "203.0.113.7") == "192.0.2.10"
-    assert await _signed_up_from(settings, db, "10.1.2.3", "203.0.113.7") == "10.1.2.3"
+    assert await _signed_up_from(behind_proxy, db, "10.1.2.3", ["203.0.113.7"]) == "203.0.113.7"
+    assert await _signed_up_from(behind_proxy, db, "192.0.2.10", ["203.0.113.7"]) == "192.0.2.10"
+    assert await _signed_up_from(settings, db, "10.1.2.3", ["203.0.113.7"]) == "10.1.2.3"
+    # The client's own line first, the proxy's after it: the proxy's line names the client.
+    assert await _signed_up_from(behind_proxy, db, "10.1.2.3", ["198.51.100.1", "203.0.113.7"]) == "203.0.113.7"

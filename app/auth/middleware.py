@@ -70,6 +70,12 @@ def _is_trusted(address: str | None, trusted: Sequence[IPNetwork]) -> bool:
     return any(ip in network for network in trusted)
 
 
+def _forwarded_for(scope: Scope) -> str | None:
+    """Every X-Forwarded-For line, in order, as one list: a proxy may add its own line after the client's."""
+    lines = [value.decode("latin-1") for key, value in scope["headers"] if key == b"x-forwarded-for"]
+    return ",".join(lines) if lines else None
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -104,7 +110,7 @@ class AuthMiddleware:
         client = scope.get("client")
         peer = client[0] if client else None
         trusted = self.settings.trusted_proxies
-        state["client_addr"] = client_address(peer, _header(scope, b"x-forwarded-for"), trusted) if trusted else peer
+        state["client_addr"] = client_address(peer, _forwarded_for(scope), trusted) if trusted else peer
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
