@@ -654,9 +654,10 @@ async def confirm_payment(
     assert offer is not None
     assert product is not None
     # The offer's price cannot change while the order is open (update_offer), so it is the order's price.
+    # Providers may write the currency in lower case.
     if collected is not None and (
         (collected.amount is not None and collected.amount != offer.price_amount)
-        or (collected.currency is not None and collected.currency != offer.currency)
+        or (collected.currency is not None and collected.currency.upper() != offer.currency)
     ):
         raise conflict(
             f"the order costs {offer.price_amount} {offer.currency}, but the payment was "

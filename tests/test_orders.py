@@ -393,7 +393,7 @@ async def test_payment_webhook_needs_the_right_signature(
         assert await order_status(db, order["id"]) == "awaiting_payment"
         assert await entitlements_of(db, order["id"]) == 0
 
-        paid_body, paid_headers = signed(secret, {**event, "amount": "100.00", "currency": "USD"})
+        paid_body, paid_headers = signed(secret, {**event, "amount": "100.00", "currency": "usd"})
         paid = await hook.post("/api/v1/payments/webhook", content=paid_body, headers=paid_headers)
         assert paid.status_code == 200, paid.text
         assert paid.json() == {"status": "fulfilled"}
