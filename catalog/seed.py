@@ -544,13 +544,14 @@ async def seed_catalogue(
     digest = manifest_digest([])
     # Each product goes in with the uses its version's licence permits: the versions' trigger (migration 0007)
     # then finds nothing to change, instead of rewriting every product row just copied.
-    uses_of = {row["id"]: list(row["uses"]) for row in await connection.fetch("SELECT id, uses FROM licences")}
+    # Distinct and in code-point order, as the trigger stores them (COLLATE "C").
+    uses_of = {row["id"]: sorted(set(row["uses"])) for row in await connection.fetch("SELECT id, uses FROM licences")}
     Rows = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]
 
     def build(start: int, size: int) -> Rows:
         product_rows, version_rows = [], []
         for product, (version_id, product_id, licence, provenance) in generator.rows(size, start=start):
-            product_rows.append((*product, sorted(uses_of[licence])))
+            product_rows.append((*product, uses_of[licence]))
             version_rows.append(
                 (
                     version_id,

@@ -367,7 +367,7 @@ async def test_cancelled_grants_leave_no_grant_without_its_event(
             assert_consistent(book)
             assert storms[0][0] | storms[1][0] <= book.grants
             # Every connection went back to the pool, and nothing is left holding a lock (the audit head, the
-            # entitlement row, the process's grant turn): all three still grant.
+            # entitlement row, the process's charge turn): all three still grant.
             assert own.state.engine.pool.checkedout() == 0
             assert not own.state.charge_turn.locked()
             for api in (asgi, http):
