@@ -17,9 +17,10 @@ from urllib.parse import urlsplit
 import anyio.to_thread
 import urllib3
 from minio import Minio
-from minio.commonconfig import ComposeSource
+from minio.commonconfig import COMPLIANCE, ComposeSource
 from minio.datatypes import Part
 from minio.error import S3Error
+from minio.retention import Retention
 
 from app.settings import Settings
 
@@ -92,12 +93,49 @@ class ObjectStore:
     async def ping(self) -> None:
         await self._run(partial(self.probe_client.bucket_exists, self.bucket))
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
-        await self._run(partial(self.client.put_object, self.bucket, key, io.BytesIO(data), len(data), content_type))
+    async def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        *,
+        retain_until: dt.datetime | None = None,
+    ) -> None:
+        """Store ``data`` at ``key``; with ``retain_until``, under COMPLIANCE retention: until then the store
+        refuses to delete this version or shorten its retention, whoever asks."""
+        retention = None if retain_until is None else Retention(COMPLIANCE, retain_until)
+        await self._run(
+            partial(
+                self.client.put_object,
+                self.bucket,
+                key,
+                io.BytesIO(data),
+                len(data),
+                content_type,
+                retention=retention,
+            )
+        )
 
-    async def get_bytes(self, key: str) -> bytes:
+    async def replace_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        """Store ``data`` at ``key`` and drop the key's earlier versions: for a small object rewritten often,
+        which the bucket's versioning would otherwise keep every version of."""
+
+        def put_and_prune() -> None:
+            written = self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type)
+            for version in self._versions(key):
+                if version != written.version_id:
+                    self.client.remove_object(self.bucket, key, version_id=version)
+
+        await self._run(put_and_prune)
+
+    def _versions(self, key: str) -> list[str | None]:
+        """The version ids of ``key`` (delete markers included), newest first."""
+        listing = self.client.list_objects(self.bucket, prefix=key, include_version=True)
+        return [o.version_id for o in listing if o.object_name == key]
+
+    async def get_bytes(self, key: str, version_id: str | None = None) -> bytes:
         def read() -> bytes:
-            response = self.client.get_object(self.bucket, key)
+            response = self.client.get_object(self.bucket, key, version_id=version_id)
             try:
                 return response.read()
             finally:
@@ -206,7 +244,14 @@ class ObjectStore:
         return await self._run(stat)
 
     async def delete(self, key: str) -> None:
-        await self._run(partial(self.client.remove_object, self.bucket, key))
+        """Remove the object with every version of it. The bucket keeps versions (object lock needs them), so a
+        plain DELETE would only hide the bytes behind a delete marker."""
+
+        def remove() -> None:
+            for version in self._versions(key):
+                self.client.remove_object(self.bucket, key, version_id=version)
+
+        await self._run(remove)
 
     async def sha256_of(self, key: str, chunk_size: int = 4 * 1024 * 1024) -> tuple[int, str]:
         """Stream the object as stored (never content-decoded) and return (bytes read, lower-case hex SHA-256).

@@ -73,6 +73,10 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     audit_checkpoint_every_events: int = 1000
     audit_checkpoint_every_seconds: int = 60
+    # Checkpoints are stored under object-lock COMPLIANCE retention for this long: nobody, the holder of the
+    # store's keys included, can delete or shorten them before then (0: no retention, for buckets without
+    # object lock).
+    audit_retention_days: int = 3650
     db_pool_size: int = 10
     # HMAC-SHA256 secret shared with the payment provider; unset disables the payment webhook.
     payment_webhook_secret: str | None = None
@@ -136,6 +140,7 @@ class Settings:
             ("MAX_BODY_BYTES", "max_body_bytes", 1024, 64 * 1024 * 1024),
             ("AUDIT_CHECKPOINT_EVERY_EVENTS", "audit_checkpoint_every_events", 1, 10_000_000),
             ("AUDIT_CHECKPOINT_EVERY_SECONDS", "audit_checkpoint_every_seconds", 1, 24 * 3600),
+            ("AUDIT_RETENTION_DAYS", "audit_retention_days", 0, 36500),
             ("DB_POOL_SIZE", "db_pool_size", 1, 200),
             ("JANITOR_MAX_AGE_SECONDS", "janitor_max_age_seconds", 60, 365 * 24 * 3600),
             ("JANITOR_EVERY_SECONDS", "janitor_every_seconds", 0, 7 * 24 * 3600),
@@ -179,6 +184,7 @@ class Settings:
             "CORPORA_MAX_BODY_BYTES": str(self.max_body_bytes),
             "CORPORA_AUDIT_CHECKPOINT_EVERY_EVENTS": str(self.audit_checkpoint_every_events),
             "CORPORA_AUDIT_CHECKPOINT_EVERY_SECONDS": str(self.audit_checkpoint_every_seconds),
+            "CORPORA_AUDIT_RETENTION_DAYS": str(self.audit_retention_days),
             "CORPORA_DB_POOL_SIZE": str(self.db_pool_size),
             "CORPORA_JANITOR_MAX_AGE_SECONDS": str(self.janitor_max_age_seconds),
             "CORPORA_JANITOR_EVERY_SECONDS": str(self.janitor_every_seconds),

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
+import io
 import logging
 import secrets
 import uuid
@@ -23,6 +24,9 @@ import pytest
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from litestar.testing import AsyncTestClient
+from minio.commonconfig import COMPLIANCE, GOVERNANCE
+from minio.error import S3Error
+from minio.retention import Retention
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -115,6 +119,15 @@ async def tampering(private: Private) -> AsyncIterator[tuple[AsyncConnection, As
                 yield connection, session
         finally:
             await transaction.rollback()
+
+
+async def truncate_after(connection: AsyncConnection, cut: int) -> None:
+    """Drop the events after ``cut`` and move the head back to it: a tail removed without a trace in the chain."""
+    await connection.execute(text("DELETE FROM audit_events WHERE seq > :cut"), {"cut": cut})
+    await connection.execute(
+        text("UPDATE audit_head SET seq = :cut, hash = (SELECT hash FROM audit_events WHERE seq = :cut)"),
+        {"cut": cut},
+    )
 
 
 async def head_of(connection: AsyncConnection) -> int:
@@ -251,11 +264,7 @@ async def test_a_truncated_tail_is_detected_through_the_checkpoints(private: Pri
     assert written is not None
     cut = written.seq - 5
     async with tampering(private) as (connection, session):
-        await connection.execute(text("DELETE FROM audit_events WHERE seq > :cut"), {"cut": cut})
-        await connection.execute(
-            text("UPDATE audit_head SET seq = :cut, hash = (SELECT hash FROM audit_events WHERE seq = :cut)"),
-            {"cut": cut},
-        )
+        await truncate_after(connection, cut)
         alone = await verify_chain(session)
         report = await checkpoints.verify(session, private.store, private.keyring, private.settings)
     assert alone.ok is True, "the database alone cannot tell: the head was moved back with the tail"
@@ -295,6 +304,96 @@ async def test_a_consistent_rewrite_is_detected_through_the_checkpoints(private:
     assert report["first_bad_event"] == private.early_checkpoint + 1
 
 
+def _versions(store: ObjectStore, key: str) -> list[Any]:
+    return [
+        o for o in store.client.list_objects(store.bucket, prefix=key, include_version=True) if o.object_name == key
+    ]
+
+
+async def test_checkpoints_outlive_deletion_by_the_holder_of_the_store_keys(private: Private) -> None:
+    store = private.store
+    await _append(private.sessionmaker, 1)  # a head no checkpoint covers yet
+    written = await checkpoints.write_checkpoint(private.settings, private.sessionmaker, store, private.keyring)
+    assert written is not None
+    (version,) = await asyncio.to_thread(_versions, store, written.key)
+    retention = await asyncio.to_thread(
+        store.client.get_object_retention, store.bucket, written.key, version.version_id
+    )
+    assert retention is not None
+    assert retention.mode == COMPLIANCE
+    assert retention.retain_until_date is not None
+    days = private.settings.audit_retention_days
+    assert retention.retain_until_date > dt.datetime.now(dt.UTC) + dt.timedelta(days=days - 1)
+
+    # The stored version cannot be removed, nor its retention shortened.
+    with pytest.raises(S3Error) as removing:
+        await asyncio.to_thread(store.client.remove_object, store.bucket, written.key, version.version_id)
+    assert removing.value.code == "AccessDenied"
+    with pytest.raises(S3Error):
+        await asyncio.to_thread(
+            store.client.set_object_retention,
+            store.bucket,
+            written.key,
+            Retention(GOVERNANCE, dt.datetime.now(dt.UTC) + dt.timedelta(days=1)),
+            version.version_id,
+        )
+
+    # A plain delete hides it behind a delete marker; verification still finds it, and the truncation it hid.
+    await asyncio.to_thread(store.client.remove_object, store.bucket, written.key)
+    try:
+        assert written.key not in await checkpoints.list_checkpoint_keys(store)
+        cut = written.seq - 3
+        async with tampering(private) as (connection, session):
+            await truncate_after(connection, cut)
+            report = await checkpoints.verify(session, store, private.keyring, private.settings)
+        assert report["ok"] is False
+        assert report["first_bad_event"] == cut + 1
+        assert "truncated" in report["problem"]
+        assert report["deleted_checkpoints"] == [written.key]
+    finally:
+        marker = next(v for v in await asyncio.to_thread(_versions, store, written.key) if v.is_delete_marker)
+        await asyncio.to_thread(store.client.remove_object, store.bucket, written.key, marker.version_id)
+    async with private.sessionmaker() as session:
+        intact = await checkpoints.verify(session, store, private.keyring, private.settings)
+    assert intact["ok"] is True
+    assert intact["deleted_checkpoints"] == []
+
+
+async def test_a_checkpoint_signed_again_over_a_rewritten_chain_is_caught(private: Private) -> None:
+    """Someone rewrites the chain and gets the rewritten head signed under the same key: the object's earlier,
+    retained version still vouches for the original."""
+    store = private.store
+    await _append(private.sessionmaker, 1)
+    written = await checkpoints.write_checkpoint(private.settings, private.sessionmaker, store, private.keyring)
+    assert written is not None
+    resigned = checkpoints.sign_checkpoint(
+        private.keyring,
+        private.settings.jwt_issuer,
+        written.seq,
+        hashlib.sha256(b"rewritten").digest(),
+        dt.datetime.now(dt.UTC),
+    )
+    put = await asyncio.to_thread(
+        store.client.put_object, store.bucket, written.key, io.BytesIO(resigned.encode()), len(resigned)
+    )
+    try:
+        assert await store.get_bytes(written.key) == resigned.encode()
+        async with private.sessionmaker() as session:
+            report = await checkpoints.verify(session, store, private.keyring, private.settings)
+        assert report["ok"] is False
+        assert [b["key"] for b in report["bad_checkpoints"]] == [written.key]
+        assert "sign different hashes" in report["bad_checkpoints"][0]["problem"]
+    finally:
+        await asyncio.to_thread(store.client.remove_object, store.bucket, written.key, put.version_id)
+
+
+async def test_the_pointer_keeps_one_version(private: Private) -> None:
+    for _ in range(3):
+        await _append(private.sessionmaker, 1)
+        await checkpoints.write_checkpoint(private.settings, private.sessionmaker, private.store, private.keyring)
+    assert len(await asyncio.to_thread(_versions, private.store, checkpoints.POINTER_KEY)) == 1
+
+
 def _forge(keyring: KeyRing, issuer: str, seq: int, digest: bytes, *, kind: str) -> str:
     payload = {"seq": seq, "hash": digest.hex(), "issued_at": "2030-01-01T00:00:00Z", "iss": issuer}
     stranger = Ed25519PrivateKey.generate()
@@ -331,7 +430,7 @@ async def test_a_forged_checkpoint_is_reported(private: Private, kind: str, reas
         # A forged checkpoint is not used: it neither vouches for nor condemns the chain.
         assert report["first_bad_event"] is None
     finally:
-        await asyncio.to_thread(private.store.client.remove_object, private.store.bucket, key)
+        await private.store.delete(key)
 
 
 async def test_checkpoint_parsing_rejects_what_it_must(private: Private) -> None:
@@ -485,7 +584,7 @@ async def test_forged_checkpoint_over_http(private: Private) -> None:
             assert "signature" in reported["problem"]
             assert any(item["valid"] for item in listed.json()["items"])
     finally:
-        await asyncio.to_thread(private.store.client.remove_object, private.store.bucket, key)
+        await private.store.delete(key)
 
 
 async def test_cli_verify_answers_like_the_endpoint(private: Private) -> None:

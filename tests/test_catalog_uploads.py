@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from typing import Any
@@ -106,7 +107,13 @@ async def test_tampered_upload_is_rejected_and_its_object_deleted(
     assert rejected.headers["content-type"].startswith("application/problem+json")
     assert rejected.json()["type"] == "checksum-mismatch"
     file_id = rejected.url.path.split("/")[-2]
-    assert await app.state.object_store.size_of(f"staging/{file_id}") is None
+    store = app.state.object_store
+    assert await store.size_of(f"staging/{file_id}") is None
+    # Gone for real: the bucket keeps versions, and no version of the rejected bytes is left behind.
+    versions = await asyncio.to_thread(
+        lambda: list(store.client.list_objects(store.bucket, prefix=f"staging/{file_id}", include_version=True))
+    )
+    assert versions == []
     assert await db.fetchval("SELECT count(*) FROM version_files WHERE id = $1::uuid", file_id) == 0
 
     # A size lie is caught too.

@@ -155,18 +155,40 @@ async def list_checkpoint_keys(
     return keys
 
 
+async def list_stored_checkpoints(store: ObjectStore) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """Every stored version of every checkpoint as (key, version id), deleted ones included, and the keys that
+    were deleted. A delete only hides a checkpoint behind a delete marker: its retained version is still
+    there, and still counts."""
+
+    def versions() -> tuple[list[tuple[str, str | None]], list[str]]:
+        stored: list[tuple[str, str | None]] = []
+        deleted: list[str] = []
+        for o in store.client.list_objects(store.bucket, prefix=PREFIX, recursive=True, include_version=True):
+            if not o.object_name or not o.object_name.endswith(".jws"):
+                continue
+            if not o.is_delete_marker:
+                stored.append((o.object_name, o.version_id))
+            elif o.is_latest == "true":
+                deleted.append(o.object_name)
+        return stored, deleted
+
+    listed: tuple[list[tuple[str, str | None]], list[str]] = await _in_thread(versions)
+    return listed
+
+
 async def read_checkpoints(
-    store: ObjectStore, keyring: KeyRing, issuer: str, keys: Sequence[str]
+    store: ObjectStore, keyring: KeyRing, issuer: str, objects: Sequence[tuple[str, str | None]]
 ) -> tuple[list[Checkpoint], list[BadCheckpoint]]:
-    """Fetch and verify ``keys``; the valid checkpoints in ``seq`` order, and the rejected ones."""
+    """Fetch and verify ``objects`` (key, version id or ``None`` for the current one); the valid checkpoints in
+    ``seq`` order, and the rejected ones."""
     limit = asyncio.Semaphore(FETCH_CONCURRENCY)
 
-    async def fetch(key: str) -> Checkpoint | BadCheckpoint:
+    async def fetch(key: str, version_id: str | None) -> Checkpoint | BadCheckpoint:
         async with limit:
             try:
-                body = await store.get_bytes(key)
+                body = await store.get_bytes(key, version_id)
             except S3Error as exc:
-                if exc.code == "NoSuchKey":  # removed between listing and reading
+                if exc.code in ("NoSuchKey", "NoSuchVersion"):  # removed between listing and reading
                     return BadCheckpoint(key, "listed but could not be read (deleted?)")
                 raise
         token = body.decode("utf-8", errors="replace").strip()
@@ -177,18 +199,39 @@ async def read_checkpoints(
         except CheckpointInvalid as exc:
             return BadCheckpoint(key, str(exc), token)
 
-    results = await asyncio.gather(*(fetch(key) for key in keys))
+    results = await asyncio.gather(*(fetch(key, version_id) for key, version_id in objects))
     good = sorted((r for r in results if isinstance(r, Checkpoint)), key=lambda c: c.seq)
     bad = [r for r in results if isinstance(r, BadCheckpoint)]
     return good, bad
 
 
-async def load_checkpoints(
-    store: ObjectStore, keyring: KeyRing, issuer: str
-) -> tuple[dict[int, bytes], list[BadCheckpoint]]:
-    """Every checkpoint in the store, verified: ``{seq: hash}`` of the valid ones, and the rejected ones."""
-    good, bad = await read_checkpoints(store, keyring, issuer, await list_checkpoint_keys(store))
-    return {c.seq: c.hash for c in good}, bad
+@dataclasses.dataclass(slots=True)
+class StoredCheckpoints:
+    signed: dict[int, bytes]  # seq -> hash, from every valid version
+    bad: list[BadCheckpoint]
+    deleted: list[str]  # keys hidden behind a delete marker
+    found: int  # versions read
+
+
+async def load_checkpoints(store: ObjectStore, keyring: KeyRing, issuer: str) -> StoredCheckpoints:
+    """Every checkpoint version in the store, verified."""
+    stored, deleted = await list_stored_checkpoints(store)
+    good, bad = await read_checkpoints(store, keyring, issuer, stored)
+    signed: dict[int, bytes] = {}
+    conflicting: dict[int, Checkpoint] = {}
+    for checkpoint in good:
+        if signed.setdefault(checkpoint.seq, checkpoint.hash) != checkpoint.hash:
+            conflicting[checkpoint.seq] = checkpoint
+    # Each version carries our signature: the chain was rewritten, then checkpointed again over the old object.
+    bad += [
+        BadCheckpoint(
+            c.key,
+            f"its versions sign different hashes for event {c.seq}: the chain was rewritten after it was checkpointed",
+            c.jws,
+        )
+        for c in conflicting.values()
+    ]
+    return StoredCheckpoints(signed, bad, deleted, found=len(stored))
 
 
 async def verify(session: AsyncSession, store: ObjectStore, keyring: KeyRing, settings: Settings) -> dict[str, Any]:
@@ -196,15 +239,17 @@ async def verify(session: AsyncSession, store: ObjectStore, keyring: KeyRing, se
 
     The checkpoints are read first, so each covers an event committed before the chain head is read.
     """
-    signed, bad = await load_checkpoints(store, keyring, settings.jwt_issuer)
+    stored = await load_checkpoints(store, keyring, settings.jwt_issuer)
     started = time.perf_counter()
-    report = dataclasses.asdict(await verify_chain(session, signed))
+    report = dataclasses.asdict(await verify_chain(session, stored.signed))
     report["seconds"] = round(time.perf_counter() - started, 3)
-    report["checkpoints_found"] = len(signed) + len(bad)
-    report["bad_checkpoints"] = [{"key": b.key, "problem": b.problem} for b in bad]
-    if bad and report["ok"]:
+    report["checkpoints_found"] = stored.found
+    report["bad_checkpoints"] = [{"key": b.key, "problem": b.problem} for b in stored.bad]
+    report["deleted_checkpoints"] = stored.deleted
+    if stored.bad and report["ok"]:
+        first = stored.bad[0]
         report["ok"] = False
-        report["problem"] = f"{len(bad)} checkpoint(s) failed verification, first {bad[0].key}: {bad[0].problem}"
+        report["problem"] = f"{len(stored.bad)} checkpoint(s) failed verification, first {first.key}: {first.problem}"
     return report
 
 
@@ -237,9 +282,10 @@ async def _write(session: AsyncSession, store: ObjectStore, keyring: KeyRing, se
     now = utcnow()
     token = sign_checkpoint(keyring, settings.jwt_issuer, head.seq, head.hash, now)
     key = checkpoint_key(head.seq)
-    await store.put_bytes(key, token.encode(), MEDIA_TYPE)
+    days = settings.audit_retention_days
+    await store.put_bytes(key, token.encode(), MEDIA_TYPE, retain_until=now + dt.timedelta(days=days) if days else None)
     pointer = json.dumps({"seq": head.seq, "at": now.timestamp(), "key": key}).encode()
-    await store.put_bytes(POINTER_KEY, pointer, "application/json")
+    await store.replace_bytes(POINTER_KEY, pointer, "application/json")
     log.info("audit checkpoint at event %d written to %s", head.seq, key)
     return Checkpoint(
         seq=head.seq,

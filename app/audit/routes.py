@@ -350,7 +350,7 @@ async def list_checkpoints(state: State, cursor: FromQuery[str | None] = None, l
     keys = await checkpoints.list_checkpoint_keys(store, start_after=start_after, limit=limit + 1)
     more = len(keys) > limit
     keys = keys[:limit]
-    good, bad = await checkpoints.read_checkpoints(store, keyring, settings.jwt_issuer, keys)
+    good, bad = await checkpoints.read_checkpoints(store, keyring, settings.jwt_issuer, [(k, None) for k in keys])
     items = [
         CheckpointOut(key=c.key, valid=True, seq=c.seq, hash=c.hash.hex(), issued_at=c.issued_at, kid=c.kid, jws=c.jws)
         for c in good

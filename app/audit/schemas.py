@@ -55,6 +55,12 @@ class VerifyOut(msgspec.Struct):
         list[BadCheckpointOut],
         msgspec.Meta(description="checkpoint objects whose signature, key or content was rejected"),
     ]
+    deleted_checkpoints: Annotated[
+        list[str],
+        msgspec.Meta(
+            description="checkpoint keys someone deleted; their retained versions were still compared with the chain"
+        ),
+    ]
     seconds: float
 
 
