@@ -26,6 +26,8 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_SECONDS = 5
 # Raised by the database triggers that keep published versions and their files frozen.
 FROZEN_SQLSTATE = "55000"
+# PostgreSQL text and jsonb cannot hold U+0000: character_not_in_repertoire, untranslatable_character.
+NUL_SQLSTATES = frozenset({"22021", "22P05"})
 
 
 class FieldProblem(msgspec.Struct):
@@ -236,8 +238,18 @@ def handle_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Respo
 
 
 def handle_dbapi(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[Any]:
-    if getattr(exc.orig, "sqlstate", None) == FROZEN_SQLSTATE:
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate == FROZEN_SQLSTATE:
         return problem_response(409, "frozen", "Frozen", str(exc.orig).split("\n")[0], request=request)
+    if sqlstate in NUL_SQLSTATES:
+        # The statement failed, so the transaction rolls back: nothing was changed.
+        return problem_response(
+            400,
+            "invalid-text",
+            "Invalid text",
+            "text in the request contains the NUL character (U+0000), which is not accepted anywhere; remove it",
+            request=request,
+        )
     if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
         return handle_unavailable(request, exc)
     return handle_internal(request, exc)

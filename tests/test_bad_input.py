@@ -302,6 +302,37 @@ CASES = [
         field="grant_type",
     ),
     Case("grant-type-number", "POST", "/api/v1/auth/token", body={"grant_type": 1}, field="grant_type"),
+    # The NUL character, which PostgreSQL text cannot hold, in bodies, paths and queries.
+    Case(
+        "nul-email", "POST", "/api/v1/users", body=signup(email="a\u0000@example.com"), status=400, type_="invalid-text"
+    ),
+    Case(
+        "nul-display-name",
+        "POST",
+        "/api/v1/users",
+        body=signup(display_name="a\u0000b"),
+        status=400,
+        type_="invalid-text",
+    ),
+    Case(
+        "nul-username",
+        "POST",
+        "/api/v1/auth/token",
+        body={"grant_type": "password", "username": "a\u0000@example.com", "password": "x"},
+        status=400,
+        type_="invalid-text",
+    ),
+    Case(
+        "nul-org-name",
+        "POST",
+        "/api/v1/orgs",
+        body={"slug": "nul-org", "name": "a\u0000b", "kind": "buyer"},
+        status=400,
+        type_="invalid-text",
+        auth=True,
+    ),
+    Case("nul-in-path", "GET", "/api/v1/orgs/a%00b", status=400, type_="invalid-text", auth=True),
+    Case("nul-in-query", "GET", "/api/v1/products?org=a%00b", status=400, type_="invalid-text"),
     # Wrong media type.
     Case(
         "form-encoded",
