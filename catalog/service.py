@@ -216,12 +216,19 @@ async def update_product(
 # --- versions --------------------------------------------------------------------------------------------
 
 
+# The columns that order versions are 32-bit integers.
+MAX_VERSION_NUMBER = 2**31 - 1
+
+
 def parse_semver(version: str) -> tuple[int, int, int, str | None]:
     match = SEMVER.match(version)
     if match is None:
         raise invalid("version", f"'{version}' is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.0.0)")
     major, minor, patch, prerelease, _build = match.groups()
-    return int(major), int(minor), int(patch), prerelease
+    numbers = int(major), int(minor), int(patch)
+    if max(numbers) > MAX_VERSION_NUMBER:
+        raise invalid("version", f"'{version}': MAJOR, MINOR and PATCH may be at most {MAX_VERSION_NUMBER}")
+    return *numbers, prerelease
 
 
 async def create_version(

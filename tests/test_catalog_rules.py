@@ -77,7 +77,9 @@ async def test_duplicate_path_in_a_version_is_refused(client: AsyncTestClient[An
     _assert_problem(again, 409, "path-exists")
 
 
-@pytest.mark.parametrize("version", ["1.0", "v1.0.0", "01.0.0", "1.0.0-", "latest"])
+@pytest.mark.parametrize(
+    "version", ["1.0", "v1.0.0", "01.0.0", "1.0.0-", "latest", "99999999999999999999.0.0", "1.2147483648.0"]
+)
 async def test_invalid_semver_is_refused(client: AsyncTestClient[Any], version: str) -> None:
     owner, _, slug = await _provider(client)
     response = await client.post(
@@ -86,6 +88,7 @@ async def test_invalid_semver_is_refused(client: AsyncTestClient[Any], version: 
         headers=owner.headers,
     )
     assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "version"
 
 
 async def test_duplicate_version_and_unknown_licences_are_refused(client: AsyncTestClient[Any]) -> None:
