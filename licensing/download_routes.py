@@ -478,7 +478,7 @@ async def usage(
     since = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
     buyer = await downloads.buyer_usage(session, principal, since)
     provider = await downloads.provider_usage(session, principal, since)
-    if "text/csv" in request.headers.get("accept", ""):
+    if request.accept.best_match(["application/json", "text/csv"], default="application/json") == "text/csv":
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(
@@ -498,7 +498,7 @@ async def usage(
                         r["bytes_served"],
                     ]
                 )
-        return Response(out.getvalue(), media_type="text/csv; charset=utf-8")
+        return Response(out.getvalue(), media_type="text/csv")  # Litestar adds the charset
     return Response(UsageOut(since=since.date(), buyer=buyer, provider=provider))
 
 

@@ -568,7 +568,7 @@ async def record_served(session: AsyncSession, download_id: uuid.UUID, sent: int
 
 async def buyer_usage(session: AsyncSession, principal: Principal, since: dt.datetime) -> list[dict[str, Any]]:
     """Grants, bytes charged and bytes served per entitlement, product and day, for the caller's orgs."""
-    day = func.date_trunc("day", DownloadGrant.granted_at)
+    day = func.date_trunc("day", DownloadGrant.granted_at, "UTC")  # days are UTC days, whatever the server zone
     buyer_orgs = select(Membership.org_id).where(Membership.user_id == principal.user_id)
     if principal.api_key_org_id is not None:
         buyer_orgs = buyer_orgs.where(Membership.org_id == principal.api_key_org_id)
@@ -605,7 +605,7 @@ async def buyer_usage(session: AsyncSession, principal: Principal, since: dt.dat
 
 async def provider_usage(session: AsyncSession, principal: Principal, since: dt.datetime) -> list[dict[str, Any]]:
     """The same, aggregated per product and buyer org, for the caller's products — no buyer members named."""
-    day = func.date_trunc("day", DownloadGrant.granted_at)
+    day = func.date_trunc("day", DownloadGrant.granted_at, "UTC")  # days are UTC days, whatever the server zone
     provider_orgs = select(Membership.org_id).where(Membership.user_id == principal.user_id)
     if principal.api_key_org_id is not None:
         provider_orgs = provider_orgs.where(Membership.org_id == principal.api_key_org_id)
