@@ -411,6 +411,14 @@ def sign_receipt(
     return jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": RECEIPT_TYPE})
 
 
+def _url_expiry(mode: str, now: dt.datetime, url_seconds: int, window_ends_at: dt.datetime) -> dt.datetime:
+    """When the grant's URL stops working: a presigned URL after ``url_seconds``; the proxy URL, which needs
+    the caller's bearer token as well, when the grant's window ends."""
+    if mode == "proxy":
+        return window_ends_at
+    return min(now + dt.timedelta(seconds=url_seconds), window_ends_at)
+
+
 async def grant(
     session: AsyncSession,
     context: AuditContext,
@@ -459,7 +467,7 @@ async def grant(
             manifest_digest=target.manifest_digest,
             granted_at=now,
             window_ends_at=now + GRANT_WINDOW,
-            url_expires_at=now + dt.timedelta(seconds=url_seconds),
+            url_expires_at=_url_expiry(mode, now, url_seconds, now + GRANT_WINDOW),
             refreshed=0,
             bytes_charged=file.size,
             bytes_served=0,
@@ -506,7 +514,7 @@ async def refresh(
         row = await grant_for_content(session, principal, download_id, lock=True)
         now = utcnow()
         row.refreshed += 1
-        row.url_expires_at = min(now + dt.timedelta(seconds=url_seconds), row.window_ends_at)
+        row.url_expires_at = _url_expiry(row.mode, now, url_seconds, row.window_ends_at)
         slug, version, buyer_org, buyer_org_id = (
             await session.execute(
                 select(Product.slug, ProductVersion.version, Organization.slug, Organization.id)

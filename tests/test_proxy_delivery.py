@@ -192,6 +192,8 @@ async def test_ranges_resumes_and_bytes_served(proxy: LiveServer, big_market: Ma
     etag = f'"{hashlib.sha256(content).hexdigest()}"'
     granted = await grant(proxy, m, "data/big.bin")
     assert granted["mode"] == "proxy"
+    # The proxy URL (which also needs the bearer token) works until the grant's window ends, and says so.
+    assert granted["expires_at"] == granted["window_ends_at"]
     url = granted["url"]
     assert url == f"{proxy.url}/api/v1/downloads/{granted['download_id']}/content"
     quota = await db.fetchrow(
