@@ -433,20 +433,48 @@ async def file_redirect(
     entitlement_id: FromQuery[uuid.UUID],
     purpose: Annotated[str, QueryParameter(description="one of the entitlement's purposes")],
 ) -> Redirect:
-    """Grants the download (charged like ``POST /downloads``) and answers 307 to its URL."""
-    granted = await _grant(
-        request,
-        session,
-        audit_context,
-        principal,
-        state,
-        entitlement_id=entitlement_id,
-        product=slug,
-        version=version,
-        paths=[path.lstrip("/")],
-        patterns=None,
-        purpose=purpose,
-    )
+    """Grants the download (charged like ``POST /downloads``) and answers 307 to its URL. A request with a
+    ``Range`` header resumes a transfer (``curl -L -C -``): it refreshes the caller's grant of this file, if one
+    is still in its window, and charges nothing new."""
+    path = path.lstrip("/")
+    resumed = None
+    if "range" in request.headers:
+        resumed = await downloads.resumable_grant(
+            session,
+            principal,
+            entitlement_id=entitlement_id,
+            slug=slug,
+            version=version,
+            path=path,
+            purpose=purpose,
+        )
+    if resumed is not None:
+        settings: Settings = state.settings
+        granted = await downloads.refresh(
+            session,
+            audit_context,
+            principal,
+            state.keyring,
+            [resumed],
+            url_seconds=_url_seconds(settings),
+            issuer=settings.jwt_issuer,
+            locate=_locator(request, state.object_store, settings),
+        )
+        REFRESHES.inc()
+    else:
+        granted = await _grant(
+            request,
+            session,
+            audit_context,
+            principal,
+            state,
+            entitlement_id=entitlement_id,
+            product=slug,
+            version=version,
+            paths=[path],
+            patterns=None,
+            purpose=purpose,
+        )
     out = _out(granted[0])
     return Redirect(out.url, status_code=307, headers={"X-Corpora-Download-Id": str(out.download_id)})
 

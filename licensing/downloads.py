@@ -563,6 +563,37 @@ async def grant_for_content(
     return row
 
 
+async def resumable_grant(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    entitlement_id: uuid.UUID,
+    slug: str,
+    version: str,
+    path: str,
+    purpose: str,
+) -> uuid.UUID | None:
+    """The caller's newest grant of this file, for this purpose, still in its window: what a resumed
+    transfer continues."""
+    return await session.scalar(
+        select(DownloadGrant.id)
+        .join(ProductVersion, ProductVersion.id == DownloadGrant.version_id)
+        .join(Product, Product.id == ProductVersion.product_id)
+        .where(
+            DownloadGrant.entitlement_id == entitlement_id,
+            DownloadGrant.user_id == principal.user_id,
+            DownloadGrant.api_key_id.is_not_distinct_from(principal.api_key_id),
+            DownloadGrant.path == path,
+            DownloadGrant.purpose == purpose,
+            DownloadGrant.window_ends_at > utcnow(),
+            Product.slug == slug,
+            ProductVersion.version == version,
+        )
+        .order_by(DownloadGrant.granted_at.desc())
+        .limit(1)
+    )
+
+
 async def record_served(session: AsyncSession, download_id: uuid.UUID, sent: int) -> None:
     await session.execute(
         update(DownloadGrant)

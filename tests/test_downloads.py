@@ -219,3 +219,61 @@ async def test_convenience_path_redirects_to_a_fresh_url(client: AsyncTestClient
     async with httpx.AsyncClient() as s3:
         assert (await s3.get(response.headers["location"])).content == m.files["data/b.txt"]
     assert uuid.UUID(response.headers["x-corpora-download-id"])
+
+
+async def test_a_resume_through_the_convenience_path_charges_nothing_new(
+    client: AsyncTestClient[Any], db: asyncpg.Connection
+) -> None:
+    """``curl -L -C -`` sends ``Range`` to the convenience path: the caller's grant of that file is refreshed."""
+    m = await market(client, db)
+    content = m.files["data/b.txt"]
+    where = f"/api/v1/products/{m.product}/versions/1.0.0/files/data/b.txt"
+    params = {"entitlement_id": m.entitlement_id, "purpose": "research"}
+
+    async def quota() -> tuple[int, int]:
+        row = await db.fetchrow(
+            "SELECT downloads_used, bytes_used FROM entitlements WHERE id = $1::uuid", m.entitlement_id
+        )
+        return row["downloads_used"], row["bytes_used"]
+
+    first = await client.get(where, params=params, headers=m.buyer.headers, follow_redirects=False)
+    assert first.status_code == 307
+    assert await quota() == (1, len(content))
+
+    resumed = await client.get(
+        where, params=params, headers={**m.buyer.headers, "Range": "bytes=100-"}, follow_redirects=False
+    )
+    assert resumed.status_code == 307, resumed.text
+    assert resumed.headers["x-corpora-download-id"] == first.headers["x-corpora-download-id"]
+    async with httpx.AsyncClient() as s3:
+        rest = await s3.get(resumed.headers["location"], headers={"Range": "bytes=100-"})
+    assert rest.status_code == 206
+    assert rest.content == content[100:]
+    assert await quota() == (1, len(content))
+    events = await db.fetch(
+        "SELECT action FROM audit_events WHERE target_id = $1 ORDER BY seq", first.headers["x-corpora-download-id"]
+    )
+    assert [e["action"] for e in events] == ["download.granted", "download.refreshed"]
+
+    # Without Range it is a new grant, charged.
+    again = await client.get(where, params=params, headers=m.buyer.headers, follow_redirects=False)
+    assert again.headers["x-corpora-download-id"] != first.headers["x-corpora-download-id"]
+    assert await quota() == (2, 2 * len(content))
+
+    # Another member of the buyer org resuming gets a grant of their own, charged.
+    colleague = await sign_up(client)
+    added = await client.post(
+        f"/api/v1/orgs/{m.buyer_org}/members",
+        json={"email": colleague.email, "role": "member"},
+        headers=m.buyer.headers,
+    )
+    assert added.status_code == 201, added.text
+    theirs = await client.get(
+        where, params=params, headers={**colleague.headers, "Range": "bytes=100-"}, follow_redirects=False
+    )
+    assert theirs.status_code == 307, theirs.text
+    assert theirs.headers["x-corpora-download-id"] not in {
+        first.headers["x-corpora-download-id"],
+        again.headers["x-corpora-download-id"],
+    }
+    assert await quota() == (3, 3 * len(content))
