@@ -176,11 +176,24 @@ async def test_genuine_token_is_accepted(app: Litestar, client: AsyncTestClient[
         claims_for(account, settings),
         keyring_of(app).active.private,
         algorithm="EdDSA",
-        headers={"kid": keyring_of(app).active.kid},
+        headers={"kid": keyring_of(app).active.kid, "typ": "at+jwt"},
     )
     response = await me_status(client, token)
     assert response.status_code == 200, response.text
     assert response.json()["id"] == account.id
+
+
+@pytest.mark.parametrize("typ", [None, "JWT", "corpora-receipt+jwt", "corpora-audit-checkpoint+jwt"])
+async def test_a_token_of_another_type_is_refused(
+    app: Litestar, client: AsyncTestClient[Litestar], settings: Settings, typ: str | None
+) -> None:
+    """Every claim right and our signature, but not issued as an access token (RFC 9068 ``typ``)."""
+    account = await sign_up(client)
+    active = keyring_of(app).active
+    headers = {"kid": active.kid} if typ is None else {"kid": active.kid, "typ": typ}
+    token = jwt.encode(claims_for(account, settings), active.private, algorithm="EdDSA", headers=headers)
+    body = assert_problem(await me_status(client, token), 401, "unauthorized")
+    assert "not an access token" in body["detail"]
 
 
 async def test_alg_none_token_is_refused(client: AsyncTestClient[Litestar], settings: Settings) -> None:
@@ -253,7 +266,10 @@ async def test_wrong_audience_or_issuer_is_refused(
     account = await sign_up(client)
     active = keyring_of(app).active
     token = jwt.encode(
-        claims_for(account, settings, **{field: value}), active.private, algorithm="EdDSA", headers={"kid": active.kid}
+        claims_for(account, settings, **{field: value}),
+        active.private,
+        algorithm="EdDSA",
+        headers={"kid": active.kid, "typ": "at+jwt"},
     )
     assert_problem(await me_status(client, token), 401, "unauthorized")
 
@@ -266,7 +282,7 @@ async def test_token_missing_a_required_claim_is_refused(
     active = keyring_of(app).active
     claims = claims_for(account, settings)
     del claims[missing]
-    token = jwt.encode(claims, active.private, algorithm="EdDSA", headers={"kid": active.kid})
+    token = jwt.encode(claims, active.private, algorithm="EdDSA", headers={"kid": active.kid, "typ": "at+jwt"})
     assert_problem(await me_status(client, token), 401, "unauthorized")
 
 
@@ -292,13 +308,15 @@ async def test_token_signed_by_an_unknown_key_is_refused(
     account = await sign_up(client)
     stranger = Ed25519PrivateKey.generate()
     claims = claims_for(account, settings)
-    unknown_kid = jwt.encode(claims, stranger, algorithm="EdDSA", headers={"kid": "not-a-key-of-ours"})
+    unknown_kid = jwt.encode(claims, stranger, algorithm="EdDSA", headers={"kid": "not-a-key-of-ours", "typ": "at+jwt"})
     body = assert_problem(await me_status(client, unknown_kid), 401, "unauthorized")
     assert "unknown key" in body["detail"]
     no_kid = jwt.encode(claims, stranger, algorithm="EdDSA")
     assert_problem(await me_status(client, no_kid), 401, "unauthorized")
     # A stranger's key that claims our kid fails on the signature.
-    our_kid = jwt.encode(claims, stranger, algorithm="EdDSA", headers={"kid": keyring_of(app).active.kid})
+    our_kid = jwt.encode(
+        claims, stranger, algorithm="EdDSA", headers={"kid": keyring_of(app).active.kid, "typ": "at+jwt"}
+    )
     assert_problem(await me_status(client, our_kid), 401, "unauthorized")
 
 

@@ -81,7 +81,7 @@ async def test_me_sees_changes_committed_by_other_processes(
     await db.execute("UPDATE users SET disabled_at = now() WHERE id = $1", uuid.UUID(user.id))
 
     async def refused() -> bool:
-        return (await client.get("/api/v1/me", headers=user.headers)).status_code == 404
+        return (await client.get("/api/v1/me", headers=user.headers)).status_code == 401
 
     assert await eventually(refused), "a disabled account kept its /me answer"
 

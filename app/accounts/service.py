@@ -18,7 +18,7 @@ from app.audit.service import AuditContext
 from app.auth.principal import API_KEY_SCOPES, Principal
 from app.auth.tokens import API_KEY_PREFIX, opaque_secret, secret_digest
 from app.db import utcnow
-from app.errors import ProblemError, conflict, forbidden, invalid, not_found
+from app.errors import ProblemError, conflict, forbidden, invalid, not_found, unauthorized
 
 ORG_ADMIN_ROLES = ("owner", "admin")
 MAX_API_KEY_DAYS = 366
@@ -86,7 +86,8 @@ async def me_entry(session: AsyncSession, user_id: uuid.UUID) -> MeEntry:
         )
     ).all()
     if not rows:
-        raise not_found("user")
+        # A token whose user is gone or disabled no longer authenticates anyone.
+        raise unauthorized("the token's account does not exist or is disabled; sign in again")
     return MeEntry(
         id=user_id,
         email=rows[0].email,

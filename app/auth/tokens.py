@@ -29,6 +29,10 @@ class AccessClaims:
     expires_at: int  # seconds since the epoch
 
 
+# RFC 9068: the JOSE type of JWT access tokens.
+ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - a media type, not a secret
+
+
 def issue_access_token(
     keyring: KeyRing,
     *,
@@ -51,7 +55,7 @@ def issue_access_token(
         "jti": secrets.token_urlsafe(12),
         "roles": sorted(platform_roles),
     }
-    return jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": "at+jwt"})
+    return jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYPE})
 
 
 def verify_access_token(keyring: KeyRing, token: str, *, issuer: str, audience: str) -> AccessClaims:
@@ -61,6 +65,9 @@ def verify_access_token(keyring: KeyRing, token: str, *, issuer: str, audience: 
         raise InvalidToken("the token is not a well-formed JWT") from exc
     if header.get("alg") != ALGORITHM:
         raise InvalidToken(f"tokens must be signed with {ALGORITHM}")
+    if header.get("typ") != ACCESS_TOKEN_TYPE:
+        # Receipts and checkpoints carry our signature too: only what was issued as an access token is one.
+        raise InvalidToken(f"not an access token (typ must be {ACCESS_TOKEN_TYPE})")
     kid = header.get("kid")
     public = keyring.public_key(kid) if isinstance(kid, str) else None
     if public is None:
