@@ -30,7 +30,7 @@ from app.errors import exception_handlers
 from app.metrics import RequestMetrics
 from app.objectstore import ObjectStore, ObjectStoreUnavailable
 from app.settings import Settings
-from app.validation import strict_json_body
+from app.validation import check_request
 from catalog import routes as catalog_routes
 from catalog.janitor import run_janitor
 from licensing import download_routes
@@ -121,7 +121,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             DefineMiddleware(AuthMiddleware, settings=settings, keyring=keyring, sessionmaker=sessionmaker),
         ],
         exception_handlers=exception_handlers,
-        before_request=strict_json_body,
+        before_request=check_request,
         request_max_body_size=settings.max_body_bytes,
         lifespan=[lifespan],
         on_app_init=[configure],

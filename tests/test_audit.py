@@ -252,6 +252,11 @@ async def test_events_filters_and_keyset_pages(
         EVENTS, params={"org": org, "order": "asc", "cursor": page["next_cursor"]}, headers=owner.headers
     )
     assert mixed.status_code == 400
+    backwards = await client.get(EVENTS, params={"order": "up"}, headers=owner.headers)
+    assert backwards.status_code == 422
+    assert backwards.json()["errors"] == [
+        {"field": "order", "message": "unknown value 'up'; expected one of desc, asc"}
+    ]
     too_many = await client.get(EVENTS, params={"limit": 501}, headers=owner.headers)
     assert too_many.status_code == 422
     assert too_many.headers["content-type"].startswith("application/problem+json")
@@ -330,6 +335,11 @@ async def test_export_jsonl_and_csv(client: AsyncTestClient[Any], people: People
     unknown = await client.get("/api/v1/audit/export", params={"format": "xml"}, headers=owner.headers)
     assert unknown.status_code == 422
     assert unknown.headers["content-type"].startswith("application/problem+json")
+    # The problem names the parameter the client sent and the values it takes.
+    assert unknown.json()["errors"] == [
+        {"field": "format", "message": "unknown value 'xml'; expected one of jsonl, csv"}
+    ]
+    assert unknown.json()["detail"].startswith("format: ")
 
     everything = await client.get("/api/v1/audit/export", headers=people.auditor.headers)
     seqs = [json.loads(line)["seq"] for line in everything.text.splitlines()]

@@ -364,6 +364,25 @@ async def test_bad_parameters_get_a_problem(client: Client, params: dict[str, An
     assert_problem(response, response.status_code)
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "first_allowed"),
+    [
+        ("industry", "fintech", "finance"),
+        ("modality", "smell", "text"),
+        ("access", "free", "open"),
+        ("use", "x", "research"),
+    ],
+)
+async def test_unknown_filter_values_name_the_filter_and_its_values(
+    client: Client, name: str, value: str, first_allowed: str
+) -> None:
+    problem = assert_problem(await client.get("/api/v1/products", params={name: value}), 422)
+    assert problem["type"] == "validation-error"
+    [error] = problem["errors"]
+    assert error["field"] == name
+    assert error["message"].startswith(f"unknown value '{value}'; expected one of {first_allowed}, ")
+
+
 async def test_seeded_catalogue_facets_match_the_database(
     client: Client, db: asyncpg.Connection, servers: Servers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
