@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import uuid
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import (
     BigInteger,
@@ -29,8 +29,10 @@ USES: tuple[str, ...] = CATALOGUE_USES
 DUTIES = ("attribution", "share_alike", "usage_reporting", "delete_on_termination")
 VERSION_SCOPES = ("latest", "all")
 APPROVALS = ("automatic", "manual")
-ORDER_STATUSES = ("pending_approval", "awaiting_payment", "fulfilled", "rejected", "cancelled", "expired")
-ENTITLEMENT_STATUSES = ("active", "suspended", "revoked", "expired")
+OrderStatus = Literal["pending_approval", "awaiting_payment", "fulfilled", "rejected", "cancelled", "expired"]
+ORDER_STATUSES: tuple[str, ...] = get_args(OrderStatus)
+EntitlementStatus = Literal["active", "suspended", "revoked", "expired"]
+ENTITLEMENT_STATUSES: tuple[str, ...] = get_args(EntitlementStatus)
 DOWNLOAD_MODES = ("presigned", "proxy")
 
 

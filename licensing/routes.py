@@ -25,7 +25,7 @@ from app.deps import Audit, Caller, OptionalCaller, Session
 from app.errors import PROBLEM_MEDIA_TYPE, Problem, ProblemError, invalid, not_found, unauthorized
 from catalog.models import Product
 from licensing import service, terms
-from licensing.models import Entitlement, Licence, Offer, Order
+from licensing.models import Entitlement, EntitlementStatus, Licence, Offer, Order, OrderStatus
 from licensing.schemas import (
     CheckIn,
     CheckOut,
@@ -317,7 +317,7 @@ class OrderController(Controller):
         self,
         session: Session,
         principal: Caller,
-        status: FromQuery[str | None] = None,
+        status: Annotated[OrderStatus | None, QueryParameter(description="only orders in this state")] = None,
         product: FromQuery[str | None] = None,
         cursor: FromQuery[str | None] = None,
         limit: Limit = 50,
@@ -471,7 +471,9 @@ class EntitlementController(Controller):
         self,
         session: Session,
         principal: Caller,
-        status: FromQuery[str | None] = None,
+        status: Annotated[
+            EntitlementStatus | None, QueryParameter(description="only entitlements in this status")
+        ] = None,
         product: FromQuery[str | None] = None,
         cursor: FromQuery[str | None] = None,
         limit: Limit = 50,

@@ -646,6 +646,35 @@ async def test_order_and_entitlement_lists_page_through_everything(client: Clien
         )
 
 
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("/api/v1/orders", "pending_approval, awaiting_payment, fulfilled, rejected, cancelled, expired"),
+        ("/api/v1/entitlements", "active, suspended, revoked, expired"),
+    ],
+)
+@pytest.mark.parametrize("status", ["nope", "", "FULFILLED", "Active"])
+async def test_unknown_status_filters_are_refused(
+    client: Client, market: Market, path: str, allowed: str, status: str
+) -> None:
+    response = await client.get(path, params={"status": status}, headers=market.buyer.headers)
+    problem = assert_problem(response, 422, "validation-error")
+    assert [e["field"] for e in problem["errors"]] == ["status"]
+    assert f"expected one of {allowed}" in problem["errors"][0]["message"]
+    assert f"'{status}'" in problem["detail"]
+
+
+async def test_status_filters_in_the_openapi_schema_list_their_values(client: Client) -> None:
+    schema = (await client.get("/schema/openapi.json")).json()
+    for path, values in (
+        ("/api/v1/orders", ["pending_approval", "awaiting_payment", "fulfilled", "rejected", "cancelled", "expired"]),
+        ("/api/v1/entitlements", ["active", "suspended", "revoked", "expired"]),
+    ):
+        (status,) = [p for p in schema["paths"][path]["get"]["parameters"] if p["name"] == "status"]
+        assert status["in"] == "query"
+        assert status["schema"]["enum"] == [*values, None], status
+
+
 # --- revocation and suspension ---------------------------------------------------------------------------
 
 
