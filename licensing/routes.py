@@ -77,7 +77,7 @@ def decode_cursor(cursor: str | None) -> str | None:
         # validate=True: characters outside the alphabet are an error, not silently dropped.
         return base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError):
-        raise ProblemError(400, "invalid-cursor", "Invalid cursor", "pass next_cursor exactly as returned") from None
+        raise service.invalid_cursor() from None
 
 
 def licence_out(licence: Licence, org: str | None) -> LicenceOut:
@@ -332,9 +332,7 @@ class OrderController(Controller):
                     < tuple_(literal(dt.datetime.fromisoformat(created)), literal(uuid.UUID(order_id)))
                 )
             except ValueError:
-                raise ProblemError(
-                    400, "invalid-cursor", "Invalid cursor", "pass next_cursor exactly as returned"
-                ) from None
+                raise service.invalid_cursor() from None
         orders = list((await session.scalars(query.limit(limit + 1))).all())
         more = len(orders) > limit
         orders = orders[:limit]
@@ -488,9 +486,7 @@ class EntitlementController(Controller):
             try:
                 query = query.where(Entitlement.id < uuid.UUID(after))
             except ValueError:
-                raise ProblemError(
-                    400, "invalid-cursor", "Invalid cursor", "pass next_cursor exactly as returned"
-                ) from None
+                raise service.invalid_cursor() from None
         rows = list((await session.scalars(query.order_by(Entitlement.id.desc()).limit(limit + 1))).all())
         more = len(rows) > limit
         rows = rows[:limit]

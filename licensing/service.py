@@ -87,7 +87,12 @@ def licence_dict(licence: Licence) -> dict[str, Any]:
     }
 
 
+def invalid_cursor() -> ProblemError:
+    return ProblemError(400, "invalid-cursor", "Invalid cursor", "pass next_cursor exactly as returned")
+
+
 async def list_licences(session: AsyncSession, *, after: str | None, limit: int) -> list[tuple[Licence, str | None]]:
+    """The licences after the one with id ``after``, which must exist (licences are never deleted)."""
     query = (
         select(Licence, Organization.slug)
         .outerjoin(Organization, Organization.id == Licence.owner_org_id)
@@ -96,7 +101,9 @@ async def list_licences(session: AsyncSession, *, after: str | None, limit: int)
     rows: list[tuple[Licence, str | None]] = [(licence, org) for licence, org in (await session.execute(query)).all()]
     if after is not None:
         keys = [licence.id for licence, _ in rows]
-        rows = rows[keys.index(after) + 1 :] if after in keys else []
+        if after not in keys:
+            raise invalid_cursor()
+        rows = rows[keys.index(after) + 1 :]
     return rows[:limit]
 
 

@@ -314,7 +314,9 @@ async def test_catalogue_lists_every_seeded_licence_with_its_terms(client: Clien
     assert one.status_code == 200
     assert one.json()["duties"] == ["attribution", "share_alike"]
     assert_problem(await client.get("/api/v1/licences/Not-A-Licence-9.9"), 404, "not-found")
-    assert_problem(await client.get("/api/v1/licences", params={"cursor": "!!!"}), 400, "invalid-cursor")
+    # Unreadable, empty, or naming no licence (AAAA: NUL bytes; W10: "[]"): not a page of nothing.
+    for cursor in ("!!!", "", "AAAA", "W10", "Tm8tU3VjaC1MaWNlbmNl"):
+        assert_problem(await client.get("/api/v1/licences", params={"cursor": cursor}), 400, "invalid-cursor")
 
 
 async def test_odrl_policy_of_a_non_commercial_licence(client: Client) -> None:
