@@ -163,12 +163,17 @@ class ProductController(Controller):
         "/",
         summary="Search and browse the catalogue, with facet counts",
         responses={
+            400: ResponseSpec(
+                Problem,
+                description="A cursor that is not the next_cursor of a page (problem type `invalid-cursor`)",
+                media_type=PROBLEM_MEDIA_TYPE,
+            ),
             422: ResponseSpec(
                 Problem,
-                description="An unknown industry, modality, access or use, a malformed language tag or cursor, "
+                description="An unknown industry, modality, access or use, a malformed language tag, "
                 "or a limit outside 1-100",
                 media_type=PROBLEM_MEDIA_TYPE,
-            )
+            ),
         },
         response_headers=[
             ResponseHeader(
@@ -201,9 +206,7 @@ class ProductController(Controller):
             search.Use | None,
             QueryParameter(description="a permitted use: products with a released version under a licence allowing it"),
         ] = None,
-        cursor: Annotated[
-            str | None, QueryParameter(max_length=40, description="the next_cursor of the previous page")
-        ] = None,
+        cursor: Annotated[str | None, QueryParameter(description="the next_cursor of the previous page")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=search.MAX_LIMIT)] = search.DEFAULT_LIMIT,
     ) -> Response[ProductPage]:
         """Published products, and the drafts of the caller's organisations, newest listing first. Facets count

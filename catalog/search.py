@@ -26,6 +26,7 @@ from sqlalchemy import (
     Select,
     and_,
     cast,
+    exists,
     func,
     literal,
     null,
@@ -175,16 +176,36 @@ def encode_cursor(listed_seq: int) -> str:
 
 
 _CURSOR_TEXT = re.compile(r"[1-9][0-9]{0,18}")
+MAX_CURSOR_LENGTH = 40
+
+
+def invalid_cursor() -> ProblemError:
+    """The answer of every list of the API to a cursor it did not issue."""
+    return ProblemError(400, "invalid-cursor", "Invalid cursor", "pass next_cursor exactly as returned")
 
 
 def decode_cursor(cursor: str) -> int:
-    """The ``listed_seq`` after which the next page starts; 422 for anything but a cursor we issued."""
+    """The ``listed_seq`` after which the next page starts; 400 for anything but the form of a cursor we issue."""
     text = None
-    with contextlib.suppress(binascii.Error, ValueError):
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    if len(cursor) <= MAX_CURSOR_LENGTH:
+        with contextlib.suppress(binascii.Error, ValueError):
+            text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     if text is None or not _CURSOR_TEXT.fullmatch(text) or encode_cursor(int(text)) != cursor:
-        raise invalid("cursor", "not a cursor of this listing; pass the next_cursor of the previous page")
+        raise invalid_cursor()
     return int(text)
+
+
+async def check_cursor(session: AsyncSession, after: int) -> None:
+    """400 unless ``after`` could have been issued: a page ends on a product with more listed before it.
+
+    Products are never deleted and keep their ``listed_seq``, so every cursor ever issued passes; one naming no
+    product, or the first product ever listed (nothing can follow it), was made up.
+    """
+    issuable = await session.scalar(
+        select(exists().where(Product.listed_seq == after) & exists().where(Product.listed_seq < after))
+    )
+    if not issuable:
+        raise invalid_cursor()
 
 
 def _one_of(field: str, value: str | None, allowed: Sequence[str]) -> None:
@@ -451,6 +472,8 @@ async def search_products(session: AsyncSession, principal: Principal | None, qu
         except ProblemError:
             raise invalid("language", f"'{query.language}' is not a BCP 47 language tag (e.g. en, zh-Hans)") from None
     after = decode_cursor(query.cursor) if query.cursor is not None else None
+    if after is not None:
+        await check_cursor(session, after)
     words = query_terms(query.q) if query.q else []
     org_id = None
     if query.org is not None:

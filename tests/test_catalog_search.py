@@ -364,6 +364,31 @@ async def test_bad_parameters_get_a_problem(client: Client, params: dict[str, An
     assert_problem(response, response.status_code)
 
 
+async def test_made_up_cursors_are_refused_like_every_list_refuses_them(client: Client, db: asyncpg.Connection) -> None:
+    owner, org = await provider(client)
+    made = [await listed(client, db, owner, org) for _ in range(3)]
+    first = await find(client, org=org, limit=2)
+    issued = first["next_cursor"]
+    assert issued is not None
+    rest = await client.get("/api/v1/products", params={"org": org, "limit": 2, "cursor": issued})
+    assert rest.status_code == 200, rest.text
+    assert slugs(rest.json()) == [made[0]]
+
+    newest = await db.fetchval("SELECT max(listed_seq) FROM products")
+    made_up = [
+        "MQ",  # the first product ever listed: nothing follows it, so no page ends on it
+        "",
+        "not-a-cursor",
+        search.encode_cursor(newest + 1000),  # no such product
+        issued + "=" * 40,  # too long
+    ]
+    for cursor in made_up:
+        response = await client.get("/api/v1/products", params={"org": org, "cursor": cursor})
+        problem = assert_problem(response, 400)
+        assert problem["type"] == "invalid-cursor", cursor
+        assert problem["detail"] == "pass next_cursor exactly as returned"
+
+
 @pytest.mark.parametrize(
     ("name", "value", "first_allowed"),
     [
