@@ -43,6 +43,7 @@ from catalog.schemas import (
     VersionOut,
     VersionPatch,
     VersionSummary,
+    WithdrawIn,
 )
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
@@ -474,8 +475,9 @@ class ProductController(Controller):
         principal: Caller,
         slug: FromPath[str],
         version: FromPath[str],
-        data: JSONBody[LifecycleIn],
+        data: JSONBody[WithdrawIn],
     ) -> VersionOut:
+        """Needs a reason: buyers who ask for the version's files are refused with it."""
         row = await service.change_lifecycle(
             session, audit_context, principal, slug, version, to="withdrawn", reason=data.reason
         )

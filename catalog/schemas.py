@@ -196,6 +196,15 @@ class LifecycleIn(Strict):
     reason: Annotated[str, msgspec.Meta(max_length=1000)] = ""
 
 
+class WithdrawIn(Strict):
+    reason: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1, max_length=1000, description="why; buyers asking for the version's files are told it"
+        ),
+    ]
+
+
 class FileIn(Strict):
     path: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
     size: Annotated[int, msgspec.Meta(ge=0, le=5 * 1024**4)]

@@ -472,7 +472,12 @@ async def change_lifecycle(
     to: str,
     reason: str,
 ) -> ProductVersion:
-    """Deprecate or withdraw a published version (the provider, or a platform admin for withdrawals)."""
+    """Deprecate or withdraw a published version (the provider, or a platform admin for withdrawals).
+
+    A withdrawal needs a reason: every later refusal to deliver the version's files quotes it.
+    """
+    if to == "withdrawn" and not reason.strip():
+        raise invalid("reason", "say why the version is withdrawn; buyers asking for its files are told it")
     if principal.has_platform_role("admin") and principal.api_key_id is None and to == "withdrawn":
         product = await session.scalar(select(Product).where(Product.slug == slug))
         row = None

@@ -227,3 +227,33 @@ async def test_buyers_and_auditors_cannot_publish_products(client: AsyncTestClie
     # The org's auditor reads the draft but cannot change it.
     assert (await client.get(f"/api/v1/products/{slug}", headers=auditor.headers)).status_code == 200
     _assert_problem(await client.patch(f"/api/v1/products/{slug}", json={"title": "x"}, headers=auditor.headers), 403)
+
+
+@pytest.mark.parametrize("body", [{}, {"reason": ""}, {"reason": "  \n"}], ids=["no reason", "empty", "blank"])
+async def test_withdrawal_needs_a_reason(
+    client: AsyncTestClient[Any], db: asyncpg.Connection, body: dict[str, Any]
+) -> None:
+    owner, _, slug = await _provider(client)
+    await db.execute(
+        "UPDATE product_versions SET state = 'published', manifest_digest = $2, submitted_at = now(), "
+        "published_at = now() WHERE product_id = (SELECT id FROM products WHERE slug = $1)",
+        slug,
+        "sha256:" + "0" * 64,
+    )
+    base = f"/api/v1/products/{slug}/versions/1.0.0"
+    events = "SELECT count(*) FROM audit_events WHERE target_id = $1"
+    before = await db.fetchval(events, f"{slug}@1.0.0")
+    problem = _assert_problem(await client.post(f"{base}/withdraw", json=body, headers=owner.headers), 422)
+    assert problem["type"] == "validation-error"
+    assert [e["field"] for e in problem["errors"]] == ["reason"]
+    row = await db.fetchrow(
+        "SELECT state, withdrawn_at, withdrawn_reason FROM product_versions"
+        " WHERE product_id = (SELECT id FROM products WHERE slug = $1)",
+        slug,
+    )
+    assert dict(row) == {"state": "published", "withdrawn_at": None, "withdrawn_reason": None}
+    assert await db.fetchval(events, f"{slug}@1.0.0") == before
+
+    withdrawn = await client.post(f"{base}/withdraw", json={"reason": "rights dispute"}, headers=owner.headers)
+    assert withdrawn.status_code == 200, withdrawn.text
+    assert withdrawn.json()["state"] == "withdrawn"
