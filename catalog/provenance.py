@@ -3,8 +3,8 @@
 The schema (``catalog.schemas.ProvenanceIn``) fixes the vocabularies (source kinds, activity stages) and
 the types. ``validate_provenance`` adds what a schema cannot say: a synthetic source names its generator,
 a crawl records the opt-out signals seen when it ran, a derived source names the version it comes from,
-periods run forwards and not into the future, rates are fractions, and ``synthetic_fraction`` agrees with
-the sources.
+a source's ``url`` is an http(s) URL (the exports link to it), periods run forwards and not into the
+future, rates are fractions, and ``synthetic_fraction`` agrees with the sources.
 
 The exports are built from the stored provenance, the product and the verified files:
 
@@ -28,7 +28,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -146,6 +146,19 @@ def _check_uri(value: Any, field: str, problems: _Problems) -> None:
         problems.add(field, "must be an absolute URI, e.g. https://example.com/robots.txt")
 
 
+def _check_web_url(value: Any, field: str, problems: _Problems) -> None:
+    """Where a source can be found: exported as a link in Croissant and PROV, so only an http(s) URL."""
+    if value is None:
+        return
+    try:
+        parts = urlsplit(value) if isinstance(value, str) and URI.match(value) else None
+        host = parts.hostname if parts is not None else None
+    except ValueError:
+        parts, host = None, None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not host:
+        problems.add(field, "must be an absolute http or https URL, e.g. https://example.com/dataset")
+
+
 def _check_opt_out(evidence: Any, field: str, problems: _Problems, today: dt.date) -> None:
     if not isinstance(evidence, Mapping):
         problems.add(field, "must be an object")
@@ -189,7 +202,7 @@ def _check_opt_out(evidence: Any, field: str, problems: _Problems, today: dt.dat
 
 def _check_source(source: Mapping[str, Any], field: str, problems: _Problems, today: dt.date) -> None:
     kind = source.get("kind")
-    _check_uri(source.get("url"), f"{field}.url", problems)
+    _check_web_url(source.get("url"), f"{field}.url", problems)
     if kind == "synthetic" and not str(source.get("generator") or "").strip():
         problems.add(
             f"{field}.generator", "synthetic sources must name their generator (the model or program, and its version)"

@@ -165,6 +165,12 @@ BAD: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "provenance.sources[0].opt_out_evidence.checked_at",
     ),
     ("source-url-not-a-uri", _set("sources.3.url", "example dot com"), "provenance.sources[3].url"),
+    ("source-url-javascript", _set("sources.3.url", "javascript:alert(1)"), "provenance.sources[3].url"),
+    ("source-url-data", _set("sources.0.url", "data:text/html,<script>alert(1)</script>"), "provenance.sources[0].url"),
+    ("source-url-relative", _set("sources.3.url", "/filings"), "provenance.sources[3].url"),
+    ("source-url-no-host", _set("sources.3.url", "https:///filings"), "provenance.sources[3].url"),
+    ("source-url-ftp", _set("sources.3.url", "ftp://example.com/filings"), "provenance.sources[3].url"),
+    ("source-url-bad-ipv6", _set("sources.3.url", "http://[::1/filings"), "provenance.sources[3].url"),
     ("derived-without-origin", _set("sources.2.derived_from", ...), "provenance.sources[2].derived_from"),
     (
         "derived-bad-product",
