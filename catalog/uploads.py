@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import re
 import uuid
 
 from sqlalchemy import select
@@ -30,6 +31,11 @@ MAX_PARTS = 10_000
 # Upload URLs live for the maximum an S3 presigned URL may (one hour): parts of large files take a while.
 UPLOAD_URL_SECONDS = 3600
 _FORBIDDEN_CHARS = {"\\", "\x00"}
+# RFC 6838 type and subtype names, then RFC 9110 parameters (``; charset=utf-8``): a token or a quoted string.
+_NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+_TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED = r'"(?:[\t !#-\[\]-~]|\\[\t -~])*"'
+MEDIA_TYPE = re.compile(rf"{_NAME}/{_NAME}(?:[ \t]*;[ \t]*{_TCHARS}=(?:{_TCHARS}|{_QUOTED}))*")
 
 
 def staging_key(file_id: uuid.UUID) -> str:
@@ -54,6 +60,16 @@ def check_path(path: str) -> str:
     if len(path.encode()) > 1024:
         raise invalid("path", "must be at most 1024 bytes")
     return path
+
+
+def check_media_type(media_type: str) -> str:
+    """``type/subtype`` (RFC 6838), optionally with parameters such as ``; charset=utf-8`` (RFC 9110)."""
+    if MEDIA_TYPE.fullmatch(media_type) is None:
+        raise invalid(
+            "media_type",
+            "must be a media type such as text/csv or text/plain; charset=utf-8 (type/subtype, then parameters)",
+        )
+    return media_type
 
 
 def part_size_for(size: int) -> int:
@@ -105,6 +121,7 @@ async def plan_upload(
     product, row = await version_for_writing(session, principal, slug, version)
     require_draft(row)
     path = check_path(path)
+    media_type = check_media_type(media_type)
     existing = await session.scalar(
         select(VersionFile).where(VersionFile.version_id == row.id, VersionFile.path == path)
     )

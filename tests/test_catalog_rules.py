@@ -52,6 +52,50 @@ async def test_unsafe_file_paths_are_refused(client: AsyncTestClient[Any], db: a
 
 
 @pytest.mark.parametrize(
+    "media_type",
+    [
+        "not a type",
+        "text",
+        "text/",
+        "/plain",
+        "text/*",
+        "text/plain\n",
+        "text/plain\r\nX-Injected: 1",
+        "text/plain;",
+        "text/plain; charset",
+        "text/plain; charset=utf 8",
+        'text/plain; charset="utf-8',
+        "tëxt/plain",
+    ],
+)
+async def test_malformed_media_types_are_refused(
+    client: AsyncTestClient[Any], db: asyncpg.Connection, media_type: str
+) -> None:
+    owner, _, slug = await _provider(client)
+    before = await db.fetchval("SELECT count(*) FROM version_files")
+    response = await client.post(
+        f"/api/v1/products/{slug}/versions/1.0.0/files",
+        json={"path": "ok.txt", "size": 1, "sha256": SHA, "media_type": media_type},
+        headers=owner.headers,
+    )
+    body = _assert_problem(response, 422, "validation-error")
+    assert [e["field"] for e in body["errors"]] == ["media_type"], body
+    assert await db.fetchval("SELECT count(*) FROM version_files") == before
+
+
+async def test_media_types_with_parameters_are_kept(client: AsyncTestClient[Any]) -> None:
+    owner, _, slug = await _provider(client)
+    for number, media_type in enumerate(
+        ["text/csv", "application/vnd.api+json", "text/plain; charset=utf-8", 'text/plain;charset="utf-8"']
+    ):
+        base = f"/api/v1/products/{slug}/versions/1.0.0/files"
+        body = {"path": f"f{number}.txt", "size": 1, "sha256": SHA, "media_type": media_type}
+        planned = await client.post(base, json=body, headers=owner.headers)
+        assert planned.status_code == 201, planned.text
+        assert planned.json()["upload"]["headers"]["Content-Type"] == media_type
+
+
+@pytest.mark.parametrize(
     ("field", "value"),
     [("size", -1), ("size", 10**16), ("size", "12"), ("sha256", "abc"), ("sha256", "G" * 64), ("sha256", SHA.upper())],
 )
