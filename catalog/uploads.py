@@ -31,6 +31,9 @@ MAX_PARTS = 10_000
 # Upload URLs live for the maximum an S3 presigned URL may (one hour): parts of large files take a while.
 UPLOAD_URL_SECONDS = 3600
 _FORBIDDEN_CHARS = {"\\", "\x00"}
+# Where ``corpora pull`` keeps its receipts inside the output directory: a file there could never be pulled.
+STATE_DIR = ".corpora"
+_DRIVE = re.compile(r"[A-Za-z]:")
 # RFC 6838 type and subtype names, then RFC 9110 parameters (``; charset=utf-8``): a token or a quoted string.
 _NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
 _TCHARS = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
@@ -54,9 +57,13 @@ def check_path(path: str) -> str:
         raise invalid("path", "must be relative to the version, not absolute")
     if any(c in _FORBIDDEN_CHARS or ord(c) < 0x20 or c == "\x7f" for c in path):
         raise invalid("path", "must not contain backslashes, NUL or control characters")
+    if _DRIVE.match(path):
+        raise invalid("path", "must be relative to the version, not start with a drive letter such as 'C:'")
     segments = path.split("/")
     if any(segment in ("", ".", "..") for segment in segments):
         raise invalid("path", "must not contain empty, '.' or '..' segments")
+    if segments[0].lower() == STATE_DIR:
+        raise invalid("path", f"must not be under {STATE_DIR}/, where `corpora pull` keeps its receipts")
     if len(path.encode()) > 1024:
         raise invalid("path", "must be at most 1024 bytes")
     return path

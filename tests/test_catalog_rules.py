@@ -36,7 +36,11 @@ def _assert_problem(response: Any, status: int, type_: str | None = None) -> dic
 
 @pytest.mark.parametrize(
     "path",
-    ["../x", "/etc/passwd", "a/../../b", "a/./b", "a//b", "nul\u0000byte", "back\\slash", "dir/", " lead", "a/.."],
+    [
+        *["../x", "/etc/passwd", "a/../../b", "a/./b", "a//b", "nul\u0000byte", "back\\slash", "dir/", " lead", "a/.."],
+        *["C:/x", "c:x", "Z:", "C:\\x"],  # Windows drive prefixes
+        *[".corpora/receipts.json", ".corpora/receipts/abc.jws", ".corpora", ".Corpora/x"],  # where pull keeps receipts
+    ],
 )
 async def test_unsafe_file_paths_are_refused(client: AsyncTestClient[Any], db: asyncpg.Connection, path: str) -> None:
     owner, _, slug = await _provider(client)
@@ -49,6 +53,17 @@ async def test_unsafe_file_paths_are_refused(client: AsyncTestClient[Any], db: a
     body = _assert_problem(response, 422)
     assert any(e["field"] == "path" for e in body.get("errors") or []), body
     assert await db.fetchval("SELECT count(*) FROM version_files") == before
+
+
+async def test_paths_near_the_reserved_ones_are_fine(client: AsyncTestClient[Any]) -> None:
+    owner, _, slug = await _provider(client)
+    for path in ("data/.corpora/x", ".corpora.txt", "corpora/x", "a/C:/x", "notes:2024.txt"):
+        response = await client.post(
+            f"/api/v1/products/{slug}/versions/1.0.0/files",
+            json={"path": path, "size": 1, "sha256": SHA},
+            headers=owner.headers,
+        )
+        assert response.status_code == 201, response.text
 
 
 @pytest.mark.parametrize(
