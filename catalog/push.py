@@ -9,6 +9,8 @@ the server checks size and SHA-256 before the file counts.
 - An interrupted push resumes: asking for the plan of a pending file again returns the same upload with the
   parts the object store already holds, and only the other parts are sent. A pending file whose local
   content has changed since is discarded on the server and uploaded anew.
+- The ``.corpora`` directory at the top, where ``corpora pull`` keeps its receipts, is not pushed: a directory
+  that was pulled can be pushed as it is.
 - SHA-256 digests are cached per file (size and modification time) in a small state file under
   ``$XDG_CACHE_HOME/corpora`` (``~/.cache/corpora``), so a resumed push does not read everything twice.
 
@@ -28,6 +30,7 @@ import logging
 import math
 import mimetypes
 import os
+import re
 import sys
 import threading
 import time
@@ -46,6 +49,8 @@ DEFAULT_PARALLEL = 8
 URL_MARGIN = dt.timedelta(minutes=2)
 RETRIES = 5
 _FORBIDDEN_CHARS = {"\\", "\x00"}
+_DRIVE = re.compile(r"[A-Za-z]:")
+STATE_DIR = ".corpora"  # corpora pull's receipts: never a file of a version
 
 
 class PushError(Exception):
@@ -134,8 +139,13 @@ def path_problem(path: str) -> str | None:
         return "starts or ends with spaces"
     if any(c in _FORBIDDEN_CHARS or ord(c) < 0x20 or c == "\x7f" for c in path):
         return "contains a backslash, NUL or a control character"
-    if any(segment in ("", ".", "..") for segment in path.split("/")):
+    if _DRIVE.match(path):
+        return "starts with a drive letter"
+    segments = path.split("/")
+    if any(segment in ("", ".", "..") for segment in segments):
         return "has an empty, '.' or '..' segment"
+    if segments[0].lower() == STATE_DIR:
+        return f"is under {STATE_DIR}/, where corpora pull keeps its receipts"
     if len(path.encode()) > 1024:
         return "is longer than 1024 bytes"
     return None
@@ -145,6 +155,8 @@ def scan(directory: Path, *, guess_media_types: bool) -> list[LocalFile]:
     """The regular files under ``directory`` (symlinked files included, symlinked directories not followed)."""
     found: list[LocalFile] = []
     for root, dirs, names in os.walk(directory):
+        if Path(root) == directory and STATE_DIR in dirs:
+            dirs.remove(STATE_DIR)
         dirs.sort()
         for name in sorted(names):
             full = Path(root) / name

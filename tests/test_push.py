@@ -223,3 +223,20 @@ async def test_push_failures_say_what_to_do(
     )
     assert closed == 1
     assert "cannot reach the API" in capsys.readouterr().err
+
+
+async def test_pull_receipts_are_not_pushed_and_reserved_paths_are_named(
+    client: AsyncTestClient[Any], api_url: str, tmp_path: Path
+) -> None:
+    owner, slug = await _draft(client)
+    files = {"data/a.txt": b"alpha", "data/.corpora/kept.txt": b"nested, so a file like any other"}
+    _write(tmp_path / "corpus", {**files, ".corpora/receipts.json": b"{}", ".corpora/receipts/x.jws": b"jws"})
+    report = await _push(api_url, owner, slug, tmp_path / "corpus", tmp_path / "cache")
+    assert report.ok, report.failures
+    assert await _version_files(client, owner, slug) == _manifest(files)
+
+    assert push_module.path_problem("C:/x") == "starts with a drive letter"
+    assert push_module.path_problem(".Corpora/x") == "is under .corpora/, where corpora pull keeps its receipts"
+    _write(tmp_path / "windows", {"C:/x.txt": b"drive"})
+    with pytest.raises(push_module.PushError, match=r"'C:/x\.txt' starts with a drive letter"):
+        await _push(api_url, owner, slug, tmp_path / "windows", tmp_path / "cache")
