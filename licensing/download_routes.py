@@ -431,7 +431,7 @@ async def file_redirect(
     version: FromPath[str],
     path: FromPath[str],
     entitlement_id: FromQuery[uuid.UUID],
-    purpose: Annotated[str, QueryParameter(description="one of the entitlement's purposes")],
+    purpose: Annotated[Use, QueryParameter(description="one of the entitlement's purposes")],
 ) -> Redirect:
     """Grants the download (charged like ``POST /downloads``) and answers 307 to its URL. A request with a
     ``Range`` header resumes a transfer (``curl -L -C -``): it refreshes the caller's grant of this file, if one

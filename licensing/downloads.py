@@ -242,7 +242,8 @@ async def resolve_target(
     if version_id is None or state in ("draft", "in_review"):
         raise not_found(f"version {version} of '{slug}'")
     if state == "withdrawn":
-        raise Refused(403, "version-withdrawn", f"version {version} was withdrawn: {withdrawn_reason or ''}")
+        why = f": {withdrawn_reason}" if withdrawn_reason else ""
+        raise Refused(403, "version-withdrawn", f"version {version} was withdrawn{why}")
     if entitlement.versions == "latest" and latest != version:
         raise Refused(
             403,

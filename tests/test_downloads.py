@@ -219,6 +219,14 @@ async def test_convenience_path_redirects_to_a_fresh_url(client: AsyncTestClient
     async with httpx.AsyncClient() as s3:
         assert (await s3.get(response.headers["location"])).content == m.files["data/b.txt"]
     assert uuid.UUID(response.headers["x-corpora-download-id"])
+    unknown = await client.get(
+        f"/api/v1/products/{m.product}/versions/1.0.0/files/data/b.txt",
+        params={"entitlement_id": m.entitlement_id, "purpose": "world_domination"},
+        headers=m.buyer.headers,
+        follow_redirects=False,
+    )
+    assert unknown.status_code == 422, unknown.text  # not a use at all, as POST /downloads answers
+    assert [e["field"] for e in unknown.json()["errors"]] == ["purpose"]
 
 
 async def test_a_resume_through_the_convenience_path_charges_nothing_new(
