@@ -157,11 +157,12 @@ class ObjectStore:
     # Presigning is local work (static credentials, the region given): it runs on the event loop, which costs
     # less than a hop to a worker thread and back.
 
-    async def presigned_get(self, key: str, seconds: int, *, filename: str | None = None) -> str:
+    async def presigned_get(self, key: str, seconds: int, *, content_disposition: str | None = None) -> str:
+        """A GET URL valid for ``seconds`` (at most an hour); the store answers it with ``content_disposition``."""
         seconds = min(seconds, MAX_PRESIGN_SECONDS)
         headers: dict[str, str | list[str] | tuple[str]] | None = None
-        if filename is not None:
-            headers = {"response-content-disposition": f'attachment; filename="{filename}"'}
+        if content_disposition is not None:
+            headers = {"response-content-disposition": content_disposition}
         return self.client.presigned_get_object(
             self.bucket, key, expires=dt.timedelta(seconds=seconds), response_headers=headers
         )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from urllib.parse import quote
 
 import anyio
 import anyio.lowlevel
@@ -16,6 +18,18 @@ from app.objectstore import ObjectStore
 # byte (bench/proxy_bench.py: 64 KiB pieces of 1 MiB reads gave 0.55 of a direct GET, 1 MiB pieces 0.74).
 CHUNK_SIZE = 1024 * 1024
 _SPEC = re.compile(r"^(\d*)-(\d*)$")
+
+
+def content_disposition(path: str) -> str:
+    """``attachment`` naming the file's base name (RFC 6266): an ASCII ``filename`` every client reads, and the
+    exact name as UTF-8 in ``filename*`` when it differs. Header values are Latin-1 on the wire, so names in
+    other scripts (most Chinese, Japanese or Arabic corpora) can only travel percent-encoded."""
+    name = posixpath.basename(path)
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\' else "_" for c in name)
+    value = f'attachment; filename="{fallback}"'
+    if fallback != name:
+        value += f"; filename*=UTF-8''{quote(name, safe='')}"
+    return value
 
 
 class MalformedRange(ValueError):

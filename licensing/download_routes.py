@@ -6,7 +6,6 @@ import csv
 import datetime as dt
 import io
 import itertools
-import posixpath
 import uuid
 from collections.abc import Iterable
 from typing import Annotated, Any
@@ -144,7 +143,7 @@ def _locator(request: Request[Any, Any, Any], store: ObjectStore, settings: Sett
     async def locate(row: DownloadGrant) -> str:
         if row.mode == "presigned":
             return await store.presigned_get(
-                blob_key(row.sha256), _url_seconds(settings), filename=posixpath.basename(row.path)
+                blob_key(row.sha256), _url_seconds(settings), content_disposition=delivery.content_disposition(row.path)
             )
         return str(request.url_for("download-content", download_id=row.id))
 
@@ -373,7 +372,7 @@ async def download_content(
     headers = {
         "Accept-Ranges": "bytes",
         "ETag": etag,
-        "Content-Disposition": f'attachment; filename="{posixpath.basename(row.path)}"',
+        "Content-Disposition": delivery.content_disposition(row.path),
         "Cache-Control": "private, no-store",
     }
     byte_range: delivery.ByteRange | None = None

@@ -455,6 +455,28 @@ async def test_object_store_down_is_a_503_before_any_byte(
         s3.close()
 
 
+async def test_file_names_in_any_script_reach_the_client(
+    client: AsyncTestClient[Any], db: asyncpg.Connection, proxy: LiveServer
+) -> None:
+    """Header values are Latin-1 on the wire: a name in another script (or with quotes) travels RFC 6266-style,
+    in both delivery modes, instead of breaking the response."""
+    name = 'data/新闻 "摘要".jsonl'
+    m = await market(client, db, files={name: b'{"text": "hello"}\n'})
+    expected = (
+        "attachment; filename=\"__ ____.jsonl\"; filename*=UTF-8''%E6%96%B0%E9%97%BB%20%22%E6%91%98%E8%A6%81%22.jsonl"
+    )
+    proxied = await grant(proxy, m, name)
+    presigned = await client.post("/api/v1/downloads", json=download_body(m, name), headers=m.buyer.headers)
+    assert presigned.status_code == 201, presigned.text
+    async with httpx.AsyncClient(timeout=30) as http:
+        through_api = await http.get(proxied["url"], headers=m.buyer.headers)
+        from_store = await http.get(presigned.json()["url"])
+    for response in (through_api, from_store):
+        assert response.status_code == 200, response.text
+        assert response.content == m.files[name]
+        assert response.headers["content-disposition"] == expected
+
+
 async def test_every_request_is_checked(
     client: AsyncTestClient[Any], db: asyncpg.Connection, proxy: LiveServer, big_market: Market
 ) -> None:
