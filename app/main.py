@@ -42,12 +42,18 @@ log = logging.getLogger("corpora")
 API_PREFIX = "/api/v1"
 
 
-async def _ensure_bucket(store: ObjectStore) -> None:
+async def _ensure_bucket(store: ObjectStore, settings: Settings) -> None:
     """Create the bucket, retrying in the background while the object store is still starting or down."""
     delay = 0.5
     while True:
         try:
-            await store.ensure_bucket()
+            if not await store.ensure_bucket() and settings.audit_retention_days:
+                log.error(
+                    "bucket %s has no object lock, so audit checkpoints cannot be retained and will fail to be "
+                    "written: give the service a bucket created with object lock (it creates one itself when the "
+                    "bucket is missing), or set CORPORA_AUDIT_RETENTION_DAYS=0 to store them without retention",
+                    store.bucket,
+                )
             return
         except ObjectStoreUnavailable as exc:
             log.warning("object store not reachable yet (%s); retrying in %.1fs", exc, delay)
@@ -67,7 +73,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         tasks = [
-            asyncio.create_task(_ensure_bucket(store), name="ensure-bucket"),
+            asyncio.create_task(_ensure_bucket(store, settings), name="ensure-bucket"),
             asyncio.create_task(run_checkpointer(settings, sessionmaker, store, keyring), name="audit-checkpoints"),
             asyncio.create_task(run_janitor(settings, engine, store), name="storage-janitor"),
             asyncio.create_task(run_sweeps(sessionmaker), name="licensing-sweeps"),

@@ -83,12 +83,23 @@ class ObjectStore:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise ObjectStoreUnavailable(str(exc)) from exc
 
-    async def ensure_bucket(self) -> None:
-        def create() -> None:
+    async def ensure_bucket(self) -> bool:
+        """Create the bucket, with object lock, if it is missing; whether the bucket has object lock."""
+
+        def create() -> bool:
             if not self.client.bucket_exists(self.bucket):
                 self.client.make_bucket(self.bucket, object_lock=True)
+                return True
+            try:
+                self.client.get_object_lock_config(self.bucket)
+            except S3Error as exc:
+                if exc.code == "ObjectLockConfigurationNotFoundError":
+                    return False
+                raise
+            return True
 
-        await self._run(create)
+        locked: bool = await self._run(create)
+        return locked
 
     async def ping(self) -> None:
         await self._run(partial(self.probe_client.bucket_exists, self.bucket))

@@ -359,6 +359,30 @@ async def test_checkpoints_outlive_deletion_by_the_holder_of_the_store_keys(priv
     assert intact["deleted_checkpoints"] == []
 
 
+async def test_a_bucket_without_object_lock_is_reported_at_startup(private: Private) -> None:
+    assert await private.store.ensure_bucket() is True
+    plain = dataclasses.replace(private.settings, s3_bucket=f"corpora-plain-{secrets.token_hex(4)}")
+    store = ObjectStore(plain)
+    await asyncio.to_thread(store.client.make_bucket, plain.s3_bucket)  # as an operator might, without lock
+    assert await store.ensure_bucket() is False
+
+    # The app's logging setup replaces the root logger's handlers (pytest's among them): listen on ours.
+    errors: list[str] = []
+    listener = logging.Handler(logging.ERROR)
+    listener.emit = lambda record: errors.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("corpora").addHandler(listener)
+
+    async def reported() -> bool:
+        return any("has no object lock" in message for message in errors)
+
+    try:
+        async with AsyncTestClient(create_app(plain, keyring=private.keyring)):
+            await _eventually(reported)
+    finally:
+        logging.getLogger("corpora").removeHandler(listener)
+    assert any("CORPORA_AUDIT_RETENTION_DAYS=0" in message for message in errors)
+
+
 async def test_a_checkpoint_signed_again_over_a_rewritten_chain_is_caught(private: Private) -> None:
     """Someone rewrites the chain and gets the rewritten head signed under the same key: the object's earlier,
     retained version still vouches for the original."""
