@@ -378,8 +378,7 @@ async def place_order(
 ) -> OrderResult:
     """Create an order once per idempotency key: a retry with the same body returns the same order, one with a
     different body is refused. Free automatic offers are fulfilled at once."""
-    if not principal.has_scope("orders:write"):
-        raise forbidden("this API key lacks the 'orders:write' scope")
+    _require_orders_scope(principal)
     fingerprint = request_fingerprint(offer_id, buyer_org, purpose, answers)
     previous = await _order_for_key(session, principal.user_id, idempotency_key)
     if previous is not None:
@@ -447,6 +446,12 @@ async def place_order(
     if status == "fulfilled":
         await _fulfil(session, context, order, offer, product)
     return OrderResult(order, created=True)
+
+
+def _require_orders_scope(principal: Principal) -> None:
+    """Placing, cancelling and deciding orders and changing entitlements: API keys need ``orders:write``."""
+    if not principal.has_scope("orders:write"):
+        raise forbidden("this API key lacks the 'orders:write' scope")
 
 
 async def _is_member(session: AsyncSession, principal: Principal, org_id: uuid.UUID) -> bool:
@@ -593,6 +598,7 @@ async def decide_order(
     reason: str,
 ) -> Order:
     """The provider's owners and admins approve or reject a pending access request."""
+    _require_orders_scope(principal)
     order = await get_order(session, principal, order_id, lock=True)
     product = await session.get(Product, order.product_id)
     assert product is not None
@@ -690,9 +696,14 @@ async def confirm_payment(
 async def cancel_order(
     session: AsyncSession, context: AuditContext, principal: Principal, order_id: uuid.UUID
 ) -> Order:
+    _require_orders_scope(principal)
     order = await get_order(session, principal, order_id, lock=True)
-    if not await _is_member(session, principal, order.buyer_org_id):
-        raise forbidden("only the buyer cancels its order")
+    role = await session.scalar(
+        select(Membership.role).where(Membership.org_id == order.buyer_org_id, Membership.user_id == principal.user_id)
+    )
+    if role not in BUYER_ROLES or principal.api_key_org_id not in (None, order.buyer_org_id):
+        # The buyer's auditors see the order but never act on it.
+        raise forbidden("only the buyer's owners, admins and members cancel its order")
     if order.status not in ("pending_approval", "awaiting_payment"):
         raise conflict(f"the order is {order.status} and can no longer be cancelled", "order-final")
     order.status = "cancelled"
@@ -790,6 +801,7 @@ async def change_entitlement_status(
     reason: str,
 ) -> Entitlement:
     """Revoke, suspend or reinstate: the provider's owners and admins, or a platform admin."""
+    _require_orders_scope(principal)
     entitlement = await get_entitlement(session, principal, entitlement_id, lock=True)
     product = await session.get(Product, entitlement.product_id)
     assert product is not None
@@ -797,7 +809,8 @@ async def change_entitlement_status(
         select(Membership.role).where(Membership.org_id == product.org_id, Membership.user_id == principal.user_id)
     )
     platform_admin = principal.api_key_id is None and principal.has_platform_role("admin")
-    if role not in ADMIN_ROLES and not platform_admin:
+    provider_admin = role in ADMIN_ROLES and principal.api_key_org_id in (None, product.org_id)
+    if not provider_admin and not platform_admin:
         raise forbidden("only the provider's owners and admins, or a platform admin, change an entitlement")
     if to != "active" and not reason.strip():
         raise invalid("reason", f"an entitlement is {to} with a reason the buyer can act on")

@@ -614,6 +614,67 @@ async def test_orders_with_api_keys(client: Client, db: asyncpg.Connection, peop
     assert_problem(await client.get(f"/api/v1/entitlements/{other['entitlement_id']}", headers=writer.headers), 404)
 
 
+async def test_order_and_entitlement_actions_need_the_orders_scope_and_a_role_that_acts(
+    client: Client, db: asyncpg.Connection, people: People, market: Market
+) -> None:
+    """Deciding and cancelling orders and changing entitlements are writes: a key needs ``orders:write`` (and
+    its own org), and the buyer's auditors, who see the order, do not act on it."""
+    manual = await make_offer(client, market.provider, market.product, approval="manual")
+    automatic = await make_offer(client, market.provider, market.product)
+    expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
+
+    async def key(owner: Account, org: str, scopes: list[str]) -> Account:
+        response = await client.post(
+            "/api/v1/api-keys",
+            json={"name": "narrow", "org": org, "scopes": scopes, "expires_at": expires},
+            headers=owner.headers,
+        )
+        assert response.status_code == 201, response.text
+        return dataclasses.replace(owner, token=response.json()["key"])
+
+    async def events() -> int:
+        count: int = await db.fetchval(
+            "SELECT count(*) FROM audit_events WHERE target_type IN ('order', 'entitlement')"
+        )
+        return count
+
+    pending = await order_ok(client, market.buyer, manual["id"], market.buyer_org)
+    entitlement_id = (await order_ok(client, market.buyer, automatic["id"], market.buyer_org))["entitlement_id"]
+    reason = {"reason": "checking the narrow key"}
+    before = (await events(), await order_status(db, pending["id"]))
+    for scopes in (["catalog:read"], ["audit:read"], ["catalog:write", "downloads"]):
+        provider_key = await key(market.provider, market.provider_org, scopes)
+        buyer_key = await key(market.buyer, market.buyer_org, scopes)
+        for path, body in (
+            (f"/api/v1/orders/{pending['id']}/approve", {}),
+            (f"/api/v1/orders/{pending['id']}/reject", reason),
+        ):
+            assert_problem(await client.post(path, json=body, headers=provider_key.headers), 403, "forbidden")
+        for action in ("suspend", "revoke"):
+            refused = await client.post(
+                f"/api/v1/entitlements/{entitlement_id}/{action}", json=reason, headers=provider_key.headers
+            )
+            assert_problem(refused, 403, "forbidden")
+        cancel = await client.post(f"/api/v1/orders/{pending['id']}/cancel", json={}, headers=buyer_key.headers)
+        assert_problem(cancel, 403, "forbidden")
+    auditor = await add_member(client, people, market.buyer, market.buyer_org, "auditor")
+    assert (await client.get(f"/api/v1/orders/{pending['id']}", headers=auditor.headers)).status_code == 200
+    cancel = await client.post(f"/api/v1/orders/{pending['id']}/cancel", json={}, headers=auditor.headers)
+    assert_problem(cancel, 403, "forbidden")
+    assert (await events(), await order_status(db, pending["id"])) == before
+    entitlement = await client.get(f"/api/v1/entitlements/{entitlement_id}", headers=market.buyer.headers)
+    assert entitlement.json()["status"] == "active"
+
+    # With the scope, the same actions go through.
+    writer = await key(market.provider, market.provider_org, ["orders:write"])
+    suspended = await client.post(f"/api/v1/entitlements/{entitlement_id}/suspend", json=reason, headers=writer.headers)
+    assert suspended.status_code == 200, suspended.text
+    buyer_writer = await key(market.buyer, market.buyer_org, ["orders:write"])
+    cancelled = await client.post(f"/api/v1/orders/{pending['id']}/cancel", json={}, headers=buyer_writer.headers)
+    assert cancelled.status_code == 200, cancelled.text
+    assert await order_status(db, pending["id"]) == "cancelled"
+
+
 async def test_order_and_entitlement_lists_page_through_everything(client: Client, market: Market) -> None:
     offer = await make_offer(client, market.provider, market.product)
     placed = {(await order_ok(client, market.buyer, offer["id"], market.buyer_org))["id"] for _ in range(5)}

@@ -12,7 +12,7 @@ from app.audit.service import AuditContext
 API_KEY_SCOPES = (
     "catalog:read",
     "catalog:write",
-    "orders:write",
+    "orders:write",  # placing, cancelling and deciding orders, and suspending, reinstating or revoking entitlements
     "downloads",
     "usage:read",
     "audit:read",
