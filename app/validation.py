@@ -81,8 +81,13 @@ async def strict_json_body(request: Request[Any, Any, Any]) -> None:
     body = await request.body()
     if not body:
         return
+    decode_json(body, parameter.annotation)
+
+
+def decode_json(body: bytes, annotation: Any) -> Any:
+    """``body`` decoded strictly as ``annotation``: 400 when it is not JSON, 422 naming the field at fault."""
     try:
-        _decoder(parameter.annotation).decode(body)
+        return _decoder(annotation).decode(body)
     except msgspec.ValidationError as exc:
         message = str(exc)
         match = _LOCATION.search(message)

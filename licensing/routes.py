@@ -22,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.accounts.models import Organization
 from app.auth.guards import authenticated, requires_platform_role
 from app.deps import Audit, Caller, OptionalCaller, Session
-from app.errors import PROBLEM_MEDIA_TYPE, Problem, ProblemError, invalid, not_found, unauthorized
+from app.errors import PROBLEM_MEDIA_TYPE, Problem, ProblemError, not_found, unauthorized
+from app.validation import decode_json
 from catalog.models import Product
 from licensing import service, terms
 from licensing.models import Entitlement, EntitlementStatus, Licence, Offer, Order, OrderStatus
@@ -409,11 +410,11 @@ class OrderController(Controller):
 
 class PaymentWebhookIn(msgspec.Struct, forbid_unknown_fields=True):
     order_id: uuid.UUID
-    reference: str
-    status: str
+    reference: Annotated[str, msgspec.Meta(max_length=200)]
+    status: Annotated[str, msgspec.Meta(max_length=50)]
     # What the provider collected; when given, it must be the order's price.
     amount: decimal.Decimal | None = None
-    currency: str | None = None
+    currency: Annotated[str, msgspec.Meta(max_length=3)] | None = None
 
 
 @post(
@@ -441,10 +442,7 @@ async def payment_webhook(
     expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, signature.removeprefix("sha256=")):
         raise unauthorized("the webhook signature does not match")
-    try:
-        event = msgspec.json.decode(body, type=PaymentWebhookIn)
-    except msgspec.MsgspecError as exc:
-        raise invalid("body", str(exc)) from None
+    event: PaymentWebhookIn = decode_json(body, PaymentWebhookIn)
     if event.status != "paid":
         return {"status": "ignored"}
     order = await service.confirm_payment(

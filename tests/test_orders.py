@@ -393,6 +393,14 @@ async def test_payment_webhook_needs_the_right_signature(
         assert await order_status(db, order["id"]) == "awaiting_payment"
         assert await entitlements_of(db, order["id"]) == 0
 
+        # A reference longer than an order keeps, or a body that is not one, is refused naming the field.
+        for bad, field in (({**event, "reference": "r" * 201}, "reference"), ({**event, "order_id": "x"}, "order_id")):
+            bad_body, bad_headers = signed(secret, bad)
+            refused = await hook.post("/api/v1/payments/webhook", content=bad_body, headers=bad_headers)
+            assert_problem(refused, 422)
+            assert [e["field"] for e in refused.json()["errors"]] == [field]
+        assert await order_status(db, order["id"]) == "awaiting_payment"
+
         paid_body, paid_headers = signed(secret, {**event, "amount": "100.00", "currency": "usd"})
         paid = await hook.post("/api/v1/payments/webhook", content=paid_body, headers=paid_headers)
         assert paid.status_code == 200, paid.text
