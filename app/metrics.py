@@ -14,8 +14,11 @@ import time
 from typing import Any
 
 from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter, Gauge, Histogram, values
+
+from app.errors import ProblemError
 
 _pid = os.getpid()
 
@@ -73,6 +76,12 @@ class RequestMetrics:
         in_progress.inc()
         try:
             await self.app(scope, receive, send_noting_status)
+        except ProblemError as exc:  # refused in a middleware (a bad token): answered further out
+            status = exc.status
+            raise
+        except HTTPException as exc:
+            status = exc.status_code
+            raise
         finally:
             in_progress.dec()
             duration.observe(time.perf_counter() - started)

@@ -1,0 +1,29 @@
+"""The per-route request metrics count what clients were answered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.testing import AsyncTestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+
+async def _sample(client: AsyncTestClient[Any], name: str, **labels: str) -> float:
+    text = (await client.get("/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def test_a_refused_token_counts_as_401_not_as_a_server_error(client: AsyncTestClient[Any]) -> None:
+    route = {"method": "GET", "path": "/api/v1/me"}
+    refused_before = await _sample(client, "corpora_http_requests_total", status_code="401", **route)
+    errors_before = await _sample(client, "corpora_http_server_errors_total", **route)
+    for token in ("garbage.token.here", "crp_unknown-key"):
+        response = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 401
+    assert await _sample(client, "corpora_http_requests_total", status_code="401", **route) == refused_before + 2
+    assert await _sample(client, "corpora_http_requests_total", status_code="500", **route) == 0
+    assert await _sample(client, "corpora_http_server_errors_total", **route) == errors_before
