@@ -20,10 +20,11 @@ async def _sample(client: AsyncTestClient[Any], name: str, **labels: str) -> flo
 async def test_a_refused_token_counts_as_401_not_as_a_server_error(client: AsyncTestClient[Any]) -> None:
     route = {"method": "GET", "path": "/api/v1/me"}
     refused_before = await _sample(client, "corpora_http_requests_total", status_code="401", **route)
+    failed_before = await _sample(client, "corpora_http_requests_total", status_code="500", **route)
     errors_before = await _sample(client, "corpora_http_server_errors_total", **route)
     for token in ("garbage.token.here", "crp_unknown-key"):
         response = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 401
     assert await _sample(client, "corpora_http_requests_total", status_code="401", **route) == refused_before + 2
-    assert await _sample(client, "corpora_http_requests_total", status_code="500", **route) == 0
+    assert await _sample(client, "corpora_http_requests_total", status_code="500", **route) == failed_before
     assert await _sample(client, "corpora_http_server_errors_total", **route) == errors_before
