@@ -20,7 +20,7 @@ from sqlalchemy import literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.models import Organization
-from app.auth.guards import authenticated, requires_platform_role
+from app.auth.guards import OPEN_TO_AUDITORS, authenticated, requires_platform_role
 from app.deps import Audit, Caller, OptionalCaller, Session
 from app.errors import PROBLEM_MEDIA_TYPE, Problem, ProblemError, not_found, unauthorized
 from app.validation import decode_json
@@ -545,6 +545,7 @@ class EntitlementController(Controller):
     summary="Whether a combination of corpus versions may be used for a purpose",
     status_code=200,
     tags=["licensing"],
+    opt={OPEN_TO_AUDITORS: True},
 )
 async def licence_check(session: Session, optional_principal: OptionalCaller, data: JSONBody[CheckIn]) -> CheckOut:
     """Per item: allowed or not and why; for the whole: accumulated duties (attribution list, share-alike) and

@@ -24,6 +24,24 @@ async def authenticated(connection: ASGIConnection[Any, Any, Any, Any], _: BaseR
         raise unauthorized()
 
 
+# Non-GET requests a platform auditor may still make: signing in, and POSTs that only compute an answer.
+OPEN_TO_AUDITORS = "open_to_auditors"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_AUDITOR_ONLY = frozenset({"auditor"})
+
+
+async def auditors_only_read(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+    """A platform auditor (with no other platform role) reads everything and writes nothing, anywhere."""
+    principal = connection.scope.get("user")
+    if (
+        principal is not None
+        and principal.platform_roles == _AUDITOR_ONLY
+        and connection.scope.get("method") not in _SAFE_METHODS
+        and not handler.opt.get(OPEN_TO_AUDITORS)
+    ):
+        raise forbidden("platform auditors read but never write")
+
+
 def requires_scope(scope: str) -> Guard:
     """API keys must carry ``scope``; interactive sessions pass."""
 

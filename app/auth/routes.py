@@ -9,12 +9,19 @@ from litestar.datastructures import State
 from litestar.params import JSONBody
 
 from app.auth import service
+from app.auth.guards import OPEN_TO_AUDITORS
 from app.auth.keys import KeyRing
 from app.auth.schemas import PasswordGrant, RefreshGrant, TokenOut
 from app.deps import Audit, Session
 
 
-@post("/auth/token", summary="Exchange a password or a refresh token for tokens", tags=["auth"], status_code=200)
+@post(
+    "/auth/token",
+    summary="Exchange a password or a refresh token for tokens",
+    tags=["auth"],
+    status_code=200,
+    opt={OPEN_TO_AUDITORS: True},
+)
 async def token(
     session: Session,
     audit_context: Audit,
