@@ -232,10 +232,31 @@ class OfferController(Controller):
         )
         return await offer_out(session, offer, slug)
 
-    @get("/", summary="The offers of a product visible to the caller")
-    async def list(self, session: Session, optional_principal: OptionalCaller, slug: FromPath[str]) -> OfferPage:
-        offers, product_slug = await service.list_offers(session, optional_principal, slug)
-        return OfferPage(items=[await offer_out(session, o, product_slug) for o in offers], next_cursor=None)
+    @get("/", summary="The offers of a product visible to the caller, oldest first")
+    async def list(
+        self,
+        session: Session,
+        optional_principal: OptionalCaller,
+        slug: FromPath[str],
+        cursor: FromQuery[str | None] = None,
+        limit: Limit = 50,
+    ) -> OfferPage:
+        after = None
+        if (text := decode_cursor(cursor)) is not None:
+            try:
+                created, offer_id = text.split("|")
+                after = (dt.datetime.fromisoformat(created), uuid.UUID(offer_id))
+            except ValueError:
+                raise service.invalid_cursor() from None
+        offers, product_slug = await service.list_offers(
+            session, optional_principal, slug, after=after, limit=limit + 1
+        )
+        more = len(offers) > limit
+        offers = offers[:limit]
+        return OfferPage(
+            items=[await offer_out(session, o, product_slug) for o in offers],
+            next_cursor=encode_cursor(f"{offers[-1].created_at.isoformat()}|{offers[-1].id}") if more else None,
+        )
 
     @patch(
         "/{offer_id:uuid}",

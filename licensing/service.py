@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, func, literal, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -333,13 +333,20 @@ def offers_visible_to(principal: Principal | None, product: Product, role: str |
     return and_(Offer.product_id == product.id, or_(public, targeted), Offer.archived_at.is_(None))
 
 
-async def list_offers(session: AsyncSession, principal: Principal | None, slug: str) -> tuple[list[Offer], str]:
+async def list_offers(
+    session: AsyncSession,
+    principal: Principal | None,
+    slug: str,
+    *,
+    after: tuple[dt.datetime, uuid.UUID] | None,
+    limit: int,
+) -> tuple[list[Offer], str]:
+    """Up to ``limit`` offers of the product the caller may see, oldest first, after the (created, id) ``after``."""
     product, _org, role = await product_for_reading(session, principal, slug)
-    offers = (
-        await session.scalars(
-            select(Offer).where(offers_visible_to(principal, product, role)).order_by(Offer.created_at)
-        )
-    ).all()
+    query = select(Offer).where(offers_visible_to(principal, product, role))
+    if after is not None:
+        query = query.where(tuple_(Offer.created_at, Offer.id) > tuple_(literal(after[0]), literal(after[1])))
+    offers = (await session.scalars(query.order_by(Offer.created_at, Offer.id).limit(limit))).all()
     return list(offers), product.slug
 
 

@@ -931,3 +931,27 @@ async def test_transparency_counts_decisions(client: Client, db: asyncpg.Connect
         "median_hours_to_decision": 15.0,
     }
     assert_problem(await client.get("/api/v1/products/no-such-product-zzz/offers/transparency"), 404)
+
+
+async def test_offers_page_through_everything(client: Client, market: Market) -> None:
+    for _ in range(3):
+        await make_offer(client, market.provider, market.product)
+    path = f"/api/v1/products/{market.product}/offers"
+    everything = await client.get(path, params={"limit": 100}, headers=market.buyer.headers)
+    assert everything.status_code == 200, everything.text
+    expected = [offer["id"] for offer in everything.json()["items"]]
+    assert len(expected) >= 3
+    walked: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = (await client.get(path, params=params, headers=market.buyer.headers)).json()
+        assert len(page["items"]) <= 2
+        walked += [offer["id"] for offer in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert walked == expected
+    for garbage in ("zzz", "", "MXwy"):
+        refused = await client.get(path, params={"cursor": garbage}, headers=market.buyer.headers)
+        assert_problem(refused, 400, "invalid-cursor")
