@@ -171,6 +171,9 @@ def _body_missing(extra: Any) -> bool:
     )
 
 
+_MISSING_PARAMETER = re.compile(r"Missing required (?P<kind>\w+) parameter '(?P<name>[^']+)'")
+
+
 def handle_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
     detail = str(exc.detail)
     if "JSON is malformed" in detail or "malformed" in detail.lower():
@@ -180,6 +183,9 @@ def handle_validation(request: Request[Any, Any, Any], exc: ValidationException)
             400, "malformed-json", "Malformed JSON", "the request body is empty; send a JSON object", request=request
         )
     errors = _validation_errors(exc.extra)
+    if not errors and (missing := _MISSING_PARAMETER.match(detail)):
+        # Litestar names a missing header, query or cookie parameter only in its message.
+        errors = [FieldProblem(field=missing["name"], message=f"the {missing['kind']} parameter is required")]
     if errors:
         detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
     return problem_response(422, "validation-error", "Invalid request", detail, request=request, errors=errors or None)

@@ -393,6 +393,11 @@ async def test_payment_webhook_needs_the_right_signature(
         assert await order_status(db, order["id"]) == "awaiting_payment"
         assert await entitlements_of(db, order["id"]) == 0
 
+        unsigned = await hook.post(
+            "/api/v1/payments/webhook", content=json.dumps(event).encode(), headers={"Content-Type": "application/json"}
+        )
+        assert_problem(unsigned, 422)
+        assert [e["field"] for e in unsigned.json()["errors"]] == ["X-Corpora-Signature"]
         # A reference longer than an order keeps, or a body that is not one, is refused naming the field.
         for bad, field in (({**event, "reference": "r" * 201}, "reference"), ({**event, "order_id": "x"}, "order_id")):
             bad_body, bad_headers = signed(secret, bad)
