@@ -215,6 +215,29 @@ async def _grant(
     return granted
 
 
+async def _refresh(
+    request: Request[Any, Any, Any],
+    session: AsyncSession,
+    audit_context: Any,
+    principal: Any,
+    state: State,
+    download_ids: list[uuid.UUID],
+) -> list[downloads.Grant]:
+    settings: Settings = state.settings
+    refreshed = await downloads.refresh(
+        session,
+        audit_context,
+        principal,
+        state.keyring,
+        download_ids,
+        url_seconds=_url_seconds(settings),
+        issuer=settings.jwt_issuer,
+        locate=_locator(request, state.object_store, settings),
+    )
+    REFRESHES.inc(len(refreshed))
+    return refreshed
+
+
 @post(
     "/downloads",
     summary="Grant one download of one file under an entitlement",
@@ -302,18 +325,7 @@ async def refresh_downloads(
     state: State,
     data: JSONBody[RefreshIn],
 ) -> DownloadList:
-    settings: Settings = state.settings
-    refreshed = await downloads.refresh(
-        session,
-        audit_context,
-        principal,
-        state.keyring,
-        data.download_ids,
-        url_seconds=_url_seconds(settings),
-        issuer=settings.jwt_issuer,
-        locate=_locator(request, state.object_store, settings),
-    )
-    REFRESHES.inc(len(refreshed))
+    refreshed = await _refresh(request, session, audit_context, principal, state, data.download_ids)
     return DownloadList([_out(g) for g in refreshed])
 
 
@@ -333,18 +345,7 @@ async def refresh_download(
     state: State,
     download_id: FromPath[uuid.UUID],
 ) -> DownloadOut:
-    settings: Settings = state.settings
-    refreshed = await downloads.refresh(
-        session,
-        audit_context,
-        principal,
-        state.keyring,
-        [download_id],
-        url_seconds=_url_seconds(settings),
-        issuer=settings.jwt_issuer,
-        locate=_locator(request, state.object_store, settings),
-    )
-    REFRESHES.inc()
+    refreshed = await _refresh(request, session, audit_context, principal, state, [download_id])
     return _out(refreshed[0])
 
 
@@ -448,18 +449,7 @@ async def file_redirect(
             purpose=purpose,
         )
     if resumed is not None:
-        settings: Settings = state.settings
-        granted = await downloads.refresh(
-            session,
-            audit_context,
-            principal,
-            state.keyring,
-            [resumed],
-            url_seconds=_url_seconds(settings),
-            issuer=settings.jwt_issuer,
-            locate=_locator(request, state.object_store, settings),
-        )
-        REFRESHES.inc()
+        granted = await _refresh(request, session, audit_context, principal, state, [resumed])
     else:
         granted = await _grant(
             request,
