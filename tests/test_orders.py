@@ -595,22 +595,27 @@ async def test_concurrent_decisions_grant_once(
     assert await entitlements_of(db, order["id"]) == 1
 
 
+async def api_key(client: Client, owner: Account, org: str, scopes: list[str]) -> Account:
+    """``owner`` acting through a new API key of ``org`` with ``scopes``."""
+    response = await client.post(
+        "/api/v1/api-keys",
+        json={
+            "name": "ci",
+            "org": org,
+            "scopes": scopes,
+            "expires_at": (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat(),
+        },
+        headers=owner.headers,
+    )
+    assert response.status_code == 201, response.text
+    return dataclasses.replace(owner, token=response.json()["key"])
+
+
 async def test_orders_with_api_keys(client: Client, db: asyncpg.Connection, people: People, market: Market) -> None:
     offer = await make_offer(client, market.provider, market.product)
     second_org = await make_org(client, market.buyer, kind="buyer")
-    expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
-
-    async def key(scopes: list[str]) -> Account:
-        response = await client.post(
-            "/api/v1/api-keys",
-            json={"name": "ci", "org": market.buyer_org, "scopes": scopes, "expires_at": expires},
-            headers=market.buyer.headers,
-        )
-        assert response.status_code == 201, response.text
-        return dataclasses.replace(market.buyer, token=response.json()["key"])
-
-    reader = await key(["catalog:read"])
-    writer = await key(["orders:write"])
+    reader = await api_key(client, market.buyer, market.buyer_org, ["catalog:read"])
+    writer = await api_key(client, market.buyer, market.buyer_org, ["orders:write"])
     before = await row_counts(db)
     assert_problem(await post_order(client, reader, offer["id"], market.buyer_org), 403, "forbidden")
     # A key is confined to its org, even where its user is a member of another.
@@ -634,16 +639,6 @@ async def test_order_and_entitlement_actions_need_the_orders_scope_and_a_role_th
     its own org), and the buyer's auditors, who see the order, do not act on it."""
     manual = await make_offer(client, market.provider, market.product, approval="manual")
     automatic = await make_offer(client, market.provider, market.product)
-    expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
-
-    async def key(owner: Account, org: str, scopes: list[str]) -> Account:
-        response = await client.post(
-            "/api/v1/api-keys",
-            json={"name": "narrow", "org": org, "scopes": scopes, "expires_at": expires},
-            headers=owner.headers,
-        )
-        assert response.status_code == 201, response.text
-        return dataclasses.replace(owner, token=response.json()["key"])
 
     async def events() -> int:
         count: int = await db.fetchval(
@@ -656,8 +651,8 @@ async def test_order_and_entitlement_actions_need_the_orders_scope_and_a_role_th
     reason = {"reason": "checking the narrow key"}
     before = (await events(), await order_status(db, pending["id"]))
     for scopes in (["catalog:read"], ["audit:read"], ["catalog:write", "downloads"]):
-        provider_key = await key(market.provider, market.provider_org, scopes)
-        buyer_key = await key(market.buyer, market.buyer_org, scopes)
+        provider_key = await api_key(client, market.provider, market.provider_org, scopes)
+        buyer_key = await api_key(client, market.buyer, market.buyer_org, scopes)
         for path, body in (
             (f"/api/v1/orders/{pending['id']}/approve", {}),
             (f"/api/v1/orders/{pending['id']}/reject", reason),
@@ -679,10 +674,10 @@ async def test_order_and_entitlement_actions_need_the_orders_scope_and_a_role_th
     assert entitlement.json()["status"] == "active"
 
     # With the scope, the same actions go through.
-    writer = await key(market.provider, market.provider_org, ["orders:write"])
+    writer = await api_key(client, market.provider, market.provider_org, ["orders:write"])
     suspended = await client.post(f"/api/v1/entitlements/{entitlement_id}/suspend", json=reason, headers=writer.headers)
     assert suspended.status_code == 200, suspended.text
-    buyer_writer = await key(market.buyer, market.buyer_org, ["orders:write"])
+    buyer_writer = await api_key(client, market.buyer, market.buyer_org, ["orders:write"])
     cancelled = await client.post(f"/api/v1/orders/{pending['id']}/cancel", json={}, headers=buyer_writer.headers)
     assert cancelled.status_code == 200, cancelled.text
     assert await order_status(db, pending["id"]) == "cancelled"
