@@ -175,7 +175,7 @@ def cmd_janitor(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
-    from catalog.push import main as push_main
+    from client.push import main as push_main
 
     if args.api is None:
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # noqa: S104 - not binding
@@ -184,7 +184,7 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
-    from licensing.pull import main as pull_main
+    from client.pull import main as pull_main
 
     if args.api is None:
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # noqa: S104 - not binding
@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.set_defaults(handler=cmd_push)
 
     from catalog import seed  # argparse only at import; the command imports the rest when it runs
-    from licensing import pull
+    from client import pull
 
     seed.add_command(commands)
     pull.add_command(commands, cmd_pull)

@@ -35,7 +35,7 @@ from litestar.testing import AsyncTestClient
 from app.main import create_app
 from app.objectstore import split_endpoint
 from app.settings import Settings
-from licensing.delivery import CHUNK_SIZE, ByteRange, stream_object
+from licensing.downloads.delivery import CHUNK_SIZE, ByteRange, stream_object
 from tests.conftest import Account, Servers, asyncpg_dsn, sign_up
 from tests.download_helpers import Market, download_body, market
 from tests.tcp_proxy import TcpProxy, http_upstream, proxied_endpoint

@@ -23,8 +23,8 @@ from litestar.testing import AsyncTestClient
 
 from app.cli import build_parser
 from app.settings import Settings
-from licensing import pull as pull_module
-from licensing.pull import CHUNK, PullReport, Refusal, explain, pull
+from client import pull as pull_module
+from client.pull import CHUNK, PullReport, Refusal, explain, pull
 from tests.conftest import Servers, asyncpg_dsn
 from tests.download_helpers import Market, market
 from tests.test_proxy_delivery import LiveServer, content_of, live_server

@@ -21,8 +21,8 @@ from litestar.testing import AsyncTestClient
 from app import cli
 from app.main import create_app
 from app.settings import Settings
-from catalog import push as push_module
-from catalog.push import PushReport, push
+from client import push as push_module
+from client.push import PushReport, push
 from tests.catalog_helpers import make_product, make_version
 from tests.conftest import Account, make_org, sign_up
 

@@ -1,9 +1,8 @@
-"""Download grants: checks, metering, receipts, and the usage they add up to.
+"""Download grants: checks, metering and receipts.
 
 A grant charges one download and the file's size against the entitlement with a single conditional
 UPDATE, records the grant and appends its audit event, all in the caller's transaction: concurrent grants
-never overshoot a quota, and a grant never exists without its audit event (or the reverse).
-"""
+never overshoot a quota, and a grant never exists without its audit event (or the reverse)."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import jwt
-from sqlalchemy import ARRAY, Select, String, and_, any_, bindparam, func, select, text, update
+from sqlalchemy import ARRAY, Select, String, and_, any_, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.models import Membership, Organization
@@ -27,13 +26,20 @@ from app.auth.principal import Principal
 from app.db import utcnow
 from app.errors import ProblemError, forbidden, not_found
 from catalog.models import Product, ProductVersion, VersionFile
-from licensing.models import DownloadGrant, Entitlement
-from licensing.service import expire_due
+from licensing.downloads.models import DownloadGrant
+from licensing.entitlements.models import Entitlement
+from licensing.entitlements.service import expire_due
 
 # A grant's URL may be refreshed, and its transfer resumed, for this long without a new charge.
 GRANT_WINDOW = dt.timedelta(hours=24)
+
+
 DOWNLOADER_ROLES = ("owner", "admin", "member")
+
+
 RECEIPT_TYPE = "corpora-receipt+jwt"
+
+
 RELEASED = ("published", "deprecated")
 
 
@@ -138,6 +144,8 @@ def _require_downloads_scope(principal: Principal) -> None:
 
 
 _DOWNLOADABLE = _downloadable()
+
+
 _STANDING_OF = select(*_STANDING).where(Entitlement.id == bindparam("entitlement_id"))
 
 
@@ -212,6 +220,8 @@ def _target_query(*, some_paths: bool) -> Select[Any]:
 
 
 _TARGET_FILES = _target_query(some_paths=True)
+
+
 _TARGET_ALL_FILES = _target_query(some_paths=False)
 
 
@@ -601,78 +611,3 @@ async def record_served(session: AsyncSession, download_id: uuid.UUID, sent: int
         .where(DownloadGrant.id == download_id)
         .values(bytes_served=DownloadGrant.bytes_served + sent)
     )
-
-
-# --- usage -----------------------------------------------------------------------------------------------
-
-
-async def buyer_usage(session: AsyncSession, principal: Principal, since: dt.datetime) -> list[dict[str, Any]]:
-    """Grants, bytes charged and bytes served per entitlement, product and day, for the caller's orgs."""
-    day = func.date_trunc("day", DownloadGrant.granted_at, "UTC")  # days are UTC days, whatever the server zone
-    buyer_orgs = select(Membership.org_id).where(Membership.user_id == principal.user_id)
-    if principal.api_key_org_id is not None:
-        buyer_orgs = buyer_orgs.where(Membership.org_id == principal.api_key_org_id)
-    rows = await session.execute(
-        select(
-            Entitlement.id,
-            Organization.slug,
-            Product.slug,
-            day,
-            func.count(),
-            func.sum(DownloadGrant.bytes_charged),
-            func.sum(DownloadGrant.bytes_served),
-        )
-        .join(Entitlement, Entitlement.id == DownloadGrant.entitlement_id)
-        .join(Product, Product.id == Entitlement.product_id)
-        .join(Organization, Organization.id == Entitlement.buyer_org_id)
-        .where(Entitlement.buyer_org_id.in_(buyer_orgs), DownloadGrant.granted_at >= since)
-        .group_by(Entitlement.id, Organization.slug, Product.slug, day)
-        .order_by(day, Product.slug)
-    )
-    return [
-        {
-            "entitlement_id": str(e),
-            "buyer_org": org,
-            "product": product,
-            "day": d.date().isoformat(),
-            "grants": n,
-            "bytes_charged": int(charged or 0),
-            "bytes_served": int(served or 0),
-        }
-        for e, org, product, d, n, charged, served in rows
-    ]
-
-
-async def provider_usage(session: AsyncSession, principal: Principal, since: dt.datetime) -> list[dict[str, Any]]:
-    """The same, aggregated per product and buyer org, for the caller's products — no buyer members named."""
-    day = func.date_trunc("day", DownloadGrant.granted_at, "UTC")  # days are UTC days, whatever the server zone
-    provider_orgs = select(Membership.org_id).where(Membership.user_id == principal.user_id)
-    if principal.api_key_org_id is not None:
-        provider_orgs = provider_orgs.where(Membership.org_id == principal.api_key_org_id)
-    rows = await session.execute(
-        select(
-            Product.slug,
-            Organization.slug,
-            day,
-            func.count(),
-            func.sum(DownloadGrant.bytes_charged),
-            func.sum(DownloadGrant.bytes_served),
-        )
-        .join(Entitlement, Entitlement.id == DownloadGrant.entitlement_id)
-        .join(Product, Product.id == Entitlement.product_id)
-        .join(Organization, Organization.id == Entitlement.buyer_org_id)
-        .where(Product.org_id.in_(provider_orgs), DownloadGrant.granted_at >= since)
-        .group_by(Product.slug, Organization.slug, day)
-        .order_by(day, Product.slug)
-    )
-    return [
-        {
-            "product": product,
-            "buyer_org": org,
-            "day": d.date().isoformat(),
-            "grants": n,
-            "bytes_charged": int(charged or 0),
-            "bytes_served": int(served or 0),
-        }
-        for product, org, d, n, charged, served in rows
-    ]

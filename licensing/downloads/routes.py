@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from typing import Annotated, Any
 
 import anyio
-import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie, State
 from litestar.enums import MediaType
@@ -23,67 +22,26 @@ from litestar.types import ControllerRouterHandler, Receive, Scope, Send, TypeEn
 from litestar.utils.helpers import get_enum_string_value
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.accounts.schemas import Strict
 from app.auth.guards import authenticated
-from app.deps import Audit, Caller, Session
+from app.deps import BEARER, Audit, Caller, Session
 from app.errors import ProblemError
 from app.metrics import BYTES_SERVED, GRANTS, REFRESHES, REFUSALS
 from app.objectstore import ObjectStore
 from app.settings import Settings
 from catalog.search import Use
 from catalog.uploads import blob_key
-from licensing import delivery, downloads
-from licensing.models import DownloadGrant
-
-BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
-
-
-class DownloadIn(Strict):
-    entitlement_id: uuid.UUID
-    product: Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
-    version: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-    path: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
-    purpose: Use
-
-
-class ManifestIn(Strict):
-    entitlement_id: uuid.UUID
-    product: Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
-    version: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-    purpose: Use
-    include: Annotated[
-        list[Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]], msgspec.Meta(max_length=50)
-    ] = msgspec.field(default_factory=lambda: ["*"])
-
-
-class RefreshIn(Strict):
-    download_ids: Annotated[list[uuid.UUID], msgspec.Meta(min_length=1, max_length=10_000)]
-
-
-class DownloadOut(msgspec.Struct):
-    download_id: uuid.UUID
-    url: str
-    expires_at: dt.datetime
-    size: int
-    sha256: str
-    mode: str
-    receipt: str
-    product: str
-    version: str
-    path: str
-    manifest_digest: str
-    window_ends_at: dt.datetime
-
-
-class ManifestOut(msgspec.Struct):
-    product: str
-    version: str
-    manifest_digest: str
-    items: list[DownloadOut]
-
-
-class DownloadList(msgspec.Struct):
-    items: list[DownloadOut]
+from licensing.downloads import delivery, grants
+from licensing.downloads.models import DownloadGrant
+from licensing.downloads.schemas import (
+    DownloadIn,
+    DownloadList,
+    DownloadOut,
+    ManifestIn,
+    ManifestOut,
+    RefreshIn,
+    UsageOut,
+)
+from licensing.downloads.usage import buyer_usage, provider_usage
 
 
 class _ClosingStreamingResponse(ASGIStreamingResponse):
@@ -139,7 +97,7 @@ def _url_seconds(settings: Settings) -> int:
     return min(settings.presign_ttl_seconds, 3600)
 
 
-def _locator(request: Request[Any, Any, Any], store: ObjectStore, settings: Settings) -> downloads.Locate:
+def _locator(request: Request[Any, Any, Any], store: ObjectStore, settings: Settings) -> grants.Locate:
     async def locate(row: DownloadGrant) -> str:
         if row.mode == "presigned":
             return await store.presigned_get(
@@ -150,7 +108,7 @@ def _locator(request: Request[Any, Any, Any], store: ObjectStore, settings: Sett
     return locate
 
 
-def _out(grant: downloads.Grant) -> DownloadOut:
+def _out(grant: grants.Grant) -> DownloadOut:
     row = grant.row
     return DownloadOut(
         download_id=row.id,
@@ -168,7 +126,7 @@ def _out(grant: downloads.Grant) -> DownloadOut:
     )
 
 
-# Grants commit one at a time (see licensing.downloads.grant), so a process gains nothing from working on
+# Grants commit one at a time (see licensing.downloads.grants.grant), so a process gains nothing from working on
 # more than a few at once; the rest wait here, costing nothing, rather than in the event loop's queue, where
 # every one of them would delay the commit that the others are waiting for.
 GRANTS_IN_FLIGHT = 4
@@ -187,11 +145,11 @@ async def _grant(
     paths: list[str] | None,
     patterns: list[str] | None,
     purpose: str,
-) -> list[downloads.Grant]:
+) -> list[grants.Grant]:
     settings: Settings = state.settings
     try:
         async with state.grant_slots:
-            granted = await downloads.grant(
+            granted = await grants.grant(
                 session,
                 audit_context,
                 principal,
@@ -208,7 +166,7 @@ async def _grant(
                 locate=_locator(request, state.object_store, settings),
                 charge_turn=state.charge_turn,
             )
-    except downloads.Refused as refused:
+    except grants.Refused as refused:
         REFUSALS.labels(reason=refused.reason).inc()
         raise
     GRANTS.labels(mode=settings.download_mode).inc(len(granted))
@@ -222,9 +180,9 @@ async def _refresh(
     principal: Any,
     state: State,
     download_ids: list[uuid.UUID],
-) -> list[downloads.Grant]:
+) -> list[grants.Grant]:
     settings: Settings = state.settings
-    refreshed = await downloads.refresh(
+    refreshed = await grants.refresh(
         session,
         audit_context,
         principal,
@@ -368,7 +326,7 @@ async def download_content(
     """Honours ``Range`` (206 with ``Content-Range``; 416 beyond the end), ``If-Range`` and ``ETag`` (the
     file's SHA-256), so interrupted transfers resume. Every request re-checks the entitlement and the
     version: a revocation or withdrawal cuts the next request. Bytes actually sent are recorded."""
-    row = await downloads.grant_for_content(session, principal, download_id)
+    row = await grants.grant_for_content(session, principal, download_id)
     etag = f'"{row.sha256}"'
     headers = {
         "Accept-Ranges": "bytes",
@@ -401,7 +359,7 @@ async def download_content(
     async def record(sent: int) -> None:
         BYTES_SERVED.inc(sent)
         async with sessionmaker() as recording, recording.begin():
-            await downloads.record_served(recording, download_id, sent)
+            await grants.record_served(recording, download_id, sent)
 
     # Opened here, before any header: an unreachable object store is a 503, not a body that breaks off.
     stream = await delivery.start(delivery.stream_object(state.object_store, blob_key(row.sha256), byte_range, record))
@@ -439,7 +397,7 @@ async def file_redirect(
     path = path.lstrip("/")
     resumed = None
     if "range" in request.headers:
-        resumed = await downloads.resumable_grant(
+        resumed = await grants.resumable_grant(
             session,
             principal,
             entitlement_id=entitlement_id,
@@ -468,12 +426,6 @@ async def file_redirect(
     return Redirect(out.url, status_code=307, headers={"X-Corpora-Download-Id": str(out.download_id)})
 
 
-class UsageOut(msgspec.Struct):
-    since: dt.date
-    buyer: list[dict[str, Any]]
-    provider: list[dict[str, Any]]
-
-
 @get(
     "/usage",
     summary="Metered usage per entitlement, product and day (CSV with Accept: text/csv)",
@@ -493,8 +445,8 @@ async def usage(
     if not principal.has_scope("usage:read") and not principal.has_scope("downloads"):
         raise ProblemError(403, "forbidden", "Forbidden", "this API key lacks the 'usage:read' scope")
     since = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
-    buyer = await downloads.buyer_usage(session, principal, since)
-    provider = await downloads.provider_usage(session, principal, since)
+    buyer = await buyer_usage(session, principal, since)
+    provider = await provider_usage(session, principal, since)
     if request.accept.best_match(["application/json", "text/csv"], default="application/json") == "text/csv":
         out = io.StringIO()
         writer = csv.writer(out)

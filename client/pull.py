@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from catalog.push import human_size, sha256_file
+from client.push import human_size, sha256_file
 
 if TYPE_CHECKING:
     import httpx

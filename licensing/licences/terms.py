@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.errors import invalid
-from licensing.models import DUTIES, USES
+from licensing.licences.models import DUTIES, USES
 
 ODRL_CONTEXT = "http://www.w3.org/ns/odrl.jsonld"
 AI_PROFILE = "https://corpora.dev/odrl/ai-use"
