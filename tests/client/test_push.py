@@ -23,7 +23,7 @@ from app.main import create_app
 from app.settings import Settings
 from client import push as push_module
 from client.push import PushReport, push
-from tests.catalog_helpers import make_product, make_version
+from tests.catalog.helpers import make_product, make_version
 from tests.conftest import Account, make_org, sign_up
 
 MIB = 1024 * 1024

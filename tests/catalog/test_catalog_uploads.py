@@ -14,7 +14,7 @@ from litestar.testing import AsyncTestClient
 
 from app.settings import Settings
 from catalog.uploads import blob_key
-from tests.catalog_helpers import make_product, make_version, upload
+from tests.catalog.helpers import make_product, make_version, upload
 from tests.conftest import grant_platform_role, make_org, sign_up
 
 
