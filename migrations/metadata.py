@@ -9,4 +9,18 @@ from licensing import models as licensing_models
 
 target_metadata = Base.metadata
 
-__all__ = ["accounts_models", "audit_models", "auth_models", "catalog_models", "licensing_models", "target_metadata"]
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Schema comparisons leave out the job queue's tables: procrastinate's own SQL defines them (0015)."""
+    return not (type_ == "table" and name is not None and name.startswith("procrastinate_"))
+
+
+__all__ = [
+    "accounts_models",
+    "audit_models",
+    "auth_models",
+    "catalog_models",
+    "include_name",
+    "licensing_models",
+    "target_metadata",
+]
