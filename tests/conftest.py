@@ -15,7 +15,7 @@ import secrets
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy.engine import make_url
 
 from app.embedded import start_postgres, start_seaweedfs
+from app.jobs.worker import drain, open_deps
 from app.main import create_app
 from app.migrate import upgrade
 from app.settings import Settings
@@ -137,6 +138,27 @@ def app(settings: Settings) -> Litestar:
 async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
     async with AsyncTestClient(app=app, base_url="http://testserver.local") as test_client:
         yield test_client
+
+
+RunJobs = Callable[..., Awaitable[None]]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def run_jobs(app: Litestar, settings: Settings) -> AsyncIterator[RunJobs]:
+    """``await run_jobs()`` runs every job that is due, in-process, until the queue has none due.
+
+    A job that raises fails the test (``raise_errors=False`` to let retries happen quietly); jobs scheduled
+    for later (retries with backoff) stay queued.
+    """
+    async with open_deps(settings, keyring=app.state.keyring, pool_size=2) as deps:
+
+        async def run(*, raise_errors: bool = True, concurrency: int = 1) -> None:
+            errors: list[BaseException] = []
+            await drain(deps, concurrency=concurrency, errors=errors)
+            if errors and raise_errors:
+                raise errors[0]
+
+        yield run
 
 
 @pytest_asyncio.fixture(loop_scope="session")

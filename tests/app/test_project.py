@@ -45,3 +45,17 @@ def test_no_module_imports_itself_through_others() -> None:
         if graph.chain_exists(importer=imported, imported=module)
     ]
     assert cycles == []
+
+
+def test_migrations_are_numbered_without_gaps_and_form_one_line() -> None:
+    from alembic.script import ScriptDirectory
+
+    from app.migrate import MIGRATIONS, alembic_config
+
+    numbers = sorted(int(path.name[:4]) for path in (MIGRATIONS / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+    assert numbers == list(range(1, len(numbers) + 1))
+    scripts = ScriptDirectory.from_config(alembic_config("postgresql://unused/unused"))
+    assert len(scripts.get_heads()) == 1
+    for revision in scripts.walk_revisions():
+        assert revision.path is not None
+        assert Path(revision.path).name.startswith(f"{revision.revision}_")
