@@ -149,7 +149,9 @@ async def test_pull_resumes_skips_and_keeps_receipts(
     assert not any(r.url.path.endswith("/downloads/manifest") for r in requests)
 
     # Presigned URLs never carry the token; proxy URLs always do (and resume only the same content).
-    transfers = [r for r in requests if r.method == "GET" and not r.url.path.startswith("/api/v1/")]
+    transfers = [r for r in requests if r.method == "GET" and not r.url.path.startswith(("/api/v1/", "/.well-known/"))]
+    # The receipts' keys are public: fetched without the token.
+    assert all("authorization" not in r.headers for r in requests if r.url.path == "/.well-known/jwks.json")
     transfers += [r for r in requests if r.url.path.endswith("/content")]
     assert transfers
     for r in transfers:
