@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 TASK_MODULES: list[str] = [
+    "app.notifications.tasks",
     "licensing.sweeps",
 ]
 

@@ -4,6 +4,7 @@ from app.accounts import models as accounts_models
 from app.audit import models as audit_models
 from app.auth import models as auth_models
 from app.db import Base
+from app.notifications import models as notifications_models
 from catalog import models as catalog_models
 from licensing import models as licensing_models
 
@@ -22,5 +23,6 @@ __all__ = [
     "catalog_models",
     "include_name",
     "licensing_models",
+    "notifications_models",
     "target_metadata",
 ]
