@@ -224,7 +224,7 @@ def cmd_janitor(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
-    from catalog.push import main as push_main
+    from client.push import main as push_main
 
     if args.api is None:
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # noqa: S104 - not binding
@@ -232,8 +232,45 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
     return push_main(args)
 
 
+def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    import getpass
+    import json
+    import sys
+
+    from app.audit.service import AuditContext
+    from app.errors import ProblemError
+    from demo.seed import seed_database
+
+    runtime = resolve(settings, need_object_store=False)
+
+    def progress(done: int) -> None:
+        if done % 50_000 == 0 or done == args.products:
+            print(f"  {done} / {args.products} products", file=sys.stderr, flush=True)
+
+    try:
+        assert runtime.settings.database_url is not None
+        result = asyncio.run(
+            seed_database(
+                runtime.settings.database_url,
+                AuditContext(actor=f"cli:{getpass.getuser()}"),
+                products=args.products,
+                org_slug=args.org,
+                seed=args.seed,
+                progress=progress,
+            )
+        )
+    except ProblemError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 1
+    finally:
+        runtime.stop()
+    print(json.dumps(dataclasses.asdict(result) | {"seconds": round(result.seconds, 1)}))
+    return 0
+
+
 def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
-    from licensing.pull import main as pull_main
+    from client.pull import main as pull_main
 
     if args.api is None:
         host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host  # noqa: S104 - not binding
@@ -374,10 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--cache-dir", metavar="DIR", help="where digests are cached (default ~/.cache/corpora)")
     push.set_defaults(handler=cmd_push)
 
-    from catalog import seed  # argparse only at import; the command imports the rest when it runs
-    from licensing import pull
+    from client import pull
+    from demo import seed  # argparse only at import; the command imports the rest when it runs
 
-    seed.add_command(commands)
+    seed.add_command(commands, cmd_seed)
     pull.add_command(commands, cmd_pull)
     return parser
 

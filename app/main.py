@@ -35,8 +35,8 @@ from app.validation import check_request
 from app.wiring import load_tasks
 from catalog import routes as catalog_routes
 from catalog.janitor import run_janitor
-from licensing import download_routes
 from licensing import routes as licensing_routes
+from licensing.downloads import routes as downloads_routes
 
 log = logging.getLogger("corpora")
 
@@ -96,7 +96,6 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             audit_routes.router,
             catalog_routes.ProductController,
             *licensing_routes.route_handlers,
-            *download_routes.route_handlers,
             *notifications_routes.route_handlers,
         ],
     )
@@ -110,8 +109,8 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
                 "sessionmaker": sessionmaker,
                 "object_store": store,
                 "me_cache": me_cache,
-                "charge_turn": asyncio.Lock(),  # see licensing.downloads.grant
-                "grant_slots": asyncio.Semaphore(download_routes.GRANTS_IN_FLIGHT),
+                "charge_turn": asyncio.Lock(),  # see licensing.downloads.grants.grant
+                "grant_slots": asyncio.Semaphore(downloads_routes.GRANTS_IN_FLIGHT),
             }
         )
         return config

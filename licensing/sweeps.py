@@ -7,7 +7,8 @@ import logging
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.jobs import JobDeps, job
-from licensing.service import expire_due, expire_due_requests
+from licensing.entitlements.service import expire_due
+from licensing.orders.service import expire_due_requests
 
 log = logging.getLogger("corpora.licensing")
 

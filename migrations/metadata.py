@@ -6,7 +6,11 @@ from app.auth import models as auth_models
 from app.db import Base
 from app.notifications import models as notifications_models
 from catalog import models as catalog_models
-from licensing import models as licensing_models
+from licensing.downloads import models as downloads_models
+from licensing.entitlements import models as entitlements_models
+from licensing.licences import models as licences_models
+from licensing.offers import models as offers_models
+from licensing.orders import models as orders_models
 
 target_metadata = Base.metadata
 
@@ -21,8 +25,12 @@ __all__ = [
     "audit_models",
     "auth_models",
     "catalog_models",
+    "downloads_models",
+    "entitlements_models",
     "include_name",
-    "licensing_models",
+    "licences_models",
     "notifications_models",
+    "offers_models",
+    "orders_models",
     "target_metadata",
 ]
