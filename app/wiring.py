@@ -6,6 +6,7 @@ import importlib
 
 TASK_MODULES: list[str] = [
     "app.notifications.tasks",
+    "licensing.notices",
     "licensing.sweeps",
 ]
 

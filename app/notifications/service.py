@@ -18,8 +18,8 @@ from sqlalchemy import Select, literal, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.accounts.access import ADMIN_ROLES, org_role
 from app.accounts.models import Membership, Organization
-from app.accounts.service import ORG_ADMIN_ROLES, visible_org
 from app.audit import service as audit
 from app.audit.service import AuditContext
 from app.auth.principal import Principal
@@ -28,6 +28,7 @@ from app.egress import EgressRefused, check_host, check_url
 from app.errors import ProblemError, forbidden, invalid, not_found
 from app.jobs import Deferred, enqueue, enqueue_many
 from app.notifications.models import EventType, Notification, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from app.pagination import decode_cursor, encode_cursor, invalid_cursor
 
 DELIVER_TASK = "notifications.deliver"
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks prefix, not a secret
@@ -95,32 +96,27 @@ async def publish(
     return [notification for notification, _ in written]
 
 
-# --- cursors: opaque keyset positions (created_at, id), newest first -------------------------------------------
+# --- pages: keyset positions (created_at, id), newest first, in the opaque cursors of app.pagination -----------
 
 
-def encode_cursor(created_at: dt.datetime, row_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode().rstrip("=")
+def page_cursor(created_at: dt.datetime, row_id: uuid.UUID) -> str:
+    return encode_cursor(f"{created_at.isoformat()}|{row_id}")
 
 
-def invalid_cursor() -> ProblemError:
-    return ProblemError(400, "invalid-cursor", "Invalid cursor", "pass next_cursor exactly as returned")
-
-
-def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
+def _position(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
     try:
-        text = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
-        created, row_id = text.split("|")
+        created, row_id = (decode_cursor(cursor) or "").split("|")
         moment = dt.datetime.fromisoformat(created)
         if moment.tzinfo is None:
             raise ValueError("naive")
         return moment, uuid.UUID(row_id)
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:
         raise invalid_cursor() from None
 
 
 def _page(query: Select[Any], created: Any, row_id: Any, cursor: str | None, limit: int) -> Select[Any]:
     if cursor is not None:
-        moment, after = decode_cursor(cursor)
+        moment, after = _position(cursor)
         query = query.where(tuple_(created, row_id) < tuple_(literal(moment), literal(after)))
     return query.order_by(created.desc(), row_id.desc()).limit(limit + 1)
 
@@ -128,21 +124,15 @@ def _page(query: Select[Any], created: Any, row_id: Any, cursor: str | None, lim
 # --- access: members read the inbox; owners and admins manage webhooks ----------------------------------------
 
 
+MEMBER_ROLES = ("owner", "admin", "member", "auditor")
+
+
 async def member_org(session: AsyncSession, principal: Principal, slug: str) -> Organization:
-    org, role = await visible_org(session, principal, slug)
-    if role is None:
-        raise not_found(f"organisation '{slug}'")
-    return org
+    return await org_role(session, principal, slug, MEMBER_ROLES, "reading the inbox")
 
 
 async def admin_org(session: AsyncSession, principal: Principal, slug: str) -> Organization:
-    org = await member_org(session, principal, slug)
-    role = await session.scalar(
-        select(Membership.role).where(Membership.org_id == org.id, Membership.user_id == principal.user_id)
-    )
-    if role not in ORG_ADMIN_ROLES:
-        raise forbidden("only the organisation's owners and admins manage its webhooks")
-    return org
+    return await org_role(session, principal, slug, ADMIN_ROLES, "managing webhooks")
 
 
 async def admin_endpoint(
@@ -165,7 +155,7 @@ async def admin_endpoint(
     endpoint, slug, role = row
     if role is None or (principal.api_key_id is not None and principal.api_key_org_id != endpoint.org_id):
         raise not_found("webhook")
-    if role not in ORG_ADMIN_ROLES:
+    if role not in ADMIN_ROLES:
         raise forbidden("only the organisation's owners and admins manage its webhooks")
     return endpoint, slug
 
@@ -187,7 +177,7 @@ async def inbox(
     rows = list((await session.scalars(query)).all())
     more = len(rows) > limit
     rows = rows[:limit]
-    return rows, encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
+    return rows, page_cursor(rows[-1].created_at, rows[-1].id) if more else None
 
 
 # --- webhook endpoints -----------------------------------------------------------------------------------------
@@ -268,7 +258,7 @@ async def list_endpoints(
     rows = list((await session.scalars(query)).all())
     more = len(rows) > limit
     rows = rows[:limit]
-    return rows, encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
+    return rows, page_cursor(rows[-1].created_at, rows[-1].id) if more else None
 
 
 async def delete_endpoint(
@@ -325,7 +315,7 @@ async def list_deliveries(
     rows = list((await session.scalars(query)).all())
     more = len(rows) > limit
     rows = rows[:limit]
-    return rows, encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
+    return rows, page_cursor(rows[-1].created_at, rows[-1].id) if more else None
 
 
 async def get_delivery(
