@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
-from sqlalchemy import Select, literal, select, tuple_, update
+from sqlalchemy import Select, func, literal, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -58,10 +58,17 @@ async def publish(
     if not org_ids:
         return []
     payload = as_data(data)
+    now = func.clock_timestamp()
     written = (
         await session.execute(
             insert(Notification)
-            .values([{"org_id": org, "type": str(event), "data": payload, "once_key": once_key} for org in org_ids])
+            .values(
+                [
+                    # clock_timestamp(): events of one transaction keep their order in the inbox
+                    {"org_id": org, "type": str(event), "data": payload, "once_key": once_key, "created_at": now}
+                    for org in org_ids
+                ]
+            )
             .on_conflict_do_nothing(index_elements=[Notification.org_id, Notification.once_key])
             .returning(Notification.id, Notification.org_id)
         )
