@@ -16,7 +16,7 @@ import uuid
 
 import httpx
 import msgspec
-from sqlalchemy import select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from standardwebhooks.webhooks import Webhook
 
@@ -133,19 +133,15 @@ async def _record(
     *,
     manual: bool,
 ) -> None:
+    """Log the attempt and update the delivery; on failure plan the retry and judge the endpoint.
+
+    A success takes no lock on the endpoint, so deliveries to one endpoint are recorded side by side.
+    """
     async with sessionmaker() as session, session.begin():
-        delivery = await session.scalar(
-            select(WebhookDelivery).where(WebhookDelivery.id == delivery_id).with_for_update()
-        )
-        endpoint = await session.scalar(
-            select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id).with_for_update()
-        )
-        assert delivery is not None
-        assert endpoint is not None
         now = utcnow()
-        session.add(
-            WebhookAttempt(
-                delivery_id=delivery.id,
+        await session.execute(
+            insert(WebhookAttempt).values(
+                delivery_id=delivery_id,
                 attempted_at=started,
                 duration_ms=duration_ms,
                 status_code=status_code,
@@ -153,22 +149,54 @@ async def _record(
                 manual=manual,
             )
         )
-        delivery.attempts += 1
-        delivery.last_attempt_at = started
-        delivery.last_status_code = status_code
+        counted = {
+            "attempts": WebhookDelivery.attempts + 1,
+            "last_attempt_at": started,
+            "last_status_code": status_code,
+        }
         if error is None:
-            delivery.succeeded_at, delivery.failed_at, delivery.next_attempt_at = now, None, None
-            endpoint.failing_since = None
+            await session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery_id)
+                .values(**counted, succeeded_at=now, failed_at=None, next_attempt_at=None)
+            )
+            await session.execute(
+                update(WebhookEndpoint)
+                .where(WebhookEndpoint.id == endpoint_id, WebhookEndpoint.failing_since.is_not(None))
+                .values(failing_since=None)
+            )
             return
-        endpoint.failing_since = endpoint.failing_since or started
-        if not manual and delivery.succeeded_at is None and delivery.failed_at is None:
-            due = now + backoff(delivery.attempts)
-            if due - delivery.created_at > RETRY_WINDOW:
-                delivery.failed_at, delivery.next_attempt_at = now, None
+        attempts, created_at, succeeded_at, failed_at = (
+            await session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery_id)
+                .values(**counted)
+                .returning(
+                    WebhookDelivery.attempts,
+                    WebhookDelivery.created_at,
+                    WebhookDelivery.succeeded_at,
+                    WebhookDelivery.failed_at,
+                )
+            )
+        ).one()
+        endpoint = (
+            await session.scalars(
+                update(WebhookEndpoint)
+                .where(WebhookEndpoint.id == endpoint_id)
+                .values(failing_since=func.coalesce(WebhookEndpoint.failing_since, started))
+                .returning(WebhookEndpoint)
+            )
+        ).one()
+        if not manual and succeeded_at is None and failed_at is None:
+            due = now + backoff(attempts)
+            if due - created_at > RETRY_WINDOW:
+                values: dict[str, dt.datetime | None] = {"failed_at": now, "next_attempt_at": None}
             else:
-                delivery.next_attempt_at = due
-                await enqueue(session, DELIVER_TASK, _at=due, delivery_id=str(delivery.id))
-        if endpoint.disabled_at is None and now - endpoint.failing_since >= DISABLE_AFTER:
+                values = {"next_attempt_at": due}
+                await enqueue(session, DELIVER_TASK, _at=due, delivery_id=str(delivery_id))
+            await session.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(**values))
+        failing_since = endpoint.failing_since or started
+        if endpoint.disabled_at is None and now - failing_since >= DISABLE_AFTER:
             await _disable(session, endpoint, now, error)
 
 
