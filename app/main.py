@@ -28,6 +28,7 @@ from app.auth.middleware import AuthMiddleware
 from app.db import create_engine, provide_session
 from app.errors import exception_handlers
 from app.metrics import RequestMetrics
+from app.notifications import routes as notifications_routes
 from app.objectstore import ObjectStore, ObjectStoreUnavailable
 from app.settings import Settings
 from app.validation import check_request
@@ -95,6 +96,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             audit_routes.router,
             catalog_routes.ProductController,
             *licensing_routes.route_handlers,
+            *notifications_routes.route_handlers,
         ],
     )
 

@@ -87,6 +87,9 @@ class Settings:
     # Reverse proxies (addresses or CIDR networks) whose X-Forwarded-For names the client; empty: the TCP peer
     # is the client, and X-Forwarded-For is ignored.
     trusted_proxies: tuple[IPNetwork, ...] = ()
+    # Outbound requests to user-given URLs (webhooks, opt-out evidence) may reach private, loopback and
+    # link-local addresses: for development and tests only (app/egress.py).
+    egress_allow_private: bool = False
 
     @property
     def embedded_database(self) -> bool:
@@ -126,6 +129,7 @@ class Settings:
             ("S3_SECURE", "s3_secure"),
             ("SIGNUP_OPEN", "signup_open"),
             ("REVIEW_REQUIRED", "review_required"),
+            ("EGRESS_ALLOW_PRIVATE", "egress_allow_private"),
         ]:
             if (raw := get(name)) is not None:
                 values[field] = _bool(raw, f"CORPORA_{name}")
@@ -188,6 +192,7 @@ class Settings:
             "CORPORA_DB_POOL_SIZE": str(self.db_pool_size),
             "CORPORA_JANITOR_MAX_AGE_SECONDS": str(self.janitor_max_age_seconds),
             "CORPORA_JANITOR_EVERY_SECONDS": str(self.janitor_every_seconds),
+            "CORPORA_EGRESS_ALLOW_PRIVATE": str(self.egress_allow_private).lower(),
         }
         if self.database_url is not None:
             env["CORPORA_DATABASE_URL"] = self.database_url

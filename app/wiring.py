@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 
 TASK_MODULES: list[str] = [
+    "app.notifications.tasks",
+    "licensing.notices",
     "licensing.sweeps",
 ]
 

@@ -19,6 +19,9 @@ from app.audit.service import AuditContext
 from app.auth.principal import Principal
 from app.db import utcnow
 from app.errors import ProblemError, conflict, forbidden, invalid, not_found
+from app.notifications.events import VersionEvent
+from app.notifications.models import EventType
+from app.notifications.service import publish
 from catalog import provenance_rules
 from catalog.models import SEMVER, Product, ProductVersion, VersionFile
 from catalog.terms import product_terms
@@ -398,6 +401,12 @@ async def publish_version(
         target_id=f"{slug}@{version}",
         details={"manifest_digest": row.manifest_digest, "files": len(files)},
     )
+    await publish(
+        session,
+        product.org_id,
+        EventType.VERSION_PUBLISHED if row.state == "published" else EventType.VERSION_SUBMITTED,
+        VersionEvent(product=slug, version=version, state=row.state, manifest_digest=row.manifest_digest),
+    )
     return row
 
 
@@ -452,6 +461,18 @@ async def review_version(
         target_type="version",
         target_id=f"{slug}@{version}",
         details={"reason": reason.strip()},
+    )
+    await publish(
+        session,
+        product.org_id,
+        EventType.VERSION_PUBLISHED if decision == "approve" else EventType.VERSION_REJECTED,
+        VersionEvent(
+            product=slug,
+            version=version,
+            state=row.state,
+            manifest_digest=row.manifest_digest,
+            reason=reason.strip() or None,
+        ),
     )
     return row
 

@@ -4,6 +4,7 @@ from app.accounts import models as accounts_models
 from app.audit import models as audit_models
 from app.auth import models as auth_models
 from app.db import Base
+from app.notifications import models as notifications_models
 from catalog import models as catalog_models
 from licensing.downloads import models as downloads_models
 from licensing.entitlements import models as entitlements_models
@@ -28,6 +29,7 @@ __all__ = [
     "entitlements_models",
     "include_name",
     "licences_models",
+    "notifications_models",
     "offers_models",
     "orders_models",
     "target_metadata",

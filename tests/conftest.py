@@ -33,6 +33,7 @@ from app.migrate import upgrade
 from app.settings import Settings
 
 PASSWORD = "correct horse battery staple"
+pytest_plugins = ["tests.webhook_helpers"]  # the webhook receiver and loopback-egress fixtures
 
 
 def asyncpg_dsn(url: str) -> str:

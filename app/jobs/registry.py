@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.keys import KeyRing
+from app.egress import Egress
 from app.objectstore import ObjectStore
 from app.settings import Settings
 
@@ -25,6 +26,8 @@ class JobDeps:
     sessionmaker: async_sessionmaker[AsyncSession]
     store: ObjectStore
     keyring: KeyRing
+    # Outbound HTTP to user-given URLs, with the egress checks; workers build it from their settings.
+    egress: Egress = dataclasses.field(default_factory=Egress)
 
 
 TaskFn = Callable[..., Awaitable[None]]

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from app.auth.keys import KeyRing, load_keyring
 from app.db import create_engine
+from app.egress import Egress
 from app.jobs.registry import REGISTRY, JobDeps, JobSpec
 from app.objectstore import ObjectStore
 from app.settings import Settings
@@ -89,14 +90,17 @@ async def open_deps(
     """Dependencies of a worker process: its own engine (disposed on exit), object store and keys."""
     assert settings.database_url is not None
     engine = create_engine(settings.database_url, pool_size=pool_size)
+    egress = Egress(allow_private=settings.egress_allow_private)
     try:
         yield JobDeps(
             settings=settings,
             sessionmaker=async_sessionmaker(engine, expire_on_commit=False),
             store=ObjectStore(settings),
             keyring=keyring or load_keyring(settings),
+            egress=egress,
         )
     finally:
+        await egress.aclose()
         await engine.dispose()
 
 

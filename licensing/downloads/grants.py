@@ -26,6 +26,7 @@ from app.auth.principal import Principal
 from app.db import utcnow
 from app.errors import ProblemError, forbidden, not_found
 from catalog.models import Product, ProductVersion, VersionFile
+from licensing import notices
 from licensing.downloads.models import DownloadGrant
 from licensing.entitlements.models import Entitlement
 from licensing.entitlements.service import expire_due
@@ -287,7 +288,7 @@ WITH charged AS (
       AND valid_from <= CAST(:now AS timestamptz) AND valid_until > CAST(:now AS timestamptz)
       AND (downloads_limit IS NULL OR downloads_used + CAST(:downloads AS bigint) <= downloads_limit)
       AND (bytes_limit IS NULL OR bytes_used + CAST(:bytes AS bigint) <= bytes_limit)
-    RETURNING buyer_org_id
+    RETURNING buyer_org_id, downloads_used, downloads_limit, bytes_used, bytes_limit
 ), files AS (
     SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:file_ids AS uuid[]), CAST(:paths AS text[]),
                          CAST(:sha256s AS text[]), CAST(:sizes AS bigint[]), CAST(:details AS jsonb[]))
@@ -299,7 +300,7 @@ WITH charged AS (
     CROSS JOIN LATERAL audit_append(CAST(:actor AS text), c.buyer_org_id, 'download.granted', 'download',
                                     CAST(f.id AS text), CAST(:request_id AS text), CAST(:client_addr AS text),
                                     f.details) AS e
-)
+), inserted AS (
 INSERT INTO download_grants (id, entitlement_id, user_id, api_key_id, file_id, version_id, path, sha256, size,
                              purpose, mode, manifest_digest, granted_at, window_ends_at, url_expires_at, refreshed,
                              bytes_charged, bytes_served, audit_hash)
@@ -309,6 +310,9 @@ SELECT f.id, CAST(:entitlement_id AS uuid), CAST(:user_id AS uuid), CAST(:api_ke
        CAST(:url_expires_at AS timestamptz), 0, f.size, 0, encode(e.event_hash, 'hex')
 FROM files AS f JOIN events AS e ON e.id = f.id
 RETURNING id, audit_hash
+)
+SELECT i.id, i.audit_hash, c.buyer_org_id, c.downloads_used, c.downloads_limit, c.bytes_used, c.bytes_limit
+FROM inserted AS i CROSS JOIN charged AS c
 """
 )
 
@@ -364,9 +368,24 @@ async def _charge_and_record(
         )
     ).all()
     if charged:
-        hashes = {download_id: audit_hash for download_id, audit_hash in charged}
+        hashes = {download_id: audit_hash for download_id, audit_hash, *_ in charged}
         for row in rows:
             row.audit_hash = hashes[row.id]
+        _, _, buyer_org_id, downloads_used, downloads_limit, bytes_used, bytes_limit = charged[0]
+        for quota, used, amount, limit in [
+            ("downloads", downloads_used, len(rows), downloads_limit),
+            ("bytes", bytes_used, sum(row.size for row in rows), bytes_limit),
+        ]:
+            await notices.quota_crossed(
+                session,
+                entitlement_id=entitlement.id,
+                buyer_org_id=buyer_org_id,
+                product=target.product,
+                quota=quota,
+                used=used,
+                charged=amount,
+                limit=limit,
+            )
         return
     await _refuse_charge(session, entitlement.id, len(rows), sum(row.size for row in rows), first.granted_at)
 

@@ -17,6 +17,7 @@ from app.db import utcnow
 from app.errors import conflict, forbidden, invalid, not_found
 from catalog.models import Product
 from catalog.service import member_org_ids
+from licensing import notices
 from licensing.entitlements.models import Entitlement
 
 
@@ -113,4 +114,6 @@ async def change_entitlement_status(
         target_id=entitlement.id,
         details={"reason": reason.strip(), "product": product.slug},
     )
+    if to == "revoked":
+        await notices.entitlement_revoked(session, entitlement, product)
     return entitlement

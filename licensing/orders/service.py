@@ -23,8 +23,10 @@ from app.audit.service import AuditContext
 from app.auth.principal import Principal
 from app.db import utcnow
 from app.errors import ProblemError, conflict, forbidden, invalid, not_found
+from app.notifications.models import EventType
 from catalog.models import Product
 from catalog.service import member_org_ids, product_for_reading
+from licensing import notices
 from licensing.entitlements.models import Entitlement
 from licensing.licences.models import Licence
 from licensing.licences.service import licence_dict
@@ -131,6 +133,7 @@ async def place_order(
         target_id=order.id,
         details={"offer_id": str(offer.id), "product": product.slug, "purpose": purpose, "status": status},
     )
+    await notices.order_event(session, EventType.ORDER_CREATED, order, product)
     if status == "fulfilled":
         await fulfil(session, context, order, offer, product)
     return OrderResult(order, created=True)
@@ -204,6 +207,7 @@ async def fulfil(
         target_id=entitlement.id,
         details={"order_id": str(order.id), "product": product.slug, "terms_digest": entitlement.terms_digest},
     )
+    await notices.order_event(session, EventType.ORDER_FULFILLED, order, product, entitlement_id=entitlement.id)
     return entitlement
 
 
@@ -305,6 +309,9 @@ async def decide_order(
         target_type="order",
         target_id=order.id,
         details={"reason": reason.strip(), "status": order.status},
+    )
+    await notices.order_event(
+        session, EventType.ORDER_APPROVED if approve else EventType.ORDER_REJECTED, order, product, reason=reason
     )
     if order.status == "fulfilled":
         await fulfil(session, context, order, offer, product)

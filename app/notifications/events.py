@@ -1,0 +1,54 @@
+"""The data of each event, as domains publish it and webhooks receive it (``data`` of the body)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+import msgspec
+
+
+class VersionEvent(msgspec.Struct):
+    """version.submitted, version.published, version.rejected: to the provider org."""
+
+    product: str
+    version: str
+    state: str
+    manifest_digest: str | None
+    reason: str | None = None
+
+
+class OrderEvent(msgspec.Struct):
+    """order.created, order.approved, order.rejected, order.fulfilled: to the buyer and the provider."""
+
+    order_id: str
+    status: str
+    buyer_org: str
+    provider_org: str
+    product: str
+    offer_id: str
+    purpose: str
+    entitlement_id: str | None
+    reason: str | None = None
+
+
+class EntitlementEvent(msgspec.Struct):
+    """entitlement.revoked, entitlement.expiring: to the buyer (and the provider for revocations)."""
+
+    entitlement_id: str
+    status: str
+    buyer_org: str
+    product: str
+    valid_until: dt.datetime | None
+    reason: str | None = None
+
+
+class QuotaEvent(msgspec.Struct):
+    """quota.threshold: to the buyer, once per entitlement and quota, when usage reaches 80 %."""
+
+    entitlement_id: str
+    product: str
+    quota: Literal["downloads", "bytes"]
+    used: int
+    limit: int
+    threshold: float
