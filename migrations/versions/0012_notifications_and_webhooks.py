@@ -1,7 +1,7 @@
 """Notifications: an inbox per organisation, webhook endpoints, their deliveries and the log of every attempt.
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0012
+Revises: 0009
 Create Date: 2026-12-05 08:04:06.671986
 """
 
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0016"
-down_revision: str | None = "0015"
+revision: str = "0012"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
