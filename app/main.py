@@ -25,6 +25,7 @@ from app.auth import routes as auth_routes
 from app.auth.guards import auditors_only_read, provide_audit_context, provide_optional_principal, provide_principal
 from app.auth.keys import KeyRing, load_keyring
 from app.auth.middleware import AuthMiddleware
+from app.client_guard import ClientGuard
 from app.db import create_engine, provide_session
 from app.errors import exception_handlers
 from app.metrics import RequestMetrics
@@ -65,7 +66,13 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
     if settings.database_url is None or settings.s3_endpoint is None:
         raise ValueError("create_app needs a database URL and an S3 endpoint; `corpora serve` starts embedded ones")
     keyring = keyring or load_keyring(settings)
-    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+    engine = create_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        connect_timeout=settings.db_connect_timeout_seconds,
+        statement_timeout=settings.db_statement_timeout_seconds,
+        pool_timeout=settings.db_pool_timeout_seconds,
+    )
     sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
     store = ObjectStore(settings)
     me_cache = MeCache(settings.database_url)
@@ -123,7 +130,12 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             "audit_context": Provide(provide_audit_context, sync_to_thread=False),
         },
         middleware=[
-            RequestMetrics,
+            DefineMiddleware(RequestMetrics, log_access=settings.access_log),
+            DefineMiddleware(
+                ClientGuard,
+                body_timeout=settings.body_timeout_seconds,
+                max_pending_bodies=settings.max_pending_bodies,
+            ),
             DefineMiddleware(AuthMiddleware, settings=settings, keyring=keyring, sessionmaker=sessionmaker),
         ],
         exception_handlers=exception_handlers,

@@ -52,32 +52,36 @@ class ObjectStore:
         endpoint, secure = split_endpoint(settings.s3_endpoint, settings.s3_secure)
         self.bucket = settings.s3_bucket
         self.region = settings.s3_region
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=3, read=60),
-            maxsize=32,
-            retries=urllib3.Retry(total=2, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]),
+
+        def client(timeout: urllib3.Timeout, retries: urllib3.Retry | bool, maxsize: int) -> Minio:
+            http = urllib3.PoolManager(timeout=timeout, maxsize=maxsize, retries=retries)
+            return Minio(
+                endpoint,
+                access_key=settings.s3_access_key,
+                secret_key=settings.s3_secret_key,
+                secure=secure,
+                region=settings.s3_region,
+                http_client=http,
+            )
+
+        # Every call has a deadline: connecting, and each wait for the store's next bytes. A refused connection
+        # or a 5xx is tried once more; a store that does not answer in time is not waited for again.
+        deadline = settings.s3_timeout_seconds
+        self.client = client(
+            urllib3.Timeout(connect=min(3, deadline), read=deadline),
+            urllib3.Retry(total=1, read=0, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]),
+            32,
         )
-        self.client = Minio(
-            endpoint,
-            access_key=settings.s3_access_key,
-            secret_key=settings.s3_secret_key,
-            secure=secure,
-            region=settings.s3_region,
-            http_client=http,
+        # Proxied downloads stream for as long as the client reads; only a store silent for this long ends them.
+        self.stream_client = client(
+            urllib3.Timeout(connect=min(3, deadline), read=settings.s3_stream_timeout_seconds), False, 32
         )
         # Readiness checks must answer quickly: a store that accepts connections but never replies is down.
-        self.probe_client = Minio(
-            endpoint,
-            access_key=settings.s3_access_key,
-            secret_key=settings.s3_secret_key,
-            secure=secure,
-            region=settings.s3_region,
-            http_client=urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=3), maxsize=2, retries=False),
-        )
+        self.probe_client = client(urllib3.Timeout(connect=1, read=1), False, 2)
 
-    async def _run(self, fn: Callable[[], T]) -> T:
+    async def _run(self, fn: Callable[[], T], *, abandon_on_cancel: bool = False) -> T:
         try:
-            return await anyio.to_thread.run_sync(fn)
+            return await anyio.to_thread.run_sync(fn, abandon_on_cancel=abandon_on_cancel)
         except S3Error:
             raise
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -102,7 +106,7 @@ class ObjectStore:
         return locked
 
     async def ping(self) -> None:
-        await self._run(partial(self.probe_client.bucket_exists, self.bucket))
+        await self._run(partial(self.probe_client.bucket_exists, self.bucket), abandon_on_cancel=True)
 
     async def put_bytes(
         self,
@@ -313,7 +317,9 @@ class ObjectStore:
 
     async def open_range(self, key: str, offset: int, length: int) -> ObjectReader:
         """A reader over ``length`` bytes from ``offset``; read it in chunks and always ``close()`` it."""
-        response = await self._run(partial(self.client.get_object, self.bucket, key, offset=offset, length=length))
+        response = await self._run(
+            partial(self.stream_client.get_object, self.bucket, key, offset=offset, length=length)
+        )
         return ObjectReader(self, response)
 
 

@@ -31,6 +31,8 @@ from app.migrate import upgrade
 from app.settings import Settings
 
 PASSWORD = "correct horse battery staple"
+METRICS_TOKEN = "metrics-scrape-token"
+METRICS_HEADERS = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 def asyncpg_dsn(url: str) -> str:
@@ -109,6 +111,7 @@ def settings(servers: Servers) -> Settings:
         login_max_failures=5,
         login_window_seconds=60,
         max_body_bytes=64 * 1024,
+        metrics_token=METRICS_TOKEN,
     )
 
 
