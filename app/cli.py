@@ -21,6 +21,8 @@ from app.settings import Settings, SettingsError
 
 log = logging.getLogger("corpora")
 
+SHUTDOWN_GRACE_SECONDS = 5
+
 
 @dataclasses.dataclass
 class Runtime:
@@ -32,12 +34,15 @@ class Runtime:
 
 def resolve(settings: Settings, *, need_object_store: bool = True) -> Runtime:
     """Start embedded PostgreSQL / SeaweedFS for whatever is not configured, then migrate."""
-    from app.embedded import start_postgres, start_seaweedfs
+    from app.embedded import create_database, run_postgres, start_seaweedfs
     from app.migrate import upgrade
 
     stops: list[Callable[[], None]] = []
     if settings.database_url is None:
-        settings = dataclasses.replace(settings, database_url=start_postgres(settings.data_dir))
+        postgres = run_postgres(settings.data_dir)
+        stops.append(postgres.stop)
+        create_database(postgres.url("postgres"), "corpora")
+        settings = dataclasses.replace(settings, database_url=postgres.url("corpora"))
         log.info("embedded PostgreSQL under %s", settings.data_dir / "postgres")
     if settings.s3_endpoint is None and need_object_store:
         seaweed = start_seaweedfs(settings.data_dir, settings.s3_access_key, settings.s3_secret_key)
@@ -55,13 +60,26 @@ def resolve(settings: Settings, *, need_object_store: bool = True) -> Runtime:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
     from granian.server import Server
 
     from app.auth.keys import load_keyring
+    from app.process import AlreadyServing, ServeGuard
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "workers": args.workers}.items() if v}
     settings = dataclasses.replace(settings, **overrides)
-    runtime = resolve(settings)
+    guard = ServeGuard(settings.data_dir)
+    try:
+        guard.acquire()
+    except AlreadyServing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    guard.start_watchdog()
+    try:
+        runtime = resolve(settings)
+    except BaseException:
+        guard.release()
+        raise
     try:
         load_keyring(runtime.settings)  # a development key is generated once, before workers start
         os.environ.update(runtime.settings.as_env())
@@ -81,10 +99,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             interface=Interfaces.ASGI,
             workers=runtime.settings.workers,
             factory=True,
-            log_access=False,
+            log_access=False,  # the app writes its own access log (app/metrics.py)
+            # Slow clients: headers must arrive in time, and each worker keeps a bounded number of connections
+            # (granian's backpressure counts connections, kept ones included); bodies: app/client_guard.py.
+            http1_settings=HTTP1Settings(header_read_timeout=runtime.settings.header_timeout_seconds * 1000),
+            backlog=max(1024, runtime.settings.max_connections),
+            backpressure=runtime.settings.max_connections,
+            # SIGTERM: in-flight requests get this long to finish, so serve stops within ten seconds.
+            workers_kill_timeout=SHUTDOWN_GRACE_SECONDS,
         ).serve()
     finally:
         runtime.stop()
+        guard.release()
     return 0
 
 

@@ -22,7 +22,7 @@ import logging
 import time
 
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
+from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 
 from app.errors import ClientGone, ProblemError
 
@@ -60,7 +60,6 @@ class ClientGuard:
         self.pending_bodies += 1
         pending = True
         deadline = time.monotonic() + self.body_timeout
-        gone = False
 
         def release() -> None:
             nonlocal pending
@@ -69,7 +68,6 @@ class ClientGuard:
                 self.pending_bodies -= 1
 
         async def guarded_receive() -> ReceiveMessage:
-            nonlocal gone
             if not pending:  # the body was read; what is left to receive is the end of the exchange
                 return await receive()
             try:
@@ -86,18 +84,14 @@ class ClientGuard:
                 ) from None
             if message["type"] == "http.disconnect":
                 release()
-                gone = True
                 raise ClientGone()
             if not message.get("more_body", False):
                 release()
             return message
 
-        async def guarded_send(message: Message) -> None:
-            if not gone:
-                await send(message)
-
         try:
-            await self.app(scope, guarded_receive, guarded_send)
+            # The 499 answered for a client gone is sent on regardless: the server drops it, the metrics count it.
+            await self.app(scope, guarded_receive, send)
         except ClientGone:
             # Raised here when no exception handler ran (the body was read by a middleware).
             log.info("client went away before its request was read: %s %s", *_route(scope))

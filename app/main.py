@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 
 from litestar import Litestar, Router
@@ -30,6 +31,7 @@ from app.db import create_engine, provide_session
 from app.errors import exception_handlers
 from app.metrics import RequestMetrics
 from app.objectstore import ObjectStore, ObjectStoreUnavailable
+from app.process import die_with_parent
 from app.settings import Settings
 from app.validation import check_request
 from catalog import routes as catalog_routes
@@ -169,5 +171,6 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
 
 def app_from_env() -> Litestar:
     """Entry point for server workers: settings from the environment the supervisor prepared."""
+    die_with_parent(signal.SIGTERM)  # a worker never outlives its supervisor, however that ends
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return create_app(Settings.from_env())
