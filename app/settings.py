@@ -96,7 +96,7 @@ class Settings:
     max_pending_bodies: int = 512
     # Deadlines on dependencies: a hung PostgreSQL or object store is a 503 within seconds.
     db_connect_timeout_seconds: int = 3
-    db_statement_timeout_seconds: int = 5
+    db_statement_timeout_seconds: int = 4
     db_pool_timeout_seconds: int = 3
     s3_timeout_seconds: int = 5
     # Proxied downloads wait this long for the object store's next bytes before giving up.
