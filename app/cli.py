@@ -17,6 +17,7 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 
+from app import redact
 from app.settings import Settings, SettingsError
 
 log = logging.getLogger("corpora")
@@ -347,6 +348,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # a line per HTTP request is noise to whoever runs a command
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    redact.install()  # no token or presigned URL reaches the terminal or a log, whatever the level
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

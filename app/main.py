@@ -17,7 +17,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from app import health
+from app import health, redact
 from app.accounts import routes as accounts_routes
 from app.accounts.me_cache import MeCache
 from app.audit import routes as audit_routes
@@ -173,4 +173,5 @@ def app_from_env() -> Litestar:
     """Entry point for server workers: settings from the environment the supervisor prepared."""
     die_with_parent(signal.SIGTERM)  # a worker never outlives its supervisor, however that ends
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact.install()
     return create_app(Settings.from_env())
