@@ -13,11 +13,10 @@ from litestar.config.app import AppConfig
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from app import health, redact
+from app import docs, health, redact
 from app.accounts import routes as accounts_routes
 from app.accounts.me_cache import MeCache
 from app.audit import routes as audit_routes
@@ -124,7 +123,14 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
         return config
 
     return Litestar(
-        route_handlers=[api, auth_routes.jwks, health.healthz, health.readyz, health.MetricsController],
+        route_handlers=[
+            api,
+            auth_routes.jwks,
+            health.healthz,
+            health.readyz,
+            health.MetricsController,
+            docs.assets_router(),
+        ],
         dependencies={
             "session": Provide(provide_session),
             "principal": Provide(provide_principal, sync_to_thread=False),
@@ -154,7 +160,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
                 "application/problem+json documents."
             ),
             path="/schema",
-            render_plugins=[ScalarRenderPlugin()],
+            render_plugins=[docs.render_plugin()],
             components=Components(
                 security_schemes={
                     "BearerToken": SecurityScheme(
