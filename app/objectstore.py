@@ -72,10 +72,8 @@ class ObjectStore:
             urllib3.Retry(total=1, read=0, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]),
             32,
         )
-        # Proxied downloads stream for as long as the client reads; only a store silent for this long ends them.
-        self.stream_client = client(
-            urllib3.Timeout(connect=min(3, deadline), read=settings.s3_stream_timeout_seconds), False, 32
-        )
+        # A proxied download, once the store has started answering, waits this long for each next piece.
+        self.stream_timeout = settings.s3_stream_timeout_seconds
         # Readiness checks must answer quickly: a store that accepts connections but never replies is down.
         self.probe_client = client(urllib3.Timeout(connect=1, read=1), False, 2)
 
@@ -316,11 +314,20 @@ class ObjectStore:
     # --- downloads ----------------------------------------------------------------------------------------
 
     async def open_range(self, key: str, offset: int, length: int) -> ObjectReader:
-        """A reader over ``length`` bytes from ``offset``; read it in chunks and always ``close()`` it."""
-        response = await self._run(
-            partial(self.stream_client.get_object, self.bucket, key, offset=offset, length=length)
-        )
-        return ObjectReader(self, response)
+        """A reader over ``length`` bytes from ``offset``; read it in chunks and always ``close()`` it.
+
+        The store must start answering within the usual deadline; from then on the stream has its own, longer
+        idle deadline (a slow client makes the server read slowly too, and the store may pause)."""
+
+        def open_stream() -> urllib3.BaseHTTPResponse:
+            response = self.client.get_object(self.bucket, key, offset=offset, length=length)
+            connection = getattr(response, "connection", None)
+            sock = getattr(connection, "sock", None)
+            if sock is not None:
+                sock.settimeout(self.stream_timeout)
+            return response
+
+        return ObjectReader(self, await self._run(open_stream))
 
 
 class ObjectReader:

@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.embedded import EmbeddedPostgres, create_database, run_postgres
 from app.main import create_app
 from app.migrate import upgrade
+from app.objectstore import ObjectStore
 from app.settings import Settings
 from tests.catalog_helpers import make_product, make_version
 from tests.conftest import METRICS_HEADERS, PASSWORD, asyncpg_dsn, make_org, sign_up, unique_email
@@ -295,3 +296,20 @@ async def test_a_stalled_object_store_is_a_503_within_seconds(settings: Settings
             assert done.status_code == 200, done.text
     finally:
         proxy.close()
+
+
+async def test_a_proxied_stream_has_its_own_longer_idle_deadline(settings: Settings) -> None:
+    """The store must start answering within CORPORA_S3_TIMEOUT_SECONDS; an open stream then waits
+    CORPORA_S3_STREAM_TIMEOUT_SECONDS for each next piece."""
+    store = ObjectStore(dataclasses.replace(settings, s3_timeout_seconds=2, s3_stream_timeout_seconds=42))
+    await store.ensure_bucket()
+    key = f"tests/stream-{time.monotonic_ns()}"
+    await store.put_bytes(key, b"x" * 1000)
+    reader = await store.open_range(key, 0, 1000)
+    try:
+        sock = reader._response.connection.sock  # type: ignore[attr-defined]
+        assert sock.gettimeout() == 42
+        assert await reader.read(1000) == b"x" * 1000
+    finally:
+        reader.close()
+    assert store.client._http.connection_pool_kw["timeout"].read_timeout == 2
