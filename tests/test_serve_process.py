@@ -132,3 +132,25 @@ def _sigterm_finishes_in_flight_requests(serve: Serve) -> None:
     serve.popen.wait(timeout=STOP_WITHIN + 5)
     assert time.monotonic() - stopping < STOP_WITHIN
     assert serve.popen.returncode == 0, serve.tail()
+
+
+def test_a_stale_postmaster_pid_is_cleaned_at_the_next_start(private_root: Path) -> None:
+    """A ``postmaster.pid`` naming a process that is not this data dir's PostgreSQL (the server was killed and
+    its pid reused) would make PostgreSQL refuse to start; the next start removes it."""
+    from app.embedded import create_database, run_postgres
+
+    server = run_postgres(private_root)
+    server.stop()
+    lock = private_root / "postgres" / "postmaster.pid"
+    assert not lock.exists()
+    impostor = subprocess.Popen(["sleep", "60"])  # alive, and not PostgreSQL: as a reused pid would be
+    lock.write_text(f"{impostor.pid}\n{private_root / 'postgres'}\n0\n5432\n\n\n\nready\n")
+    restarted = run_postgres(private_root)
+    try:
+        assert restarted.process is not None  # started anew, not "joined" the impostor
+        create_database(restarted.url("postgres"), "stale_check")
+    finally:
+        restarted.stop()
+        impostor.kill()
+        impostor.wait()
+    assert not lock.exists()
