@@ -18,9 +18,13 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
+from app import redact
 from app.settings import Settings, SettingsError
 
 log = logging.getLogger("corpora")
+
+SHUTDOWN_GRACE_SECONDS = 5
+JOB_WORKER_GRACE_SECONDS = 3
 
 
 @dataclasses.dataclass
@@ -33,12 +37,15 @@ class Runtime:
 
 def resolve(settings: Settings, *, need_object_store: bool = True) -> Runtime:
     """Start embedded PostgreSQL / SeaweedFS for whatever is not configured, then migrate."""
-    from app.embedded import start_postgres, start_seaweedfs
+    from app.embedded import create_database, run_postgres, start_seaweedfs
     from app.migrate import upgrade
 
     stops: list[Callable[[], None]] = []
     if settings.database_url is None:
-        settings = dataclasses.replace(settings, database_url=start_postgres(settings.data_dir))
+        postgres = run_postgres(settings.data_dir)
+        stops.append(postgres.stop)
+        create_database(postgres.url("postgres"), "corpora")
+        settings = dataclasses.replace(settings, database_url=postgres.url("corpora"))
         log.info("embedded PostgreSQL under %s", settings.data_dir / "postgres")
     if settings.s3_endpoint is None and need_object_store:
         seaweed = start_seaweedfs(settings.data_dir, settings.s3_access_key, settings.s3_secret_key)
@@ -56,13 +63,26 @@ def resolve(settings: Settings, *, need_object_store: bool = True) -> Runtime:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
     from granian.server import Server
 
     from app.auth.keys import load_keyring
+    from app.process import AlreadyServing, ServeGuard
 
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "workers": args.workers}.items() if v}
     settings = dataclasses.replace(settings, **overrides)
-    runtime = resolve(settings)
+    guard = ServeGuard(settings.data_dir)
+    try:
+        guard.acquire()
+    except AlreadyServing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    guard.start_watchdog()
+    try:
+        runtime = resolve(settings)
+    except BaseException:
+        guard.release()
+        raise
     stops: list[Callable[[], None]] = []
     try:
         load_keyring(runtime.settings)  # a development key is generated once, before workers start
@@ -85,34 +105,40 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             interface=Interfaces.ASGI,
             workers=runtime.settings.workers,
             factory=True,
-            log_access=False,
+            log_access=False,  # the app writes its own access log (app/metrics.py)
+            # Slow clients: headers must arrive in time, and each worker keeps a bounded number of connections
+            # (granian's backpressure counts connections, kept ones included); bodies: app/client_guard.py.
+            http1_settings=HTTP1Settings(header_read_timeout=runtime.settings.header_timeout_seconds * 1000),
+            backlog=max(1024, runtime.settings.max_connections),
+            backpressure=runtime.settings.max_connections,
+            # SIGTERM: in-flight requests get this long to finish, so serve stops within ten seconds.
+            workers_kill_timeout=SHUTDOWN_GRACE_SECONDS,
         ).serve()
     finally:
         for stop in stops:
             stop()
         runtime.stop()
+        guard.release()
     return 0
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: the kernel sends SIGTERM when the parent dies, even of SIGKILL (Linux)."""
-    if sys.platform == "linux":
-        import ctypes
-        import signal
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def start_worker_process(concurrency: int) -> subprocess.Popen[bytes]:
-    """The job worker that ``serve`` runs beside the API, a process of its own with the same environment."""
+    """The job worker that ``serve`` runs beside the API, a process of its own with the same environment; the
+    kernel sends it SIGTERM when serve dies, however serve dies (Linux)."""
+    import signal
+
+    from app.process import child_setup
+
     command = [sys.executable, "-m", "app.cli", "worker", "--concurrency", str(concurrency), "--name", "serve"]
-    return subprocess.Popen(command, preexec_fn=_die_with_parent)
+    return subprocess.Popen(command, preexec_fn=child_setup(user=None, die_with_parent=signal.SIGTERM))
 
 
 def stop_worker_process(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()  # the worker finishes running jobs, up to its graceful timeout
+    # The worker finishes the jobs it runs if it can within the grace serve's own stop leaves it (serve stops
+    # within ten seconds); a job cut short is retried, as after any crash.
+    process.terminate()
     try:
-        process.wait(timeout=40)
+        process.wait(timeout=JOB_WORKER_GRACE_SECONDS)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
@@ -426,6 +452,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # a line per HTTP request is noise to whoever runs a command
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    redact.install()  # no token or presigned URL reaches the terminal or a log, whatever the level
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

@@ -50,7 +50,22 @@ def async_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    connect_timeout: float = 5,
+    statement_timeout: float | None = None,
+    pool_timeout: float = 10,
+) -> AsyncEngine:
+    """An engine whose every wait has a deadline: connecting, a pool checkout and (with
+    ``statement_timeout``) each statement. The server cancels a statement at the deadline, leaving the
+    connection usable; the client gives up half a second later, for a server that does not answer at all
+    (a stopped server costs a little more: the driver's next step on that connection waits once more)."""
+    connect_args: dict[str, object] = {"timeout": connect_timeout, "command_timeout": 30}
+    if statement_timeout is not None:
+        connect_args["command_timeout"] = statement_timeout + 0.5
+        connect_args["server_settings"] = {"statement_timeout": str(int(statement_timeout * 1000))}
     return create_async_engine(
         async_url(url),
         pool_size=pool_size,
@@ -58,8 +73,8 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         # No pre-ping: it costs three round trips per checkout. A connection that died is detected on use,
         # the request answers 503, and SQLAlchemy invalidates the pool so the next checkout reconnects.
         pool_recycle=1800,
-        pool_timeout=10,
-        connect_args={"timeout": 5, "command_timeout": 30},
+        pool_timeout=pool_timeout,
+        connect_args=connect_args,
     )
 
 

@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -28,6 +29,18 @@ RETRY_AFTER_SECONDS = 5
 FROZEN_SQLSTATE = "55000"
 # PostgreSQL text and jsonb cannot hold U+0000: character_not_in_repertoire, untranslatable_character.
 NUL_SQLSTATES = frozenset({"22021", "22P05"})
+# The database is going away, restarting, in crash recovery, out of resources, or cancelled a statement at
+# its deadline (statement_timeout): all mean "try again shortly", never a server error. Class 08 (connection
+# exceptions) counts whole.
+UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57014", "53000", "53100", "53200", "53300", "53400"})
+
+
+# nginx's "client closed request": the client went away before it could be answered.
+CLIENT_CLOSED_REQUEST = 499
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was read: nobody is left to answer."""
 
 
 class FieldProblem(msgspec.Struct):
@@ -230,6 +243,45 @@ def handle_undecodable(request: Request[Any, Any, Any], exc: UnicodeDecodeError)
     )
 
 
+def _unavailable_sqlstate(sqlstate: object) -> bool:
+    return isinstance(sqlstate, str) and (sqlstate in UNAVAILABLE_SQLSTATES or sqlstate.startswith("08"))
+
+
+def dependency_unavailable(exc: BaseException | None) -> bool:
+    """Whether ``exc`` says PostgreSQL or the object store is down, hung, restarting or overloaded.
+
+    Sees through SQLAlchemy's wrappers (``DBAPIError`` around the driver's error, which wraps asyncpg's)."""
+    if exc is None:
+        return False
+    if isinstance(exc, ObjectStoreUnavailable | PoolTimeoutError | OSError | asyncpg.InterfaceError):
+        return True  # OSError: refused, reset, timed out (TimeoutError); asyncpg: the connection is gone
+    if isinstance(exc, asyncpg.PostgresError):
+        return _unavailable_sqlstate(exc.sqlstate)
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+            return True
+        orig = exc.orig
+        return _unavailable_sqlstate(getattr(orig, "sqlstate", None)) or (
+            orig is not None and orig is not exc and dependency_unavailable(orig.__cause__)
+        )
+    return False
+
+
+def answered_status(exc: BaseException) -> int:
+    """The status the exception handlers answer ``exc`` with, for code that sees the exception (metrics)."""
+    while isinstance(exc, ExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, ProblemError):
+        return exc.status
+    if isinstance(exc, HTTPException):
+        return exc.status_code
+    if isinstance(exc, ClientGone):
+        return CLIENT_CLOSED_REQUEST
+    if dependency_unavailable(exc):
+        return 503
+    return HTTP_500_INTERNAL_SERVER_ERROR
+
+
 def handle_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.warning("dependency unavailable on %s: %s", request.url.path, exc)
     which = "object store" if isinstance(exc, ObjectStoreUnavailable) else "database"
@@ -237,7 +289,7 @@ def handle_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Respo
         503,
         "dependency-unavailable",
         "Service unavailable",
-        f"the {which} is unreachable; nothing was changed, retry after {RETRY_AFTER_SECONDS} seconds",
+        f"the {which} is unreachable or not answering; nothing was changed, retry after {RETRY_AFTER_SECONDS} seconds",
         request=request,
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
@@ -256,13 +308,11 @@ def handle_dbapi(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[A
             "text in the request contains the NUL character (U+0000), which is not accepted anywhere; remove it",
             request=request,
         )
-    if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
-        return handle_unavailable(request, exc)
     return handle_internal(request, exc)
 
 
 def handle_internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    if isinstance(exc, ConnectionError | TimeoutError | PoolTimeoutError):
+    if dependency_unavailable(exc):
         return handle_unavailable(request, exc)
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(
@@ -272,6 +322,12 @@ def handle_internal(request: Request[Any, Any, Any], exc: Exception) -> Response
         "an unexpected error occurred; it has been logged",
         request=request,
     )
+
+
+def handle_client_gone(request: Request[Any, Any, Any], exc: ClientGone) -> Response[Any]:
+    """Not a server error: noted at INFO, and answered (to nobody) with 499 so metrics count it as such."""
+    log.info("client went away before its request was read: %s %s", request.method, request.url.path)
+    return Response(content=b"", status_code=CLIENT_CLOSED_REQUEST)
 
 
 def handle_exception_group(request: Request[Any, Any, Any], exc: ExceptionGroup[Exception]) -> Response[Any]:
@@ -303,6 +359,7 @@ exception_handlers: dict[Any, Any] = {
     PoolTimeoutError: handle_unavailable,
     OSError: handle_unavailable,
     UnicodeDecodeError: handle_undecodable,
+    ClientGone: handle_client_gone,
     ExceptionGroup: handle_exception_group,
     Exception: handle_internal,
 }

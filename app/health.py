@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+from collections.abc import Coroutine
 from typing import Any
 
 from litestar import Response, get
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
+from litestar.handlers import BaseRouteHandler
 from litestar.plugins.prometheus import PrometheusController
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.errors import RETRY_AFTER_SECONDS
+from app.errors import RETRY_AFTER_SECONDS, not_found, unauthorized
 from app.objectstore import ObjectStore
+from app.settings import Settings
+
+# Routes with this option check their own credentials: the auth middleware leaves the Authorization header be.
+OWN_AUTH = "own_auth"
 
 
 @get("/healthz", summary="Liveness: the process answers", tags=["operations"], include_in_schema=True)
@@ -19,22 +28,30 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+READY_DEADLINE_SECONDS = 1.5  # /readyz answers within two seconds whatever hangs
+
+
+async def _check(probe: Coroutine[Any, Any, object]) -> str:
+    try:
+        await asyncio.wait_for(probe, READY_DEADLINE_SECONDS)
+    except TimeoutError:
+        return f"unavailable: no answer within {READY_DEADLINE_SECONDS}s"
+    except Exception as exc:  # readiness reports every failure as "not ready"
+        return f"unavailable: {type(exc).__name__}"
+    return "ok"
+
+
+async def _database(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+
+
 @get("/readyz", summary="Readiness: the database and the object store answer", tags=["operations"])
 async def readyz(state: State) -> Response[dict[str, Any]]:
     engine: AsyncEngine = state.engine
     store: ObjectStore = state.object_store
-    checks: dict[str, str] = {}
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as exc:  # readiness reports every failure as "not ready"
-        checks["database"] = f"unavailable: {type(exc).__name__}"
-    try:
-        await store.ping()
-        checks["object_store"] = "ok"
-    except Exception as exc:
-        checks["object_store"] = f"unavailable: {type(exc).__name__}"
+    database, object_store = await asyncio.gather(_check(_database(engine)), _check(store.ping()))
+    checks = {"database": database, "object_store": object_store}
     ready = all(value == "ok" for value in checks.values())
     return Response(
         {"status": "ready" if ready else "unavailable", "checks": checks},
@@ -43,6 +60,22 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
     )
 
 
+def metrics_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """/metrics is off the public API: it answers with ``CORPORA_METRICS_TOKEN`` as a bearer token, to
+    anyone only with ``CORPORA_METRICS_PUBLIC=true``, and is a 404 otherwise."""
+    settings: Settings = connection.app.state.settings
+    if settings.metrics_public:
+        return
+    if settings.metrics_token is None:
+        raise not_found("/metrics")
+    scheme, _sep, presented = (connection.headers.get("authorization") or "").partition(" ")
+    expected = settings.metrics_token.encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), expected):
+        raise unauthorized("/metrics needs 'Authorization: Bearer <CORPORA_METRICS_TOKEN>'")
+
+
 class MetricsController(PrometheusController):
     path = "/metrics"
     tags = ["operations"]
+    guards = [metrics_guard]
+    opt = {OWN_AUTH: True}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 
 from litestar import Litestar, Router
@@ -12,11 +13,10 @@ from litestar.config.app import AppConfig
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from app import health
+from app import docs, health, redact
 from app.accounts import routes as accounts_routes
 from app.accounts.me_cache import MeCache
 from app.audit import routes as audit_routes
@@ -25,11 +25,13 @@ from app.auth import routes as auth_routes
 from app.auth.guards import auditors_only_read, provide_audit_context, provide_optional_principal, provide_principal
 from app.auth.keys import KeyRing, load_keyring
 from app.auth.middleware import AuthMiddleware
+from app.client_guard import ClientGuard
 from app.db import create_engine, provide_session
 from app.errors import exception_handlers
 from app.metrics import RequestMetrics
 from app.notifications import routes as notifications_routes
 from app.objectstore import ObjectStore, ObjectStoreUnavailable
+from app.process import die_with_parent
 from app.settings import Settings
 from app.validation import check_request
 from app.wiring import load_tasks
@@ -67,7 +69,13 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
         raise ValueError("create_app needs a database URL and an S3 endpoint; `corpora serve` starts embedded ones")
     load_tasks()  # services enqueue jobs by name
     keyring = keyring or load_keyring(settings)
-    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+    engine = create_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        connect_timeout=settings.db_connect_timeout_seconds,
+        statement_timeout=settings.db_statement_timeout_seconds,
+        pool_timeout=settings.db_pool_timeout_seconds,
+    )
     sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
     store = ObjectStore(settings)
     me_cache = MeCache(settings.database_url)
@@ -116,7 +124,14 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
         return config
 
     return Litestar(
-        route_handlers=[api, auth_routes.jwks, health.healthz, health.readyz, health.MetricsController],
+        route_handlers=[
+            api,
+            auth_routes.jwks,
+            health.healthz,
+            health.readyz,
+            health.MetricsController,
+            docs.assets_router(),
+        ],
         dependencies={
             "session": Provide(provide_session),
             "principal": Provide(provide_principal, sync_to_thread=False),
@@ -124,7 +139,12 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             "audit_context": Provide(provide_audit_context, sync_to_thread=False),
         },
         middleware=[
-            RequestMetrics,
+            DefineMiddleware(RequestMetrics, log_access=settings.access_log),
+            DefineMiddleware(
+                ClientGuard,
+                body_timeout=settings.body_timeout_seconds,
+                max_pending_bodies=settings.max_pending_bodies,
+            ),
             DefineMiddleware(AuthMiddleware, settings=settings, keyring=keyring, sessionmaker=sessionmaker),
         ],
         exception_handlers=exception_handlers,
@@ -141,7 +161,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
                 "application/problem+json documents."
             ),
             path="/schema",
-            render_plugins=[ScalarRenderPlugin()],
+            render_plugins=[docs.render_plugin()],
             components=Components(
                 security_schemes={
                     "BearerToken": SecurityScheme(
@@ -158,5 +178,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
 
 def app_from_env() -> Litestar:
     """Entry point for server workers: settings from the environment the supervisor prepared."""
+    die_with_parent(signal.SIGTERM)  # a worker never outlives its supervisor, however that ends
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact.install()
     return create_app(Settings.from_env())

@@ -1,5 +1,5 @@
-"""The service's Prometheus metrics: every HTTP request's count, duration and requests in flight, per route,
-and the download counters.
+"""The service's Prometheus metrics (every HTTP request's count, duration and requests in flight, per route,
+and the download counters) and the access log (one JSON line per request on the ``corpora.access`` logger).
 
 A lean ASGI middleware rather than litestar's Prometheus plugin middleware, which builds a ``Request`` and
 resolves four labelled children on every call: here the labelled children are looked up once per route
@@ -9,16 +9,19 @@ label cardinality is bounded by the routes, not by the ids in URLs.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import time
 from typing import Any
 
 from litestar.enums import ScopeType
-from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter, Gauge, Histogram, values
 
-from app.errors import ProblemError
+from app.errors import answered_status
+
+access_log = logging.getLogger("corpora.access")
 
 _pid = os.getpid()
 
@@ -50,8 +53,9 @@ BYTES_SERVED = Counter("corpora_download_bytes_served", "Bytes streamed through 
 
 
 class RequestMetrics:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, log_access: bool = False) -> None:
         self.app = app
+        self.log_access = log_access
         self._route_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._request_counters: dict[tuple[str, str, int], Any] = {}
 
@@ -76,15 +80,15 @@ class RequestMetrics:
         in_progress.inc()
         try:
             await self.app(scope, receive, send_noting_status)
-        except ProblemError as exc:  # refused in a middleware (a bad token): answered further out
-            status = exc.status
-            raise
-        except HTTPException as exc:
-            status = exc.status_code
+        except Exception as exc:  # refused in a middleware (a bad token, the database down): answered further out
+            status = answered_status(exc)
             raise
         finally:
             in_progress.dec()
-            duration.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            duration.observe(elapsed)
+            if self.log_access:
+                _log_access(scope, route, status, elapsed)
             key = (*route, status)
             counter = self._request_counters.get(key)
             if counter is None:
@@ -92,3 +96,22 @@ class RequestMetrics:
             counter.inc()
             if status >= 500:
                 SERVER_ERRORS.labels(*route).inc()
+
+
+def _log_access(scope: Scope, route: tuple[str, str], status: int, elapsed: float) -> None:
+    state = scope.get("state") or {}
+    user = scope.get("user")
+    access_log.info(
+        json.dumps(
+            {
+                "request_id": state.get("request_id"),
+                "method": route[0],
+                "route": route[1],
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+                "actor": getattr(user, "actor", None),
+                "client": state.get("client_addr"),
+            },
+            separators=(",", ":"),
+        )
+    )

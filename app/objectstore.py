@@ -52,32 +52,34 @@ class ObjectStore:
         endpoint, secure = split_endpoint(settings.s3_endpoint, settings.s3_secure)
         self.bucket = settings.s3_bucket
         self.region = settings.s3_region
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=3, read=60),
-            maxsize=32,
-            retries=urllib3.Retry(total=2, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]),
-        )
-        self.client = Minio(
-            endpoint,
-            access_key=settings.s3_access_key,
-            secret_key=settings.s3_secret_key,
-            secure=secure,
-            region=settings.s3_region,
-            http_client=http,
-        )
-        # Readiness checks must answer quickly: a store that accepts connections but never replies is down.
-        self.probe_client = Minio(
-            endpoint,
-            access_key=settings.s3_access_key,
-            secret_key=settings.s3_secret_key,
-            secure=secure,
-            region=settings.s3_region,
-            http_client=urllib3.PoolManager(timeout=urllib3.Timeout(connect=2, read=3), maxsize=2, retries=False),
-        )
 
-    async def _run(self, fn: Callable[[], T]) -> T:
+        def client(timeout: urllib3.Timeout, retries: urllib3.Retry | bool, maxsize: int) -> Minio:
+            http = urllib3.PoolManager(timeout=timeout, maxsize=maxsize, retries=retries)
+            return Minio(
+                endpoint,
+                access_key=settings.s3_access_key,
+                secret_key=settings.s3_secret_key,
+                secure=secure,
+                region=settings.s3_region,
+                http_client=http,
+            )
+
+        # Every call has a deadline: connecting, and each wait for the store's next bytes. A refused connection
+        # or a 5xx is tried once more; a store that does not answer in time is not waited for again.
+        deadline = settings.s3_timeout_seconds
+        self.client = client(
+            urllib3.Timeout(connect=min(3, deadline), read=deadline),
+            urllib3.Retry(total=1, read=0, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]),
+            32,
+        )
+        # A proxied download, once the store has started answering, waits this long for each next piece.
+        self.stream_timeout = settings.s3_stream_timeout_seconds
+        # Readiness checks must answer quickly: a store that accepts connections but never replies is down.
+        self.probe_client = client(urllib3.Timeout(connect=1, read=1), False, 2)
+
+    async def _run(self, fn: Callable[[], T], *, abandon_on_cancel: bool = False) -> T:
         try:
-            return await anyio.to_thread.run_sync(fn)
+            return await anyio.to_thread.run_sync(fn, abandon_on_cancel=abandon_on_cancel)
         except S3Error:
             raise
         except (urllib3.exceptions.HTTPError, OSError) as exc:
@@ -102,7 +104,7 @@ class ObjectStore:
         return locked
 
     async def ping(self) -> None:
-        await self._run(partial(self.probe_client.bucket_exists, self.bucket))
+        await self._run(partial(self.probe_client.bucket_exists, self.bucket), abandon_on_cancel=True)
 
     async def put_bytes(
         self,
@@ -312,9 +314,20 @@ class ObjectStore:
     # --- downloads ----------------------------------------------------------------------------------------
 
     async def open_range(self, key: str, offset: int, length: int) -> ObjectReader:
-        """A reader over ``length`` bytes from ``offset``; read it in chunks and always ``close()`` it."""
-        response = await self._run(partial(self.client.get_object, self.bucket, key, offset=offset, length=length))
-        return ObjectReader(self, response)
+        """A reader over ``length`` bytes from ``offset``; read it in chunks and always ``close()`` it.
+
+        The store must start answering within the usual deadline; from then on the stream has its own, longer
+        idle deadline (a slow client makes the server read slowly too, and the store may pause)."""
+
+        def open_stream() -> urllib3.BaseHTTPResponse:
+            response = self.client.get_object(self.bucket, key, offset=offset, length=length)
+            connection = getattr(response, "connection", None)
+            sock = getattr(connection, "sock", None)
+            if sock is not None:
+                sock.settimeout(self.stream_timeout)
+            return response
+
+        return ObjectReader(self, await self._run(open_stream))
 
 
 class ObjectReader:

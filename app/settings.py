@@ -90,6 +90,25 @@ class Settings:
     # Outbound requests to user-given URLs (webhooks, opt-out evidence) may reach private, loopback and
     # link-local addresses: for development and tests only (app/egress.py).
     egress_allow_private: bool = False
+    # Hostile and slow clients (app/client_guard.py): a request's headers must arrive within
+    # header_timeout_seconds and its body within body_timeout_seconds; each server worker keeps at most
+    # max_connections connections and reads at most max_pending_bodies bodies at once (beyond: 503).
+    header_timeout_seconds: int = 10
+    body_timeout_seconds: int = 15
+    max_connections: int = 2048
+    max_pending_bodies: int = 512
+    # Deadlines on dependencies: a hung PostgreSQL or object store is a 503 within seconds.
+    db_connect_timeout_seconds: int = 3
+    db_statement_timeout_seconds: int = 4
+    db_pool_timeout_seconds: int = 3
+    s3_timeout_seconds: int = 5
+    # Proxied downloads wait this long for the object store's next bytes before giving up.
+    s3_stream_timeout_seconds: int = 60
+    # One JSON line per request on the ``corpora.access`` logger.
+    access_log: bool = True
+    # Bearer token that /metrics requires; unset: /metrics answers 404 unless metrics_public.
+    metrics_token: str | None = None
+    metrics_public: bool = False
 
     @property
     def embedded_database(self) -> bool:
@@ -122,6 +141,7 @@ class Settings:
             ("JWT_ISSUER", "jwt_issuer"),
             ("JWT_AUDIENCE", "jwt_audience"),
             ("PAYMENT_WEBHOOK_SECRET", "payment_webhook_secret"),
+            ("METRICS_TOKEN", "metrics_token"),
         ]:
             if (raw := get(name)) is not None:
                 values[field] = raw
@@ -130,6 +150,8 @@ class Settings:
             ("SIGNUP_OPEN", "signup_open"),
             ("REVIEW_REQUIRED", "review_required"),
             ("EGRESS_ALLOW_PRIVATE", "egress_allow_private"),
+            ("ACCESS_LOG", "access_log"),
+            ("METRICS_PUBLIC", "metrics_public"),
         ]:
             if (raw := get(name)) is not None:
                 values[field] = _bool(raw, f"CORPORA_{name}")
@@ -148,6 +170,15 @@ class Settings:
             ("DB_POOL_SIZE", "db_pool_size", 1, 200),
             ("JANITOR_MAX_AGE_SECONDS", "janitor_max_age_seconds", 60, 365 * 24 * 3600),
             ("JANITOR_EVERY_SECONDS", "janitor_every_seconds", 0, 7 * 24 * 3600),
+            ("HEADER_TIMEOUT_SECONDS", "header_timeout_seconds", 1, 60),
+            ("BODY_TIMEOUT_SECONDS", "body_timeout_seconds", 1, 3600),
+            ("MAX_CONNECTIONS", "max_connections", 16, 65536),
+            ("MAX_PENDING_BODIES", "max_pending_bodies", 1, 65536),
+            ("DB_CONNECT_TIMEOUT_SECONDS", "db_connect_timeout_seconds", 1, 60),
+            ("DB_STATEMENT_TIMEOUT_SECONDS", "db_statement_timeout_seconds", 1, 3600),
+            ("DB_POOL_TIMEOUT_SECONDS", "db_pool_timeout_seconds", 1, 60),
+            ("S3_TIMEOUT_SECONDS", "s3_timeout_seconds", 1, 600),
+            ("S3_STREAM_TIMEOUT_SECONDS", "s3_stream_timeout_seconds", 1, 3600),
         ]:
             if (raw := get(name)) is not None:
                 values[field] = _int(raw, f"CORPORA_{name}", low=low, high=high)
@@ -193,6 +224,17 @@ class Settings:
             "CORPORA_JANITOR_MAX_AGE_SECONDS": str(self.janitor_max_age_seconds),
             "CORPORA_JANITOR_EVERY_SECONDS": str(self.janitor_every_seconds),
             "CORPORA_EGRESS_ALLOW_PRIVATE": str(self.egress_allow_private).lower(),
+            "CORPORA_HEADER_TIMEOUT_SECONDS": str(self.header_timeout_seconds),
+            "CORPORA_BODY_TIMEOUT_SECONDS": str(self.body_timeout_seconds),
+            "CORPORA_MAX_CONNECTIONS": str(self.max_connections),
+            "CORPORA_MAX_PENDING_BODIES": str(self.max_pending_bodies),
+            "CORPORA_DB_CONNECT_TIMEOUT_SECONDS": str(self.db_connect_timeout_seconds),
+            "CORPORA_DB_STATEMENT_TIMEOUT_SECONDS": str(self.db_statement_timeout_seconds),
+            "CORPORA_DB_POOL_TIMEOUT_SECONDS": str(self.db_pool_timeout_seconds),
+            "CORPORA_S3_TIMEOUT_SECONDS": str(self.s3_timeout_seconds),
+            "CORPORA_S3_STREAM_TIMEOUT_SECONDS": str(self.s3_stream_timeout_seconds),
+            "CORPORA_ACCESS_LOG": str(self.access_log).lower(),
+            "CORPORA_METRICS_PUBLIC": str(self.metrics_public).lower(),
         }
         if self.database_url is not None:
             env["CORPORA_DATABASE_URL"] = self.database_url
@@ -202,6 +244,8 @@ class Settings:
             env["CORPORA_PAYMENT_WEBHOOK_SECRET"] = self.payment_webhook_secret
         if self.signing_key_files:
             env["CORPORA_SIGNING_KEY_FILES"] = ",".join(str(p) for p in self.signing_key_files)
+        if self.metrics_token is not None:
+            env["CORPORA_METRICS_TOKEN"] = self.metrics_token
         if self.trusted_proxies:
             env["CORPORA_TRUSTED_PROXIES"] = ",".join(str(n) for n in self.trusted_proxies)
         return env

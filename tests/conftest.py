@@ -34,6 +34,8 @@ from app.settings import Settings
 
 PASSWORD = "correct horse battery staple"
 pytest_plugins = ["tests.webhook_helpers"]  # the webhook receiver and loopback-egress fixtures
+METRICS_TOKEN = "metrics-scrape-token"
+METRICS_HEADERS = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 def asyncpg_dsn(url: str) -> str:
@@ -127,6 +129,7 @@ def settings(servers: Servers) -> Settings:
         login_max_failures=5,
         login_window_seconds=60,
         max_body_bytes=64 * 1024,
+        metrics_token=METRICS_TOKEN,
     )
 
 

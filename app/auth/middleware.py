@@ -119,7 +119,11 @@ class AuthMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        scope["user"] = await self.authenticate(_header(scope, b"authorization"))
+        handler = scope.get("route_handler")
+        if handler is not None and handler.opt.get("own_auth"):
+            scope["user"] = None  # the route checks its own credential (/metrics and its scrape token)
+        else:
+            scope["user"] = await self.authenticate(_header(scope, b"authorization"))
         await self.app(scope, receive, send_with_id)
 
     async def authenticate(self, authorization: str | None) -> Principal | None:

@@ -7,9 +7,11 @@ from typing import Any
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import METRICS_HEADERS
+
 
 async def _sample(client: AsyncTestClient[Any], name: str, **labels: str) -> float:
-    text = (await client.get("/metrics")).text
+    text = (await client.get("/metrics", headers=METRICS_HEADERS)).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):

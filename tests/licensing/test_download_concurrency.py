@@ -148,6 +148,7 @@ def real_servers(
                 "CORPORA_DATA_DIR": str(data_dir),
                 "CORPORA_SIGNING_KEY_FILES": str(key_file),
                 "CORPORA_JANITOR_EVERY_SECONDS": "0",
+                "CORPORA_METRICS_PUBLIC": "true",
             }
             log = root / f"server-{n}.log"
             with log.open("wb") as out:
