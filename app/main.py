@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from app import health
 from app.accounts import routes as accounts_routes
 from app.accounts.me_cache import MeCache
+from app.accounts.passwords import PASSWORD_HASHES_WAITING, HashingGate
 from app.audit import routes as audit_routes
 from app.audit.checkpoints import run_checkpointer
 from app.auth import routes as auth_routes
@@ -110,6 +111,9 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
                 "me_cache": me_cache,
                 "charge_turn": asyncio.Lock(),  # see licensing.downloads.grant
                 "grant_slots": asyncio.Semaphore(download_routes.GRANTS_IN_FLIGHT),
+                "password_gate": HashingGate(
+                    settings.password_hash_concurrency, PASSWORD_HASHES_WAITING * settings.password_hash_concurrency
+                ),
             }
         )
         return config

@@ -39,6 +39,7 @@ async def token(
             state.keyring,
             username=data.username,
             password=data.password,
+            gate=state.password_gate,
         )
     else:
         pair = await service.refresh_grant(
