@@ -6,7 +6,9 @@ from typing import Any
 
 from litestar import Response, get
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.plugins.prometheus import PrometheusController
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -19,7 +21,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", summary="Readiness: the database and the object store answer", tags=["operations"])
+@get(
+    "/readyz",
+    summary="Readiness: the database and the object store answer",
+    tags=["operations"],
+    responses={503: ResponseSpec(dict[str, Any], description="Not ready: the checks say which dependency fails")},
+)
 async def readyz(state: State) -> Response[dict[str, Any]]:
     engine: AsyncEngine = state.engine
     store: ObjectStore = state.object_store
@@ -46,3 +53,8 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
 class MetricsController(PrometheusController):
     path = "/metrics"
     tags = ["operations"]
+
+    @get(media_type=CONTENT_TYPE_LATEST, summary="Prometheus metrics, in the text exposition format")
+    async def get(self) -> Response[bytes]:
+        response: Response[bytes] = await PrometheusController.get.fn(self)
+        return response

@@ -30,6 +30,7 @@ from app.db import create_engine, provide_session
 from app.errors import exception_handlers
 from app.metrics import RequestMetrics
 from app.objectstore import ObjectStore, ObjectStoreUnavailable
+from app.openapi import document_problems
 from app.settings import Settings
 from app.validation import check_request
 from catalog import routes as catalog_routes
@@ -118,7 +119,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
         )
         return config
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[api, auth_routes.jwks, health.healthz, health.readyz, health.MetricsController],
         dependencies={
             "session": Provide(provide_session),
@@ -157,6 +158,8 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             ),
         ),
     )
+    document_problems(app)
+    return app
 
 
 def app_from_env() -> Litestar:

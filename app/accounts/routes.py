@@ -27,12 +27,24 @@ from app.auth import throttle
 from app.auth.guards import authenticated, interactive_only
 from app.deps import Audit, Caller, Session
 from app.errors import ProblemError
+from app.openapi import problems
 from app.settings import Settings
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 
 
-@post("/users", summary="Sign up", tags=["accounts"], status_code=201)
+@post(
+    "/users",
+    summary="Sign up",
+    tags=["accounts"],
+    status_code=201,
+    responses=problems(
+        {
+            409: "An account with this email already exists",
+            429: "Too many sign-ups from this address, or too many passwords being hashed at once",
+        }
+    ),
+)
 async def sign_up(session: Session, audit_context: Audit, state: State, data: JSONBody[SignUp]) -> UserOut:
     """Create an account. Refused with 403 when sign-up is closed (``CORPORA_SIGNUP_OPEN=false``), and with 429
     and ``Retry-After`` when too many accounts come from one client address or too many passwords are being
