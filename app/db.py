@@ -92,3 +92,11 @@ async def provide_session(state: State) -> AsyncIterator[AsyncSession]:
             raise
         else:
             await session.commit()
+
+
+def sql_in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def sql_subset(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} <@ ARRAY[{', '.join(repr(v) for v in values)}]::text[]"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from litestar.di import NamedDependency
+from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.service import AuditContext
@@ -13,3 +16,7 @@ Session = NamedDependency[AsyncSession]
 Caller = NamedDependency[Principal]
 OptionalCaller = NamedDependency[Principal | None]
 Audit = NamedDependency[AuditContext]
+
+# The OpenAPI security requirement of routes that need a signed-in caller; the page size of every list.
+BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
+Limit = Annotated[int, QueryParameter(ge=1, le=100)]

@@ -33,11 +33,11 @@ from app.objectstore import ObjectStore, ObjectStoreUnavailable
 from app.openapi import document_problems
 from app.settings import Settings
 from app.validation import check_request
+from app.wiring import load_tasks
 from catalog import routes as catalog_routes
 from catalog.janitor import run_janitor
-from licensing import download_routes
 from licensing import routes as licensing_routes
-from licensing.sweeps import run_sweeps
+from licensing.downloads import routes as downloads_routes
 
 log = logging.getLogger("corpora")
 
@@ -66,6 +66,7 @@ async def _ensure_bucket(store: ObjectStore, settings: Settings) -> None:
 def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litestar:
     if settings.database_url is None or settings.s3_endpoint is None:
         raise ValueError("create_app needs a database URL and an S3 endpoint; `corpora serve` starts embedded ones")
+    load_tasks()  # services enqueue jobs by name
     keyring = keyring or load_keyring(settings)
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
     sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
@@ -78,7 +79,6 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             asyncio.create_task(_ensure_bucket(store, settings), name="ensure-bucket"),
             asyncio.create_task(run_checkpointer(settings, sessionmaker, store, keyring), name="audit-checkpoints"),
             asyncio.create_task(run_janitor(settings, engine, store), name="storage-janitor"),
-            asyncio.create_task(run_sweeps(sessionmaker), name="licensing-sweeps"),
             asyncio.create_task(me_cache.run(), name="me-cache-listener"),
         ]
         try:
@@ -97,7 +97,6 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             audit_routes.router,
             catalog_routes.ProductController,
             *licensing_routes.route_handlers,
-            *download_routes.route_handlers,
         ],
     )
 
@@ -110,8 +109,8 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
                 "sessionmaker": sessionmaker,
                 "object_store": store,
                 "me_cache": me_cache,
-                "charge_turn": asyncio.Lock(),  # see licensing.downloads.grant
-                "grant_slots": asyncio.Semaphore(download_routes.GRANTS_IN_FLIGHT),
+                "charge_turn": asyncio.Lock(),  # see licensing.downloads.grants.grant
+                "grant_slots": asyncio.Semaphore(downloads_routes.GRANTS_IN_FLIGHT),
                 "password_gate": HashingGate(
                     settings.password_hash_concurrency, PASSWORD_HASHES_WAITING * settings.password_hash_concurrency
                 ),

@@ -213,7 +213,7 @@ def _in(package: str) -> str:
 
 INCLUSIVE = [
     ("token verification (app/auth/middleware.py authenticate)", r"^authenticate "),
-    ("grant(): checks, charge, rows, audit, receipts (licensing/downloads.py grant)", r"^grant \("),
+    ("grant(): checks, charge, rows, audit, receipts (licensing/downloads/grants.py grant)", r"^grant \("),
     ("  resolve_target: entitlement, product, version, files (one query)", r"^resolve_target "),
     ("  _charge_and_record: charge, audit append, insert", r"^_charge_and_record "),
     ("  sign_receipt: Ed25519 JWS", r"^sign_receipt "),

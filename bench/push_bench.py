@@ -6,7 +6,7 @@ organisation, a product and one draft version per round. A file of ``--size-mib`
 
 Each round measures, one after the other:
 
-(a) push: ``catalog.push.push`` — what ``corpora push`` runs — of the file into a fresh draft version, with
+(a) push: ``client.push.push`` — what ``corpora push`` runs — of the file into a fresh draft version, with
     an empty digest cache: hashing the file, the upload plan, the parts PUT to the presigned URLs with
     ``--parallel`` transfers, and the completion, in which the server verifies size and SHA-256 and keeps
     the content under its digest. Each round also prints these phases; "plan + parts" is what compares
@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     # imported here so --help stays instant
     from app.cli import resolve
     from app.settings import Settings
-    from catalog.push import push
     from catalog.uploads import part_size_for
+    from client.push import push
 
     size = args.size_mib * MIB
     part_size = part_size_for(size)

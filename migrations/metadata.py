@@ -5,8 +5,30 @@ from app.audit import models as audit_models
 from app.auth import models as auth_models
 from app.db import Base
 from catalog import models as catalog_models
-from licensing import models as licensing_models
+from licensing.downloads import models as downloads_models
+from licensing.entitlements import models as entitlements_models
+from licensing.licences import models as licences_models
+from licensing.offers import models as offers_models
+from licensing.orders import models as orders_models
 
 target_metadata = Base.metadata
 
-__all__ = ["accounts_models", "audit_models", "auth_models", "catalog_models", "licensing_models", "target_metadata"]
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Schema comparisons leave out the job queue's tables: procrastinate's own SQL defines them (0009)."""
+    return not (type_ == "table" and name is not None and name.startswith("procrastinate_"))
+
+
+__all__ = [
+    "accounts_models",
+    "audit_models",
+    "auth_models",
+    "catalog_models",
+    "downloads_models",
+    "entitlements_models",
+    "include_name",
+    "licences_models",
+    "offers_models",
+    "orders_models",
+    "target_metadata",
+]

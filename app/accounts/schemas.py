@@ -89,3 +89,6 @@ class ApiKeyOut(msgspec.Struct):
     created_at: dt.datetime
     expires_at: dt.datetime
     key: str | None = None  # the secret: returned once, at creation, never again
+
+
+Reason = Annotated[str, msgspec.Meta(max_length=500)]
