@@ -31,6 +31,8 @@ from app.errors import PROBLEM_MEDIA_TYPE, Problem
 from app.validation import FORM_BODY, FORM_MEDIA_TYPE
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Handler option: the media types its success body may also come in, besides the declared one.
+ALSO_ANSWERS = "also_answers"
 PROBLEM_REF = Reference(ref="#/components/schemas/Problem")
 
 _PROBLEM_SCHEMA = Schema(
@@ -106,6 +108,16 @@ def _problem_response(status: int) -> OpenAPIResponse:
     )
 
 
+def _answer_also(operation: Operation, media_types: tuple[str, ...]) -> None:
+    """A success body that the caller may ask for in other media types (``opt={ALSO_ANSWERS: (...)}``)."""
+    for status, response in (operation.responses or {}).items():
+        if status.startswith("2") and isinstance(response, OpenAPIResponse):
+            content = response.content if response.content is not None else {}
+            for media_type in media_types:
+                content.setdefault(media_type, OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING)))
+            response.content = content
+
+
 def _accept_forms(operation: Operation) -> None:
     """A form body takes the same fields as the JSON one (OAuth 2.0 clients send forms, RFC 6749 §4.3)."""
     body = operation.request_body
@@ -142,3 +154,5 @@ def document_problems(app: Litestar) -> None:
                 responses.setdefault(str(status), _problem_response(status))
             if handler.opt.get(FORM_BODY):
                 _accept_forms(operation)
+            if also := handler.opt.get(ALSO_ANSWERS):
+                _answer_also(operation, tuple(also))

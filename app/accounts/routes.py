@@ -102,7 +102,12 @@ class OrgController(Controller):
     security = BEARER
     guards = [authenticated]
 
-    @post("/", summary="Create an organisation; the caller becomes its owner", status_code=201)
+    @post(
+        "/",
+        summary="Create an organisation; the caller becomes its owner",
+        status_code=201,
+        responses=problems({409: "The slug is taken"}),
+    )
     async def create(self, session: Session, audit_context: Audit, principal: Caller, data: JSONBody[OrgIn]) -> OrgOut:
         if principal.api_key_id is not None:
             raise ProblemError(403, "forbidden", "Forbidden", "API keys cannot create organisations")

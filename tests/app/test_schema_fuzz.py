@@ -33,7 +33,7 @@ from tests.conftest import PASSWORD
 from tests.live_server import live_server
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-EXAMPLES_PER_OPERATION = 8
+EXAMPLES_PER_OPERATION = 40
 
 
 @dataclasses.dataclass(frozen=True)
