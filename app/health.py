@@ -11,7 +11,9 @@ from litestar import Response, get
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.plugins.prometheus import PrometheusController
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -46,7 +48,12 @@ async def _database(engine: AsyncEngine) -> None:
         await connection.execute(text("SELECT 1"))
 
 
-@get("/readyz", summary="Readiness: the database and the object store answer", tags=["operations"])
+@get(
+    "/readyz",
+    summary="Readiness: the database and the object store answer",
+    tags=["operations"],
+    responses={503: ResponseSpec(dict[str, Any], description="Not ready: the checks say which dependency fails")},
+)
 async def readyz(state: State) -> Response[dict[str, Any]]:
     engine: AsyncEngine = state.engine
     store: ObjectStore = state.object_store
@@ -79,3 +86,8 @@ class MetricsController(PrometheusController):
     tags = ["operations"]
     guards = [metrics_guard]
     opt = {OWN_AUTH: True}
+
+    @get(media_type=CONTENT_TYPE_LATEST, summary="Prometheus metrics, in the text exposition format")
+    async def get(self) -> Response[bytes]:
+        response: Response[bytes] = await PrometheusController.get.fn(self)
+        return response

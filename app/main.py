@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from app import docs, health, redact
 from app.accounts import routes as accounts_routes
 from app.accounts.me_cache import MeCache
+from app.accounts.passwords import PASSWORD_HASHES_WAITING, HashingGate
 from app.audit import routes as audit_routes
 from app.audit.checkpoints import run_checkpointer
 from app.auth import routes as auth_routes
@@ -31,6 +32,7 @@ from app.errors import exception_handlers
 from app.metrics import RequestMetrics
 from app.notifications import routes as notifications_routes
 from app.objectstore import ObjectStore, ObjectStoreUnavailable
+from app.openapi import document_problems
 from app.process import die_with_parent
 from app.settings import Settings
 from app.validation import check_request
@@ -119,11 +121,14 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
                 "me_cache": me_cache,
                 "charge_turn": asyncio.Lock(),  # see licensing.downloads.grants.grant
                 "grant_slots": asyncio.Semaphore(downloads_routes.GRANTS_IN_FLIGHT),
+                "password_gate": HashingGate(
+                    settings.password_hash_concurrency, PASSWORD_HASHES_WAITING * settings.password_hash_concurrency
+                ),
             }
         )
         return config
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             api,
             auth_routes.jwks,
@@ -174,6 +179,8 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             ),
         ),
     )
+    document_problems(app)
+    return app
 
 
 def app_from_env() -> Litestar:

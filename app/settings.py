@@ -70,6 +70,10 @@ class Settings:
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
     login_max_failures: int = 5
     login_window_seconds: int = 900
+    # Sign-ups from one client address per window; Argon2 hashes computed at once per process (64 MiB each).
+    signup_max_per_address: int = 20
+    signup_window_seconds: int = 3600
+    password_hash_concurrency: int = 4
     max_body_bytes: int = 1024 * 1024
     audit_checkpoint_every_events: int = 1000
     audit_checkpoint_every_seconds: int = 60
@@ -163,6 +167,9 @@ class Settings:
             ("REFRESH_TOKEN_TTL_SECONDS", "refresh_token_ttl_seconds", 60, 365 * 24 * 3600),
             ("LOGIN_MAX_FAILURES", "login_max_failures", 1, 1000),
             ("LOGIN_WINDOW_SECONDS", "login_window_seconds", 1, 24 * 3600),
+            ("SIGNUP_MAX_PER_ADDRESS", "signup_max_per_address", 1, 1_000_000),
+            ("SIGNUP_WINDOW_SECONDS", "signup_window_seconds", 1, 7 * 24 * 3600),
+            ("PASSWORD_HASH_CONCURRENCY", "password_hash_concurrency", 1, 256),
             ("MAX_BODY_BYTES", "max_body_bytes", 1024, 64 * 1024 * 1024),
             ("AUDIT_CHECKPOINT_EVERY_EVENTS", "audit_checkpoint_every_events", 1, 10_000_000),
             ("AUDIT_CHECKPOINT_EVERY_SECONDS", "audit_checkpoint_every_seconds", 1, 24 * 3600),
@@ -216,6 +223,9 @@ class Settings:
             "CORPORA_REFRESH_TOKEN_TTL_SECONDS": str(self.refresh_token_ttl_seconds),
             "CORPORA_LOGIN_MAX_FAILURES": str(self.login_max_failures),
             "CORPORA_LOGIN_WINDOW_SECONDS": str(self.login_window_seconds),
+            "CORPORA_SIGNUP_MAX_PER_ADDRESS": str(self.signup_max_per_address),
+            "CORPORA_SIGNUP_WINDOW_SECONDS": str(self.signup_window_seconds),
+            "CORPORA_PASSWORD_HASH_CONCURRENCY": str(self.password_hash_concurrency),
             "CORPORA_MAX_BODY_BYTES": str(self.max_body_bytes),
             "CORPORA_AUDIT_CHECKPOINT_EVERY_EVENTS": str(self.audit_checkpoint_every_events),
             "CORPORA_AUDIT_CHECKPOINT_EVERY_SECONDS": str(self.audit_checkpoint_every_seconds),

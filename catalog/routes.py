@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.guards import authenticated
 from app.deps import Audit, Caller, OptionalCaller, Session
 from app.errors import PROBLEM_MEDIA_TYPE, Problem, invalid, not_found
+from app.openapi import problems
 from app.settings import Settings
 from catalog import provenance, search, service, uploads
 from catalog.models import Product, ProductVersion
@@ -151,6 +152,7 @@ class ProductController(Controller):
         status_code=201,
         security=BEARER,
         guards=[authenticated],
+        responses=problems({409: "The slug is taken"}),
     )
     async def create(
         self, session: Session, audit_context: Audit, principal: Caller, data: JSONBody[ProductIn]

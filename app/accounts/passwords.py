@@ -1,10 +1,16 @@
-"""Password hashing (Argon2id) and the strength rule applied at sign-up."""
+"""Password hashing (Argon2id), the gate that bounds it, and the strength rule applied at sign-up."""
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import anyio.to_thread
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+
+from app.errors import ProblemError
 
 MIN_LENGTH = 10
 _COMMON = frozenset(
@@ -41,8 +47,50 @@ def weakness(password: str, email: str) -> str | None:
     return None
 
 
-async def hash_password(password: str) -> str:
-    return await anyio.to_thread.run_sync(_hasher.hash, password)
+# Password checks queued per one computed at once, beyond which the service answers 429 instead of queueing.
+PASSWORD_HASHES_WAITING = 8
+
+
+class HashingGate:
+    """At most ``concurrency`` Argon2 computations at once in this process (each holds 64 MiB), and at most
+    ``waiting`` more queued for a turn; beyond that, 429 at once rather than a queue that grows without end."""
+
+    def __init__(self, concurrency: int, waiting: int) -> None:
+        self._turns = asyncio.Semaphore(concurrency)
+        self._capacity = concurrency + waiting
+        self._admitted = 0
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        if self._admitted >= self._capacity:
+            raise ProblemError(
+                429,
+                "busy",
+                "Too many password checks at once",
+                "the service is checking as many passwords as it can; try again in 1 second",
+                headers={"Retry-After": "1"},
+            )
+        self._admitted += 1
+        try:
+            async with self._turns:
+                yield
+        finally:
+            self._admitted -= 1
+
+
+@contextlib.asynccontextmanager
+async def _no_gate() -> AsyncIterator[None]:
+    yield
+
+
+def turn(gate: HashingGate | None) -> contextlib.AbstractAsyncContextManager[None]:
+    """A turn at ``gate``; without one (the CLI), no bound."""
+    return gate.turn() if gate is not None else _no_gate()
+
+
+async def hash_password(password: str, gate: HashingGate | None = None) -> str:
+    async with turn(gate):
+        return await anyio.to_thread.run_sync(_hasher.hash, password)
 
 
 async def verify_password(password_hash: str | None, password: str) -> bool:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
 from litestar import Controller, Router, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.accounts import service
 from app.accounts.me_cache import MeCache
@@ -22,22 +23,53 @@ from app.accounts.schemas import (
     SignUp,
     UserOut,
 )
+from app.auth import throttle
 from app.auth.guards import authenticated, interactive_only
 from app.deps import Audit, Caller, Session
 from app.errors import ProblemError
+from app.openapi import problems
 from app.settings import Settings
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 
 
-@post("/users", summary="Sign up", tags=["accounts"], status_code=201)
+@post(
+    "/users",
+    summary="Sign up",
+    tags=["accounts"],
+    status_code=201,
+    responses=problems(
+        {
+            409: "An account with this email already exists",
+            429: "Too many sign-ups from this address, or too many passwords being hashed at once",
+        }
+    ),
+)
 async def sign_up(session: Session, audit_context: Audit, state: State, data: JSONBody[SignUp]) -> UserOut:
-    """Create an account. Refused with 403 when sign-up is closed (``CORPORA_SIGNUP_OPEN=false``)."""
+    """Create an account. Refused with 403 when sign-up is closed (``CORPORA_SIGNUP_OPEN=false``), and with 429
+    and ``Retry-After`` when too many accounts come from one client address or too many passwords are being
+    hashed at once."""
     settings: Settings = state.settings
     if not settings.signup_open:
         raise ProblemError(403, "signup-closed", "Sign-up is closed", "ask an administrator for an account")
+    engine = session.bind
+    assert isinstance(engine, AsyncEngine)
+    # Each sign-up costs an Argon2 hash: count them per client address before computing one.
+    await throttle.count_attempt(
+        engine,
+        [throttle.Counter(f"signup:{audit_context.client_addr or 'unknown'}", settings.signup_max_per_address)],
+        dt.timedelta(seconds=settings.signup_window_seconds),
+        type_="signup-throttled",
+        title="Too many sign-ups",
+        detail="too many accounts were created from your address",
+    )
     user = await service.create_user(
-        session, audit_context, email=data.email, password=data.password, display_name=data.display_name
+        session,
+        audit_context,
+        email=data.email,
+        password=data.password,
+        display_name=data.display_name,
+        gate=state.password_gate,
     )
     return UserOut(id=user.id, email=user.email, display_name=user.display_name)
 
@@ -70,7 +102,12 @@ class OrgController(Controller):
     security = BEARER
     guards = [authenticated]
 
-    @post("/", summary="Create an organisation; the caller becomes its owner", status_code=201)
+    @post(
+        "/",
+        summary="Create an organisation; the caller becomes its owner",
+        status_code=201,
+        responses=problems({409: "The slug is taken"}),
+    )
     async def create(self, session: Session, audit_context: Audit, principal: Caller, data: JSONBody[OrgIn]) -> OrgOut:
         if principal.api_key_id is not None:
             raise ProblemError(403, "forbidden", "Forbidden", "API keys cannot create organisations")

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.me_cache import MeEntry
 from app.accounts.models import ApiKey, Membership, Organization, PlatformRoleGrant, User
-from app.accounts.passwords import hash_password, weakness
+from app.accounts.passwords import HashingGate, hash_password, weakness
 from app.accounts.schemas import OrgRoleOut
 from app.audit import service as audit
 from app.audit.service import AuditContext
@@ -36,13 +36,14 @@ async def create_user(
     password: str,
     display_name: str,
     platform_roles: list[str] | None = None,
+    gate: HashingGate | None = None,
 ) -> User:
     email = normalise_email(email)
     if (reason := weakness(password, email)) is not None:
         raise invalid("password", f"the password {reason}")
     if await session.scalar(select(User.id).where(User.email == email)) is not None:
         raise conflict("an account with this email already exists; sign in instead", "email-taken")
-    user = User(email=email, display_name=display_name.strip(), password_hash=await hash_password(password))
+    user = User(email=email, display_name=display_name.strip(), password_hash=await hash_password(password, gate))
     session.add(user)
     try:
         await session.flush()

@@ -33,6 +33,7 @@ from app.auth.principal import Principal
 from app.deps import Caller, Session
 from app.errors import PROBLEM_MEDIA_TYPE, Problem, ProblemError
 from app.objectstore import ObjectStore
+from app.openapi import ALSO_ANSWERS
 from app.settings import Settings
 
 log = logging.getLogger("corpora.audit")
@@ -267,6 +268,7 @@ async def _export_chunks(
     security=BEARER,
     guards=READ_GUARDS,
     media_type=JSONL_MEDIA_TYPE,
+    opt={ALSO_ANSWERS: (CSV_MEDIA_TYPE,)},
     responses={
         200: ResponseSpec(
             data_container=str,

@@ -27,11 +27,11 @@ class RefreshToken(Base):
 
 
 class LoginThrottle(Base):
-    """Failed-login counter per account or client address, shared by every service process."""
+    """Attempts counted in the current window per key (sign-ins, sign-ups), shared by every service process;
+    see ``app.auth.throttle``."""
 
     __tablename__ = "login_throttles"
 
     key: Mapped[str] = mapped_column(String(400), primary_key=True)
     failures: Mapped[int]
     window_started_at: Mapped[dt.datetime]
-    locked_until: Mapped[dt.datetime | None]

@@ -13,6 +13,8 @@ from app.auth.guards import OPEN_TO_AUDITORS
 from app.auth.keys import KeyRing
 from app.auth.schemas import PasswordGrant, RefreshGrant, TokenOut
 from app.deps import Audit, Session
+from app.openapi import problems
+from app.validation import FORM_BODY
 
 
 @post(
@@ -20,7 +22,13 @@ from app.deps import Audit, Session
     summary="Exchange a password or a refresh token for tokens",
     tags=["auth"],
     status_code=200,
-    opt={OPEN_TO_AUDITORS: True},
+    opt={OPEN_TO_AUDITORS: True, FORM_BODY: True},
+    responses=problems(
+        {
+            429: "Too many failed sign-ins from this address, for this account or from this address, or too many "
+            "password checks at once; `Retry-After` says when to try again"
+        }
+    ),
 )
 async def token(
     session: Session,
@@ -30,7 +38,8 @@ async def token(
 ) -> TokenOut:
     """Access tokens are EdDSA JWTs valid for 15 minutes; refresh tokens rotate on every use, and
     presenting a spent one revokes every token of its family. Repeated failures answer 429 with
-    ``Retry-After``."""
+    ``Retry-After``. The body is JSON or, as OAuth 2.0 clients send it (RFC 6749 §4.3), a form
+    (``application/x-www-form-urlencoded``) with the same fields."""
     if isinstance(data, PasswordGrant):
         pair = await service.password_grant(
             session,
@@ -39,6 +48,7 @@ async def token(
             state.keyring,
             username=data.username,
             password=data.password,
+            gate=state.password_gate,
         )
     else:
         pair = await service.refresh_grant(

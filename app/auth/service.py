@@ -4,27 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import math
 import uuid
 
-from sqlalchemy import case, delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.accounts.models import User
-from app.accounts.passwords import verify_password
+from app.accounts.passwords import HashingGate, turn, verify_password
 from app.accounts.service import normalise_email, platform_roles
 from app.audit import service as audit
 from app.audit.service import AuditContext
+from app.auth import throttle
 from app.auth.keys import KeyRing
-from app.auth.models import LoginThrottle, RefreshToken
+from app.auth.models import RefreshToken
 from app.auth.tokens import REFRESH_TOKEN_PREFIX, issue_access_token, opaque_secret, secret_digest
 from app.db import CommitThenRaise, utcnow
 from app.errors import ProblemError, unauthorized
 from app.settings import Settings
 
-# A client address may fail more often than one account: several people can share a NAT.
+# A client address may fail more often than one account from it: several people can share a NAT.
 ADDRESS_FAILURE_FACTOR = 4
+# Failures against one account from every address together, against guessing spread over many addresses.
+ACCOUNT_FAILURE_FACTOR = 20
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -59,52 +60,16 @@ async def _issue(
     return TokenPair(access, refresh, settings.access_token_ttl_seconds)
 
 
-def _throttle_keys(email: str, client_addr: str | None) -> list[tuple[str, int]]:
-    return [(f"account:{email}", 1), (f"address:{client_addr or 'unknown'}", ADDRESS_FAILURE_FACTOR)]
-
-
-async def _check_throttle(session: AsyncSession, keys: list[tuple[str, int]]) -> None:
-    now = utcnow()
-    locked_until = await session.scalar(
-        select(func.max(LoginThrottle.locked_until)).where(
-            LoginThrottle.key.in_([k for k, _ in keys]), LoginThrottle.locked_until > now
-        )
-    )
-    if locked_until is not None:
-        wait = max(1, math.ceil((locked_until - now).total_seconds()))
-        raise ProblemError(
-            429,
-            "login-throttled",
-            "Too many failed sign-in attempts",
-            f"sign-in is paused for this account or address; try again in {wait} seconds",
-            headers={"Retry-After": str(wait)},
-        )
-
-
-async def _count_failure(session: AsyncSession, settings: Settings, keys: list[tuple[str, int]]) -> None:
-    """Count a failure atomically in the database, so every service process sees the same counters."""
-    now = utcnow()
-    window = dt.timedelta(seconds=settings.login_window_seconds)
-    for key, factor in keys:
-        limit = settings.login_max_failures * factor
-        expired = LoginThrottle.window_started_at <= now - window
-        statement = (
-            insert(LoginThrottle)
-            .values(key=key, failures=1, window_started_at=now, locked_until=None)
-            .on_conflict_do_update(
-                index_elements=[LoginThrottle.key],
-                set_={
-                    "failures": case((expired, 1), else_=LoginThrottle.failures + 1),
-                    "window_started_at": case((expired, now), else_=LoginThrottle.window_started_at),
-                },
-            )
-        )
-        await session.execute(statement)
-        await session.execute(
-            update(LoginThrottle)
-            .where(LoginThrottle.key == key, LoginThrottle.failures >= limit)
-            .values(locked_until=now + window, failures=0, window_started_at=now)
-        )
+def _sign_in_counters(settings: Settings, email: str, client_addr: str | None) -> list[throttle.Counter]:
+    """Failures count per account *and address*, so an attacker elsewhere cannot lock the owner out; per address
+    across accounts (password spraying); and per account with a much higher ceiling (distributed guessing)."""
+    address = client_addr or "unknown"
+    limit = settings.login_max_failures
+    return [
+        throttle.Counter(f"account-address:{email} {address}", limit),
+        throttle.Counter(f"address:{address}", limit * ADDRESS_FAILURE_FACTOR),
+        throttle.Counter(f"account:{email}", limit * ACCOUNT_FAILURE_FACTOR),
+    ]
 
 
 async def password_grant(
@@ -115,14 +80,30 @@ async def password_grant(
     *,
     username: str,
     password: str,
+    gate: HashingGate | None = None,
 ) -> TokenPair:
     email = normalise_email(username)
-    keys = _throttle_keys(email, context.client_addr)
-    await _check_throttle(session, keys)
-    user = await session.scalar(select(User).where(User.email == email))
-    ok = await verify_password(user.password_hash if user else None, password)
+    counters = _sign_in_counters(settings, email, context.client_addr)
+    engine = session.bind
+    assert isinstance(engine, AsyncEngine)
+    # Counted as a failure until it succeeds: concurrent guesses cannot all pass a check made before any fails.
+    await throttle.count_attempt(
+        engine,
+        counters,
+        dt.timedelta(seconds=settings.login_window_seconds),
+        type_="login-throttled",
+        title="Too many failed sign-in attempts",
+        detail="sign-in is paused for this account from your address, or for your address",
+    )
+    try:
+        async with turn(gate):
+            user = await session.scalar(select(User).where(User.email == email))
+            ok = await verify_password(user.password_hash if user else None, password)
+    except ProblemError:  # too busy to check: the attempt was not made
+        async with engine.begin() as connection:
+            await throttle.forgive(connection, counters)
+        raise
     if user is None or not ok or user.disabled_at is not None:
-        await _count_failure(session, settings, keys)
         await audit.record(
             session,
             context,
@@ -132,7 +113,7 @@ async def password_grant(
             details={"username": email},
         )
         raise CommitThenRaise(unauthorized("the email or password is wrong"))
-    await session.execute(delete(LoginThrottle).where(LoginThrottle.key == keys[0][0]))
+    await throttle.forgive(session, counters, reset=[counters[0].key])
     tokens = await _issue(session, settings, keyring, user.id, uuid.uuid4())
     await audit.record(
         session,

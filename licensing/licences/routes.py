@@ -11,6 +11,7 @@ from litestar.types import ControllerRouterHandler
 
 from app.auth.guards import OPEN_TO_AUDITORS, authenticated
 from app.deps import BEARER, Audit, Caller, Limit, OptionalCaller, Session
+from app.openapi import problems
 from app.pagination import decode_cursor, encode_cursor
 from licensing.licences import service, terms
 from licensing.licences.models import Licence
@@ -82,6 +83,7 @@ class LicenceController(Controller):
     status_code=200,
     tags=["licensing"],
     opt={OPEN_TO_AUDITORS: True},
+    responses=problems({404: "A product or version named in `items` does not exist or is not visible"}),
 )
 async def licence_check(session: Session, optional_principal: OptionalCaller, data: JSONBody[CheckIn]) -> CheckOut:
     """Per item: allowed or not and why; for the whole: accumulated duties (attribution list, share-alike) and

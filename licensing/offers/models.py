@@ -32,6 +32,7 @@ class Offer(Base):
     __tablename__ = "offers"
     __table_args__ = (
         CheckConstraint("price_amount >= 0", "price_not_negative"),
+        CheckConstraint("price_amount <= 1000000000", "price_at_most_a_billion"),
         CheckConstraint("currency ~ '^[A-Z]{3}$'", "currency_format"),
         CheckConstraint("term_days BETWEEN 1 AND 3660", "term_range"),
         CheckConstraint("quota_downloads IS NULL OR quota_downloads > 0", "downloads_positive"),

@@ -23,7 +23,7 @@ from licensing.licences.models import USES, Licence
 from licensing.offers.models import Offer
 from licensing.orders.models import OPEN_ORDER_STATUSES, Order
 
-MAX_PRICE = decimal.Decimal(10) ** 12
+MAX_PRICE = decimal.Decimal(1_000_000_000)  # also a constraint of the offers table
 
 
 # Active ISO 4217 currency codes.
@@ -37,16 +37,20 @@ CURRENCIES = frozenset(
 )
 
 
+CENT = decimal.Decimal("0.01")
+
+
 def price_of(amount: decimal.Decimal, currency: str) -> decimal.Decimal:
     if not amount.is_finite():
         raise invalid("price.amount", "must be a number")
     if amount < 0:
         raise invalid("price.amount", "must not be negative (0 means free)")
-    if amount > MAX_PRICE or amount != amount.quantize(decimal.Decimal("0.01")):
-        raise invalid("price.amount", "must have at most two decimals and be below 10^12")
+    if amount > MAX_PRICE or amount != amount.quantize(CENT):
+        raise invalid("price.amount", "must be from 0 to 1,000,000,000 with at most two decimals")
     if currency not in CURRENCIES:
         raise invalid("price.currency", f"'{currency}' is not an ISO 4217 currency code")
-    return amount.quantize(decimal.Decimal("0.01"))  # as stored, so the answer matches what is read back
+    # As stored, so the answer matches what is read back: no "-0.00", which the database does not keep.
+    return amount.quantize(CENT).copy_abs() if amount.is_zero() else amount.quantize(CENT)
 
 
 async def check_offer_terms(session: AsyncSession, licence_id: str, purposes: list[str]) -> Licence:

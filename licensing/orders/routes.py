@@ -23,6 +23,7 @@ from app.accounts.models import Organization
 from app.auth.guards import authenticated, requires_platform_role
 from app.deps import BEARER, Audit, Caller, Limit, Session
 from app.errors import PROBLEM_MEDIA_TYPE, Problem, ProblemError, not_found, unauthorized
+from app.openapi import problems
 from app.pagination import decode_cursor, encode_cursor
 from app.validation import decode_json
 from catalog.models import Product
@@ -227,6 +228,12 @@ class PaymentWebhookIn(msgspec.Struct, forbid_unknown_fields=True):
     summary="Payment provider callback, signed with HMAC-SHA256",
     status_code=200,
     tags=["licensing"],
+    responses=problems(
+        {
+            404: "The payment webhook is not configured (no CORPORA_PAYMENT_WEBHOOK_SECRET), or the order is unknown",
+            409: "The payment does not match the order's price, or the order is not awaiting payment",
+        }
+    ),
 )
 async def payment_webhook(
     request: Request[Any, Any, Any],

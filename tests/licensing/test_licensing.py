@@ -468,6 +468,9 @@ BAD_INPUT = [
     Bad("price Infinity", "offers", offer_body(price={"amount": "Infinity", "currency": "EUR"}), 422),
     Bad("price 1e400", "offers", offer_body(price={"amount": "1e400", "currency": "EUR"}), 422, "price.amount"),
     Bad("price fractions of a cent", "offers", offer_body(price={"amount": "0.001", "currency": "EUR"}), 422),
+    Bad("price 1e12", "offers", offer_body(price={"amount": 1e12, "currency": "EUR"}), 422, "price.amount"),
+    Bad("price a cent past a billion", "offers", offer_body(price={"amount": "1000000000.01", "currency": "EUR"}), 422),
+    Bad("quota beyond 64 bits", "offers", offer_body(quota={"downloads": 2**70, "bytes": 10}), 422, "quota.downloads"),
     Bad("price missing", "offers", {k: v for k, v in offer_body().items() if k != "price"}, 422),
     Bad("currency XXX", "offers", offer_body(price={"amount": "10", "currency": "XXX"}), 422, "price.currency"),
     Bad("currency usd", "offers", offer_body(price={"amount": "10", "currency": "usd"}), 422),
@@ -491,6 +494,16 @@ BAD_INPUT = [
     Bad("text and wrong digest", "licences", _licence(text="terms", text_sha256="0" * 64), 422, "text_sha256"),
     Bad("url not http", "licences", _licence(url="ftp://example.com/l"), 422),
 ]
+
+
+@pytest.mark.parametrize(("amount", "echoed"), [("-0.00", "0.00"), (-0.0, "0.00"), (1_000_000_000, "1000000000.00")])
+async def test_prices_at_the_edges_are_echoed_as_stored(
+    client: Client, db: asyncpg.Connection, market: Market, amount: Any, echoed: str
+) -> None:
+    offer = await make_offer(client, market.provider, market.product, price={"amount": amount, "currency": "EUR"})
+    assert offer["price"]["amount"] == echoed
+    stored = await db.fetchval("SELECT price_amount::text FROM offers WHERE id = $1", uuid.UUID(offer["id"]))
+    assert stored == echoed
 
 
 @pytest.mark.parametrize("case", BAD_INPUT, ids=[c.id for c in BAD_INPUT])
