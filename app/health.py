@@ -10,16 +10,28 @@ from litestar.plugins.prometheus import PrometheusController
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.auth.guards import requires
 from app.errors import RETRY_AFTER_SECONDS
 from app.objectstore import ObjectStore
 
 
-@get("/healthz", summary="Liveness: the process answers", tags=["operations"], include_in_schema=True)
+@get(
+    "/healthz",
+    summary="Liveness: the process answers",
+    tags=["operations"],
+    include_in_schema=True,
+    guards=[requires("public")],
+)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", summary="Readiness: the database and the object store answer", tags=["operations"])
+@get(
+    "/readyz",
+    summary="Readiness: the database and the object store answer",
+    tags=["operations"],
+    guards=[requires("public")],
+)
 async def readyz(state: State) -> Response[dict[str, Any]]:
     engine: AsyncEngine = state.engine
     store: ObjectStore = state.object_store
@@ -46,3 +58,4 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
 class MetricsController(PrometheusController):
     path = "/metrics"
     tags = ["operations"]
+    guards = [requires("public")]

@@ -12,7 +12,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.guards import authenticated
+from app.auth.guards import requires
 from app.deps import Audit, Caller, OptionalCaller, Session
 from app.errors import PROBLEM_MEDIA_TYPE, Problem, invalid, not_found
 from app.settings import Settings
@@ -144,13 +144,14 @@ def _provenance(body: Any) -> dict[str, Any] | None:
 class ProductController(Controller):
     path = "/products"
     tags = ["catalog"]
+    guards = [requires("catalog.read")]  # the public catalogue; writes add their own rule
 
     @post(
         "/",
         summary="Create a product for a provider organisation",
         status_code=201,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def create(
         self, session: Session, audit_context: Audit, principal: Caller, data: JSONBody[ProductIn]
@@ -248,7 +249,7 @@ class ProductController(Controller):
         "/{slug:str}",
         summary="Change a product's description, classification or listing",
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def update(
         self,
@@ -268,7 +269,7 @@ class ProductController(Controller):
         summary="Create a draft version",
         status_code=201,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def create_version(
         self, session: Session, audit_context: Audit, principal: Caller, slug: FromPath[str], data: JSONBody[VersionIn]
@@ -298,7 +299,7 @@ class ProductController(Controller):
         VERSION_PATH,
         summary="Change a draft version's changelog, licence or provenance",
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def update_version(
         self,
@@ -320,7 +321,7 @@ class ProductController(Controller):
         summary="Register a file and get its upload plan (presigned PUT or multipart)",
         status_code=201,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def plan_file(
         self,
@@ -353,7 +354,7 @@ class ProductController(Controller):
         summary="Finish an upload: POST …/files/{file_id}/complete; the server verifies size and SHA-256",
         status_code=200,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def complete_file(
         self,
@@ -380,7 +381,7 @@ class ProductController(Controller):
         summary="Remove a file from a draft version: DELETE …/files/{file_id}",
         status_code=204,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def delete_file(
         self,
@@ -400,7 +401,7 @@ class ProductController(Controller):
         summary="Freeze the version: to review, or published",
         status_code=200,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def publish(
         self,
@@ -424,7 +425,7 @@ class ProductController(Controller):
         summary="Approve or reject a version in review (platform reviewers)",
         status_code=200,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("versions.review")],
     )
     async def review(
         self,
@@ -445,7 +446,7 @@ class ProductController(Controller):
         summary="Mark a published version deprecated",
         status_code=200,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def deprecate(
         self,
@@ -466,7 +467,7 @@ class ProductController(Controller):
         summary="Withdraw a version: no new downloads",
         status_code=200,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def withdraw(
         self,

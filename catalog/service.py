@@ -13,7 +13,8 @@ from sqlalchemy import ColumnElement, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.accounts.models import Membership, Organization
+from app.accounts import access
+from app.accounts.models import Organization
 from app.audit import service as audit
 from app.audit.service import AuditContext
 from app.auth.principal import Principal
@@ -23,9 +24,7 @@ from catalog import provenance as provenance_rules
 from catalog.models import Product, ProductVersion, VersionFile
 from catalog.search import product_terms
 
-WRITER_ROLES = ("owner", "admin", "member")
 LICENCE_FOREIGN_KEY = "fk_product_versions_licence_id_licences"
-CATALOG_STAFF_ROLES = ("admin", "reviewer", "auditor")
 
 # https://semver.org/#is-there-a-suggested-regular-expression-regex-to-check-a-semver-string
 SEMVER = re.compile(
@@ -69,28 +68,17 @@ def manifest_digest(files: Sequence[VersionFile]) -> str:
 # --- visibility -----------------------------------------------------------------------------------------
 
 
-def member_org_ids(principal: Principal, roles: Sequence[str] | None = None) -> Any:
-    query = select(Membership.org_id).where(Membership.user_id == principal.user_id)
-    if roles is not None:
-        query = query.where(Membership.role.in_(roles))
-    if principal.api_key_org_id is not None:
-        query = query.where(Membership.org_id == principal.api_key_org_id)
-    return query
-
-
 def visible_products(principal: Principal | None) -> ColumnElement[bool]:
     """Published products for everyone; drafts for their org's members and the platform's staff."""
     if principal is None:
         return Product.status == "published"
-    if principal.api_key_id is None and principal.has_platform_role(*CATALOG_STAFF_ROLES):
+    if access.platform_allows(principal, "catalog.read"):
         return true()
-    return or_(Product.status == "published", Product.org_id.in_(member_org_ids(principal)))
+    return or_(Product.status == "published", Product.org_id.in_(access.acting_org_ids(principal)))
 
 
 def can_see_drafts(principal: Principal | None, product: Product, role: str | None) -> bool:
-    if principal is None:
-        return False
-    return role is not None or (principal.api_key_id is None and principal.has_platform_role(*CATALOG_STAFF_ROLES))
+    return role is not None or access.platform_allows(principal, "catalog.read")
 
 
 async def product_for_reading(
@@ -107,14 +95,7 @@ async def product_for_reading(
     if row is None:
         raise not_found(f"product '{slug}'")
     product, org_slug = row
-    role = None
-    if principal is not None:
-        role = await session.scalar(
-            select(Membership.role).where(Membership.org_id == product.org_id, Membership.user_id == principal.user_id)
-        )
-        if principal.api_key_org_id is not None and principal.api_key_org_id != product.org_id:
-            role = None
-    return product, org_slug, role
+    return product, org_slug, await access.role_in(session, principal, product.org_id)
 
 
 async def product_for_writing(
@@ -122,10 +103,7 @@ async def product_for_writing(
 ) -> tuple[Product, str]:
     """The product if the caller may change it: 404 when not visible, 403 when visible but read-only."""
     product, org_slug, role = await product_for_reading(session, principal, slug)
-    if role not in WRITER_ROLES:
-        raise forbidden(f"only members of '{org_slug}' can change this product")
-    if not principal.has_scope("catalog:write"):
-        raise forbidden("this API key lacks the 'catalog:write' scope")
+    access.check_role(principal, role, "catalog.write", f"changing a product of '{org_slug}'")
     if lock:
         await session.execute(select(Product.id).where(Product.id == product.id).with_for_update())
     return product, org_slug
@@ -137,20 +115,7 @@ async def product_for_writing(
 async def create_product(
     session: AsyncSession, context: AuditContext, principal: Principal, *, org_slug: str, fields: dict[str, Any]
 ) -> tuple[Product, str]:
-    row = (
-        await session.execute(
-            select(Organization, Membership.role)
-            .join(Membership, Membership.org_id == Organization.id)
-            .where(Organization.slug == org_slug, Membership.user_id == principal.user_id)
-        )
-    ).one_or_none()
-    if row is None or (principal.api_key_org_id is not None and principal.api_key_org_id != row[0].id):
-        raise not_found(f"organisation '{org_slug}'")
-    org, role = row
-    if role not in WRITER_ROLES:
-        raise forbidden(f"only members of '{org_slug}' can publish products for it")
-    if not principal.has_scope("catalog:write"):
-        raise forbidden("this API key lacks the 'catalog:write' scope")
+    org, _ = await access.org_for(session, principal, org_slug, "catalog.write", f"adding products to '{org_slug}'")
     if org.kind not in ("provider", "both"):
         raise forbidden(f"'{org_slug}' is a buyer organisation; only providers publish products")
     fields["languages"] = sorted({normalise_language(tag) for tag in fields["languages"]})
@@ -425,9 +390,8 @@ async def review_version(
     decision: str,
     reason: str,
 ) -> ProductVersion:
-    """A platform reviewer approves (published) or rejects (back to draft, with the reason)."""
-    if not principal.has_platform_role("reviewer", "admin") or principal.api_key_id is not None:
-        raise forbidden("reviewing versions needs the platform role reviewer")
+    """A platform reviewer approves (published) or rejects (back to draft, with the reason); never for an
+    organisation the reviewer belongs to (separation of duties)."""
     product = await session.scalar(select(Product).where(Product.slug == slug))
     row = None
     if product is not None:
@@ -438,6 +402,8 @@ async def review_version(
         )
     if product is None or row is None:
         raise not_found(f"version {version} of '{slug}'")
+    if await access.role_in(session, principal, product.org_id) is not None:
+        raise forbidden("a reviewer never decides the review of a version of an organisation they belong to")
     if row.state != "in_review":
         raise conflict(f"version {version} is {row.state}, not in review", "not-in-review")
     if decision == "reject" and not reason.strip():
@@ -478,7 +444,7 @@ async def change_lifecycle(
     """
     if to == "withdrawn" and not reason.strip():
         raise invalid("reason", "say why the version is withdrawn; buyers asking for its files are told it")
-    if principal.has_platform_role("admin") and principal.api_key_id is None and to == "withdrawn":
+    if to == "withdrawn" and access.platform_allows(principal, "versions.withdraw_any"):
         product = await session.scalar(select(Product).where(Product.slug == slug))
         row = None
         if product is not None:

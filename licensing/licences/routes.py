@@ -9,9 +9,8 @@ from litestar import Controller, Request, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.types import ControllerRouterHandler
 
-from app.auth.guards import OPEN_TO_AUDITORS, authenticated
+from app.auth.guards import OPEN_TO_AUDITORS, requires
 from app.deps import BEARER, Audit, Caller, Limit, OptionalCaller, Session
-from app.pagination import decode_cursor, encode_cursor
 from licensing.licences import service, terms
 from licensing.licences.models import Licence
 from licensing.licences.schemas import CheckIn, CheckOut, ItemVerdictOut, LicenceIn, LicenceOut, LicencePage
@@ -36,23 +35,19 @@ def licence_out(licence: Licence, org: str | None) -> LicenceOut:
 class LicenceController(Controller):
     path = "/licences"
     tags = ["licensing"]
+    guards = [requires("catalog.read")]  # writes add their own rule
 
     @get("/", summary="The licence catalogue: seeded SPDX licences and providers' custom licences")
     async def list(self, session: Session, cursor: FromQuery[str | None] = None, limit: Limit = 50) -> LicencePage:
-        rows = await service.list_licences(session, after=decode_cursor(cursor), limit=limit + 1)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return LicencePage(
-            items=[licence_out(licence, org) for licence, org in rows],
-            next_cursor=encode_cursor(rows[-1][0].id) if more and rows else None,
-        )
+        rows, next_cursor = await service.list_licences(session, cursor=cursor, limit=limit)
+        return LicencePage(items=[licence_out(licence, org) for licence, org in rows], next_cursor=next_cursor)
 
     @post(
         "/",
         summary="Add a custom licence with its AI-use terms",
         status_code=201,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def create(
         self, session: Session, audit_context: Audit, principal: Caller, data: JSONBody[LicenceIn]
@@ -82,6 +77,7 @@ class LicenceController(Controller):
     status_code=200,
     tags=["licensing"],
     opt={OPEN_TO_AUDITORS: True},
+    guards=[requires("catalog.read")],
 )
 async def licence_check(session: Session, optional_principal: OptionalCaller, data: JSONBody[CheckIn]) -> CheckOut:
     """Per item: allowed or not and why; for the whole: accumulated duties (attribution list, share-alike) and
