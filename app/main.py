@@ -94,6 +94,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             auth_routes.router,
             audit_routes.router,
             catalog_routes.ProductController,
+            catalog_routes.reviews,
             *licensing_routes.route_handlers,
         ],
     )

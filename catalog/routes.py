@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Annotated, Any
 
@@ -13,7 +14,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.guards import requires
-from app.deps import Audit, Caller, OptionalCaller, Session
+from app.deps import Audit, Caller, Limit, OptionalCaller, Session
 from app.errors import PROBLEM_MEDIA_TYPE, Problem, invalid, not_found
 from app.settings import Settings
 from catalog import provenance, search, service, uploads
@@ -70,7 +71,14 @@ NOT_VISIBLE = ResponseSpec(
 )
 
 
-def product_out(product: Product, org_slug: str, versions: list[ProductVersion] | None = None) -> ProductOut:
+def product_out(
+    product: Product,
+    org_slug: str,
+    versions: list[ProductVersion] | None = None,
+    *,
+    latest_version: str | None = None,
+) -> ProductOut:
+    """``latest_version``: the newest released version, from ``versions`` when given."""
     out = ProductOut(
         id=product.id,
         slug=product.slug,
@@ -86,6 +94,7 @@ def product_out(product: Product, org_slug: str, versions: list[ProductVersion] 
         status=product.status,
         created_at=product.created_at,
         updated_at=product.updated_at,
+        latest_version=latest_version,
     )
     if versions is not None:
         out.versions = [VersionSummary(v.version, v.state, v.published_at, v.manifest_digest) for v in versions]
@@ -211,7 +220,8 @@ class ProductController(Controller):
         cursor: Annotated[str | None, QueryParameter(description="the next_cursor of the previous page")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=search.MAX_LIMIT)] = search.DEFAULT_LIMIT,
     ) -> Response[ProductPage]:
-        """Published products, and the drafts of the caller's organisations, newest listing first. Facets count
+        """Published products, and the drafts of the caller's organisations, newest listing first; each with its
+        ``latest_version`` (the newest published version, or null). Facets count
         the products matching the whole query per industry, modality, language, access and provider; for a
         query that matches very many products they are estimated (header ``Corpora-Facets: estimated``).
         ``next_cursor`` pages on; products listed meanwhile never shift later pages."""
@@ -230,8 +240,12 @@ class ProductController(Controller):
                 limit=limit,
             ),
         )
+        latest = await service.latest_versions(session, [product.id for product, _ in result.products])
         page = ProductPage(
-            items=[product_out(product, org_slug) for product, org_slug in result.products],
+            items=[
+                product_out(product, org_slug, latest_version=latest.get(product.id))
+                for product, org_slug in result.products
+            ],
             next_cursor=result.next_cursor,
             facets={facet: [FacetCount(value, n) for value, n in values] for facet, values in result.facets.items()},
         )
@@ -535,3 +549,31 @@ class ProductController(Controller):
     ) -> Response[dict[str, Any]]:
         export = await provenance.load_version_export(session, optional_principal, slug, version, str(request.base_url))
         return Response(provenance.prov_document(export), media_type=provenance.PROV_JSON_MEDIA_TYPE)
+
+
+class ReviewOut(msgspec.Struct):
+    product: str
+    version: str
+    org: str
+    submitted_at: dt.datetime
+
+
+class ReviewPage(msgspec.Struct):
+    items: list[ReviewOut]
+    next_cursor: str | None
+
+
+@get(
+    "/reviews",
+    summary="The reviewers' queue: versions in review, oldest first (platform reviewers)",
+    tags=["catalog"],
+    security=BEARER,
+    guards=[requires("reviews.read")],
+)
+async def reviews(session: Session, cursor: FromQuery[str | None] = None, limit: Limit = 50) -> ReviewPage:
+    """Decide each with ``POST /products/{slug}/versions/{version}/review``; a reviewer never decides a version
+    of an organisation they belong to (403)."""
+    rows, next_cursor = await service.review_queue(session, cursor=cursor, limit=limit)
+    return ReviewPage(
+        items=[ReviewOut(r.product, r.version, r.org, r.submitted_at) for r in rows], next_cursor=next_cursor
+    )

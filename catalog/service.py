@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import hashlib
 import json
 import re
@@ -13,6 +15,7 @@ from sqlalchemy import ColumnElement, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import pagination
 from app.accounts import access
 from app.accounts.models import Organization
 from app.audit import service as audit
@@ -490,3 +493,48 @@ async def versions_of(session: AsyncSession, product_id: uuid.UUID, *, include_d
 def semver_key(row: ProductVersion) -> tuple[int, int, int, int, str]:
     # A release sorts after its pre-releases (1.0.0-rc.1 < 1.0.0).
     return (row.major, row.minor, row.patch, 1 if row.prerelease is None else 0, row.prerelease or "")
+
+
+RELEASED_STATES = ("published", "deprecated")
+
+
+async def latest_versions(session: AsyncSession, product_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The newest released version of each product (semantic-version order), in one statement."""
+    if not product_ids:
+        return {}
+    rows = await session.execute(
+        select(ProductVersion.product_id, ProductVersion.version)
+        .where(ProductVersion.product_id.in_(product_ids), ProductVersion.state.in_(RELEASED_STATES))
+        .distinct(ProductVersion.product_id)
+        .order_by(
+            ProductVersion.product_id,
+            ProductVersion.major.desc(),
+            ProductVersion.minor.desc(),
+            ProductVersion.patch.desc(),
+            ProductVersion.prerelease.is_(None).desc(),
+            ProductVersion.prerelease.desc(),
+        )
+    )
+    return {product_id: version for product_id, version in rows}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InReview:
+    product: str
+    version: str
+    org: str
+    submitted_at: dt.datetime
+
+
+async def review_queue(session: AsyncSession, *, cursor: str | None, limit: int) -> tuple[list[InReview], str | None]:
+    """Versions waiting for a platform reviewer, oldest submission first."""
+    query = (
+        select(Product.slug, ProductVersion.version, Organization.slug, ProductVersion.submitted_at)
+        .join(Product, Product.id == ProductVersion.product_id)
+        .join(Organization, Organization.id == Product.org_id)
+        .where(ProductVersion.state == "in_review")
+    )
+    rows, next_cursor = await pagination.page(
+        session, query, (ProductVersion.submitted_at, ProductVersion.id), cursor, limit
+    )
+    return [InReview(*row) for row in rows], next_cursor

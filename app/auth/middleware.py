@@ -8,6 +8,7 @@ route's guards, so public endpoints stay public.
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import ipaddress
 import itertools
 import re
@@ -18,7 +19,7 @@ from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.accounts.models import ApiKey, User
@@ -31,6 +32,7 @@ from app.settings import IPNetwork, Settings
 
 REQUEST_ID_HEADER = b"x-request-id"
 VERIFIED_TOKENS_KEPT = 10_000
+LAST_USED_PRECISION = dt.timedelta(minutes=1)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -157,7 +159,9 @@ class AuthMiddleware:
         async with self.sessionmaker() as session:
             key = (
                 await session.execute(
-                    select(ApiKey.id, ApiKey.user_id, ApiKey.org_id, ApiKey.scopes, ApiKey.expires_at)
+                    select(
+                        ApiKey.id, ApiKey.user_id, ApiKey.org_id, ApiKey.scopes, ApiKey.expires_at, ApiKey.last_used_at
+                    )
                     .join(User, User.id == ApiKey.user_id)
                     .where(
                         ApiKey.secret_hash == secret_digest(secret),
@@ -166,10 +170,22 @@ class AuthMiddleware:
                     )
                 )
             ).one_or_none()
-        if key is None:
-            raise unauthorized("the API key is unknown or has been revoked")
-        if key.expires_at <= utcnow():
-            raise unauthorized("the API key has expired; create a new one at /api/v1/api-keys")
+            if key is None:
+                raise unauthorized("the API key is unknown or has been revoked")
+            now = utcnow()
+            if key.expires_at <= now:
+                raise unauthorized("the API key has expired; create a new one at /api/v1/api-keys")
+            if key.last_used_at is None or now - key.last_used_at >= LAST_USED_PRECISION:
+                # To the minute: at most one write a minute per key, and none for the other requests.
+                await session.execute(
+                    update(ApiKey)
+                    .where(
+                        ApiKey.id == key.id,
+                        or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at <= now - LAST_USED_PRECISION),
+                    )
+                    .values(last_used_at=now)
+                )
+                await session.commit()
         return Principal(
             user_id=key.user_id,
             platform_roles=frozenset(),

@@ -41,8 +41,7 @@ async def list_licences(
     session: AsyncSession, *, cursor: str | None, limit: int
 ) -> tuple[list[tuple[Licence, str | None]], str | None]:
     """A page of the catalogue: the seeded SPDX licences first, then custom ones, by id."""
-    query: Any = select(Licence, Organization.slug)
-    query = query.outerjoin(Organization, Organization.id == Licence.owner_org_id)
+    query = select(Licence, Organization.slug).outerjoin(Organization, Organization.id == Licence.owner_org_id)
     keys = (Licence.owner_org_id.is_not(None), Licence.id)
     rows, next_cursor = await pagination.page(session, query, keys, cursor, limit)
     return [(licence, org) for licence, org in rows], next_cursor
