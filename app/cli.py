@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
@@ -62,6 +63,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     overrides = {k: v for k, v in {"host": args.host, "port": args.port, "workers": args.workers}.items() if v}
     settings = dataclasses.replace(settings, **overrides)
     runtime = resolve(settings)
+    stops: list[Callable[[], None]] = []
     try:
         load_keyring(runtime.settings)  # a development key is generated once, before workers start
         os.environ.update(runtime.settings.as_env())
@@ -69,6 +71,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        job_worker = start_worker_process(args.job_concurrency)
+        stops.append(lambda: stop_worker_process(job_worker))
         print(
             f"Corpora on http://{runtime.settings.host}:{runtime.settings.port} "
             f"({runtime.settings.workers} workers); API docs at /schema",
@@ -83,6 +87,51 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             factory=True,
             log_access=False,
         ).serve()
+    finally:
+        for stop in stops:
+            stop()
+        runtime.stop()
+    return 0
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: the kernel sends SIGTERM when the parent dies, even of SIGKILL (Linux)."""
+    if sys.platform == "linux":
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def start_worker_process(concurrency: int) -> subprocess.Popen[bytes]:
+    """The job worker that ``serve`` runs beside the API, a process of its own with the same environment."""
+    command = [sys.executable, "-m", "app.cli", "worker", "--concurrency", str(concurrency), "--name", "serve"]
+    return subprocess.Popen(command, preexec_fn=_die_with_parent)
+
+
+def stop_worker_process(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()  # the worker finishes running jobs, up to its graceful timeout
+    try:
+        process.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from app.jobs.worker import run_worker
+    from app.wiring import load_tasks
+
+    runtime = resolve(settings)
+    if not args.verbose:
+        logging.getLogger("procrastinate").setLevel(logging.WARNING)  # not a line per job
+    try:
+        load_tasks()
+        asyncio.run(
+            run_worker(runtime.settings, concurrency=args.concurrency, queues=args.queue or None, name=args.name)
+        )
+    except KeyboardInterrupt:
+        pass
     finally:
         runtime.stop()
     return 0
@@ -183,6 +232,43 @@ def cmd_push(args: argparse.Namespace, settings: Settings) -> int:
     return push_main(args)
 
 
+def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    import getpass
+    import json
+    import sys
+
+    from app.audit.service import AuditContext
+    from app.errors import ProblemError
+    from demo.seed import seed_database
+
+    runtime = resolve(settings, need_object_store=False)
+
+    def progress(done: int) -> None:
+        if done % 50_000 == 0 or done == args.products:
+            print(f"  {done} / {args.products} products", file=sys.stderr, flush=True)
+
+    try:
+        assert runtime.settings.database_url is not None
+        result = asyncio.run(
+            seed_database(
+                runtime.settings.database_url,
+                AuditContext(actor=f"cli:{getpass.getuser()}"),
+                products=args.products,
+                org_slug=args.org,
+                seed=args.seed,
+                progress=progress,
+            )
+        )
+    except ProblemError as exc:
+        print(f"error: {exc.detail}", file=sys.stderr)
+        return 1
+    finally:
+        runtime.stop()
+    print(json.dumps(dataclasses.asdict(result) | {"seconds": round(result.seconds, 1)}))
+    return 0
+
+
 def cmd_pull(args: argparse.Namespace, settings: Settings) -> int:
     from client.pull import main as pull_main
 
@@ -208,7 +294,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (CORPORA_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (CORPORA_PORT, default 8000)")
     serve.add_argument("--workers", type=int, help="server worker processes (CORPORA_WORKERS, default 2)")
+    serve.add_argument(
+        "--job-concurrency", type=int, default=4, metavar="N", help="jobs the worker beside the API runs at once (4)"
+    )
     serve.set_defaults(handler=cmd_serve)
+
+    worker = commands.add_parser(
+        "worker",
+        help="run queued jobs (webhook deliveries, sweeps, inspections); start as many as the load needs",
+        description=(
+            "Run jobs from the queue in PostgreSQL until SIGINT or SIGTERM, which let running jobs finish. "
+            "Any number of workers, on any number of machines, share the queue: each job runs on one of them. "
+            "Periodic jobs (expiry sweeps) are queued once per tick whatever the number of workers."
+        ),
+    )
+    worker.add_argument("--concurrency", type=int, default=4, metavar="N", help="jobs run at once (default 4)")
+    worker.add_argument(
+        "--queue", action="append", default=[], metavar="NAME", help="only this queue; repeat for several (all)"
+    )
+    worker.add_argument("--name", default="worker", help="the worker's name in logs")
+    worker.set_defaults(handler=cmd_worker)
 
     migrate = commands.add_parser("migrate", help="upgrade the database schema to the newest migration")
     migrate.set_defaults(handler=cmd_migrate)
@@ -306,10 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--cache-dir", metavar="DIR", help="where digests are cached (default ~/.cache/corpora)")
     push.set_defaults(handler=cmd_push)
 
-    from catalog import seed  # argparse only at import; the command imports the rest when it runs
     from client import pull
+    from demo import seed  # argparse only at import; the command imports the rest when it runs
 
-    seed.add_command(commands)
+    seed.add_command(commands, cmd_seed)
     pull.add_command(commands, cmd_pull)
     return parser
 

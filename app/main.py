@@ -31,11 +31,11 @@ from app.metrics import RequestMetrics
 from app.objectstore import ObjectStore, ObjectStoreUnavailable
 from app.settings import Settings
 from app.validation import check_request
+from app.wiring import load_tasks
 from catalog import routes as catalog_routes
 from catalog.janitor import run_janitor
 from licensing import routes as licensing_routes
 from licensing.downloads import routes as downloads_routes
-from licensing.sweeps import run_sweeps
 
 log = logging.getLogger("corpora")
 
@@ -64,6 +64,7 @@ async def _ensure_bucket(store: ObjectStore, settings: Settings) -> None:
 def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litestar:
     if settings.database_url is None or settings.s3_endpoint is None:
         raise ValueError("create_app needs a database URL and an S3 endpoint; `corpora serve` starts embedded ones")
+    load_tasks()  # services enqueue jobs by name
     keyring = keyring or load_keyring(settings)
     engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
     sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
@@ -76,7 +77,6 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             asyncio.create_task(_ensure_bucket(store, settings), name="ensure-bucket"),
             asyncio.create_task(run_checkpointer(settings, sessionmaker, store, keyring), name="audit-checkpoints"),
             asyncio.create_task(run_janitor(settings, engine, store), name="storage-janitor"),
-            asyncio.create_task(run_sweeps(sessionmaker), name="licensing-sweeps"),
             asyncio.create_task(me_cache.run(), name="me-cache-listener"),
         ]
         try:

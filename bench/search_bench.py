@@ -2,7 +2,7 @@
 
 Setup: a fresh PostgreSQL database — on the server of ``--server-url`` / ``CORPORA_DATABASE_URL``, else on an
 embedded PostgreSQL started in a temporary directory — migrated to the newest schema and seeded with
-``--products`` synthetic products (``catalog.seed``, the code behind ``corpora seed``).
+``--products`` synthetic products (``demo.seed``, the code behind ``corpora seed``).
 
 Then every query of a fixed mix (text in Chinese and English — one- and two-character Chinese words and
 words found in most products among them — facet filters, `use`, deep pages, a provider member's view) runs
@@ -262,7 +262,7 @@ async def cpu_reference(engine: AsyncEngine) -> float:
 
 async def bench(args: argparse.Namespace, database_url: str) -> int:
     from app.migrate import upgrade
-    from catalog.seed import seed_database
+    from demo.seed import seed_database
 
     print(f"machine: {os.cpu_count()} CPU(s), 1-min load average {os.getloadavg()[0]:.2f} before the run")
     await asyncio.to_thread(upgrade, database_url)

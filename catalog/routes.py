@@ -143,7 +143,7 @@ def plan_out(plan: uploads.Plan) -> FilePlanOut:
             expires_at=plan.expires_at,
             uploaded_parts=[UploadedPart(n, etag, size) for n, etag, size in plan.uploaded_parts or []],
         )
-    return FilePlanOut(file_id=plan.file.id, path=plan.file.path, upload=upload)
+    return FilePlanOut(file_id=plan.file.id, path=plan.file.path, upload=upload, stored=plan.stored)
 
 
 def _provenance(body: Any) -> dict[str, Any] | None:

@@ -244,6 +244,9 @@ class FilePlanOut(msgspec.Struct):
     file_id: uuid.UUID
     path: str
     upload: SingleUpload | MultipartUpload
+    # True when the org already stores this content in a verified file: completing without uploading
+    # verifies the file, so clients need not send the bytes again.
+    stored: bool = False
 
 
 class CompletedPart(Strict):

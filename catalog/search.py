@@ -11,9 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import unicodedata
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 from sqlalchemy import (
@@ -43,39 +42,8 @@ from app.accounts.models import Organization
 from app.auth.principal import Principal
 from app.errors import ProblemError, invalid
 from catalog.models import ACCESS_MODES, INDUSTRIES, MODALITIES, Product, ProductFacetValue
-
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
-_RUNS = re.compile(rf"[{_CJK}]+|[^\W_{_CJK}]+", re.UNICODE)
-_IS_CJK = re.compile(rf"[{_CJK}]")
-MAX_TERM_LENGTH = 64
-
-
-def _run_terms(run: str, *, for_query: bool) -> list[str]:
-    if not _IS_CJK.match(run):
-        return [run[:MAX_TERM_LENGTH]]
-    if len(run) == 1:
-        return [run]
-    pairs = [run[i : i + 2] for i in range(len(run) - 1)]
-    return pairs if for_query else [*run, *pairs]
-
-
-def terms(texts: Iterable[str], *, for_query: bool = False) -> list[str]:
-    """The distinct terms of ``texts``, NFKC-normalised (full-width letters are letters) and lower-cased."""
-    seen: dict[str, None] = {}
-    for text in texts:
-        for run in _RUNS.findall(unicodedata.normalize("NFKC", text).lower()):
-            for term in _run_terms(run, for_query=for_query):
-                seen.setdefault(term, None)
-    return list(seen)
-
-
-def product_terms(title: str, summary: str, description: str, tags: Iterable[str]) -> list[str]:
-    return terms([title, summary, description, *tags])
-
-
-def query_terms(q: str) -> list[str]:
-    return terms([q], for_query=True)
-
+from catalog.service import normalise_language, visible_products
+from catalog.terms import query_terms
 
 # --- permitted uses ----------------------------------------------------------------------------------------
 
@@ -427,8 +395,6 @@ async def search_products(session: AsyncSession, principal: Principal | None, qu
     Pages are keyed on ``listed_seq`` (the cursor is its base64), so products listed while a client pages
     through never shift the later pages: no product is repeated or skipped.
     """
-    from catalog.service import normalise_language, visible_products
-
     _one_of("industry", query.industry, INDUSTRIES)
     _one_of("modality", query.modality, MODALITIES)
     _one_of("access", query.access, ACCESS_MODES)

@@ -23,18 +23,12 @@ from app.audit.service import AuditContext
 from app.auth.principal import Principal
 from app.db import utcnow
 from app.errors import ProblemError, conflict, forbidden, invalid, not_found
-from catalog import provenance as provenance_rules
-from catalog.models import Product, ProductVersion, VersionFile
-from catalog.search import product_terms
+from catalog import provenance_rules
+from catalog.models import SEMVER, Product, ProductVersion, VersionFile
+from catalog.terms import product_terms
 
 LICENCE_FOREIGN_KEY = "fk_product_versions_licence_id_licences"
 
-# https://semver.org/#is-there-a-suggested-regular-expression-regex-to-check-a-semver-string
-SEMVER = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
-)
 # BCP 47 language tags as corpora use them: language, optional script, region and variants.
 BCP47 = re.compile(
     r"^([a-zA-Z]{2,3})(-[a-zA-Z]{4})?(-(?:[a-zA-Z]{2}|\d{3}))?((?:-(?:[a-zA-Z\d]{5,8}|\d[a-zA-Z\d]{3}))*)$"

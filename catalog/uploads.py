@@ -12,7 +12,7 @@ import math
 import re
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,7 +22,7 @@ from app.auth.principal import Principal
 from app.db import CommitThenRaise, utcnow
 from app.errors import ProblemError, conflict, invalid, not_found
 from app.objectstore import ObjectRefused, ObjectStore
-from catalog.models import Blob, VersionFile
+from catalog.models import Blob, Product, ProductVersion, VersionFile
 from catalog.service import require_draft, version_for_writing
 
 MIB = 1024 * 1024
@@ -91,20 +91,42 @@ class Plan:
     url: str | None = None
     part_urls: list[tuple[int, str]] | None = None
     uploaded_parts: list[tuple[int, str, int]] | None = None
+    # The org already stores this content: completing without uploading verifies the file.
+    stored: bool = False
 
 
-async def _plan_urls(store: ObjectStore, file: VersionFile) -> Plan:
+async def _org_stores(session: AsyncSession, org_id: uuid.UUID, file: VersionFile) -> bool:
+    """Whether a verified file of the org's own versions has this content. Only the org's own files count, so
+    the answer never tells whether another org holds the same bytes."""
+    return bool(
+        await session.scalar(
+            select(
+                exists().where(
+                    VersionFile.sha256 == file.sha256,
+                    VersionFile.size == file.size,
+                    VersionFile.status == "verified",
+                    VersionFile.version_id == ProductVersion.id,
+                    ProductVersion.product_id == Product.id,
+                    Product.org_id == org_id,
+                )
+            )
+        )
+    )
+
+
+async def _plan_urls(store: ObjectStore, file: VersionFile, *, stored: bool) -> Plan:
     expires_at = utcnow() + dt.timedelta(seconds=UPLOAD_URL_SECONDS)
     key = staging_key(file.id)
     if file.upload_id is None:
-        return Plan(file, expires_at, url=await store.presigned_put(key, UPLOAD_URL_SECONDS))
+        return Plan(file, expires_at, url=await store.presigned_put(key, UPLOAD_URL_SECONDS), stored=stored)
     assert file.part_size is not None
     count = max(1, math.ceil(file.size / file.part_size))
     urls = [
         (number, await store.presigned_part(key, file.upload_id, number, UPLOAD_URL_SECONDS))
         for number in range(1, count + 1)
     ]
-    return Plan(file, expires_at, part_urls=urls, uploaded_parts=await store.uploaded_parts(key, file.upload_id))
+    uploaded = await store.uploaded_parts(key, file.upload_id)
+    return Plan(file, expires_at, part_urls=urls, uploaded_parts=uploaded, stored=stored)
 
 
 async def plan_upload(
@@ -123,7 +145,8 @@ async def plan_upload(
     """Register a file and hand out where to upload it.
 
     Asking again for a pending file with the same content resumes it: the same upload, fresh URLs and
-    the parts the object store already has.
+    the parts the object store already has. When the org already stores the content in a verified file, the
+    plan says so (``stored``) and the file can be completed without sending its bytes again.
     """
     product, row = await version_for_writing(session, principal, slug, version)
     require_draft(row)
@@ -134,9 +157,10 @@ async def plan_upload(
     )
     if existing is not None:
         if existing.status == "pending" and (existing.sha256, existing.size) == (sha256, size):
-            return await _plan_urls(store, existing)
+            return await _plan_urls(store, existing, stored=await _org_stores(session, product.org_id, existing))
         raise conflict(f"'{path}' is already in version {version}; delete it first to replace it", "path-exists")
     file = VersionFile(id=uuid.uuid4(), version_id=row.id, path=path, size=size, sha256=sha256, media_type=media_type)
+    stored = await _org_stores(session, product.org_id, file)
     if size > MIN_PART_SIZE:
         file.part_size = part_size_for(size)
         file.upload_id = await store.create_multipart(staging_key(file.id), media_type)
@@ -151,7 +175,7 @@ async def plan_upload(
         target_id=file.id,
         details={"version": f"{slug}@{version}", "path": path, "size": size, "sha256": sha256},
     )
-    return await _plan_urls(store, file)
+    return await _plan_urls(store, file, stored=stored)
 
 
 async def _reject(
@@ -199,6 +223,8 @@ async def complete_upload(
         return file
     require_draft(row)
     key = staging_key(file.id)
+    if not parts and await _completes_from_store(session, store, product.org_id, file):
+        return await _verified(session, context, slug, version, file, product.org_id, reused=True)
     if file.upload_id is not None:
         if not parts:
             raise invalid("parts", "a multipart upload is completed with the part numbers and ETags of its parts")
@@ -251,16 +277,38 @@ async def complete_upload(
             ),
         )
     await _store_blob(session, store, key, file)
+    return await _verified(session, context, slug, version, file, product.org_id, reused=False)
+
+
+async def _completes_from_store(
+    session: AsyncSession, store: ObjectStore, org_id: uuid.UUID, file: VersionFile
+) -> bool:
+    """Nothing was uploaded, and the org already stores this content (its blob is in the object store)."""
+    if file.upload_id is None and await store.size_of(staging_key(file.id)) is not None:
+        return False
+    if not await _org_stores(session, org_id, file) or await store.size_of(blob_key(file.sha256)) != file.size:
+        return False
+    if file.upload_id is not None:
+        await store.abort_multipart(staging_key(file.id), file.upload_id)
+    return True
+
+
+async def _verified(
+    session: AsyncSession,
+    context: AuditContext,
+    slug: str,
+    version: str,
+    file: VersionFile,
+    org_id: uuid.UUID,
+    *,
+    reused: bool,
+) -> VersionFile:
     file.status, file.verified_at, file.upload_id = "verified", utcnow(), None
     await session.flush()
+    details: dict[str, object] = {"version": f"{slug}@{version}", "path": file.path, "size": file.size}
+    details |= {"sha256": file.sha256, "reused": reused}
     await audit.record(
-        session,
-        context,
-        "file.verified",
-        org_id=product.org_id,
-        target_type="file",
-        target_id=file.id,
-        details={"version": f"{slug}@{version}", "path": file.path, "size": file.size, "sha256": file.sha256},
+        session, context, "file.verified", org_id=org_id, target_type="file", target_id=file.id, details=details
     )
     return file
 

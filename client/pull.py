@@ -39,6 +39,7 @@ from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from client.push import human_size, sha256_file
+from client.receipts import ReceiptInvalid, ReceiptVerifier
 
 if TYPE_CHECKING:
     import httpx
@@ -200,14 +201,24 @@ class Api:
         self.client.close()
 
     def call(
-        self, method: str, url: str, what: str, *, json_body: Any = None, params: dict[str, str] | None = None
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, str] | None = None,
+        anonymous: bool = False,
     ) -> Any:
         import httpx
 
         delay = 0.5
         for attempt in range(RETRIES + 1):
             try:
-                response = self.client.request(method, url, json=json_body, params=params)
+                request = self.client.build_request(method, url, json=json_body, params=params)
+                if anonymous:  # a public document: the token goes nowhere it is not needed
+                    del request.headers["Authorization"]
+                response = self.client.send(request)
             except httpx.TransportError as exc:
                 if attempt == RETRIES:
                     raise PullError(
@@ -224,6 +235,13 @@ class Api:
             time.sleep(delay)
             delay = min(delay * 2, 30)
         raise AssertionError("unreachable")
+
+    def jwks(self) -> dict[str, Any]:
+        """The platform's public signing keys, which verify download receipts."""
+        keys: dict[str, Any] = self.call(
+            "GET", self.base + "/.well-known/jwks.json", "reading the platform's keys", anonymous=True
+        )
+        return keys
 
     def version(self, slug: str, version: str) -> dict[str, Any]:
         found: dict[str, Any] = self.call(
@@ -339,7 +357,8 @@ def path_problem(path: str) -> str | None:
 class State:
     """``DIR/.corpora``: the receipts of every grant, and digests of completed files (keyed by size and mtime)."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, receipts: ReceiptVerifier) -> None:
+        self.verifier = receipts
         self.dir = out / STATE_DIR
         self.receipts = self.dir / "receipts"
         self.index = self.dir / "receipts.json"
@@ -364,7 +383,15 @@ class State:
         temporary.replace(self.index)
 
     def record_grant(self, item: dict[str, Any], entitlement_id: str, purpose: str) -> None:
-        """Keep the receipt of a grant (new or refreshed) and index it, before any byte is downloaded."""
+        """Keep the receipt of a grant (new or refreshed) and index it, before any byte is downloaded; a receipt
+        that does not verify against the platform's keys stops the pull."""
+        try:
+            self.verifier.verify(item["receipt"], item)
+        except ReceiptInvalid as exc:
+            raise PullError(
+                f"the receipt of {item['path']} does not verify: {exc}. Nothing of it was downloaded; pull again, "
+                "and if it persists, the API at this address is not the platform that signs receipts."
+            ) from None
         with self.lock:
             self.receipts.mkdir(parents=True, exist_ok=True)
             receipt = self.receipts / f"{item['download_id']}.jws"
@@ -768,7 +795,7 @@ def pull(
             raise PullError("these files cannot be written under the output directory: " + "; ".join(bad[:10]))
         report.files_selected = len(files)
         out.mkdir(parents=True, exist_ok=True)
-        state = State(out)
+        state = State(out, ReceiptVerifier(client.jwks))
 
         todo = [
             f

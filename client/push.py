@@ -75,6 +75,7 @@ class PushReport:
     files_local: int = 0
     files_skipped: int = 0  # already verified with the same content
     files_uploaded: int = 0
+    files_reused: int = 0  # content the org already stores in another version: completed without sending bytes
     files_failed: int = 0
     bytes_uploaded: int = 0  # bytes sent to the object store by this run
     parts_uploaded: int = 0  # PUTs of this run (a single-PUT file counts as one part)
@@ -96,6 +97,8 @@ class PushReport:
             f"{self.product}@{self.version}: {self.files_uploaded} file(s) uploaded ({human_size(self.bytes_uploaded)}"
             f"{f', {rate:.1f} MiB/s' if self.bytes_uploaded else ''}), {self.files_skipped} already there"
         )
+        if self.files_reused:
+            text += f", {self.files_reused} already stored by the organisation (not sent)"
         if self.parts_reused:
             text += f", {self.parts_reused} part(s) resumed"
         if self.files_failed:
@@ -590,6 +593,14 @@ class Uploader:
             self.api.delete_file(self.slug, self.version, str(old["file_id"]), file.path)
         plan = self.api.plan(self.slug, self.version, file)
         file_id = str(plan["file_id"])
+        if plan.get("stored") and file.unchanged():
+            self.api.complete(self.slug, self.version, file_id, {}, file.size)
+            self._count(files_reused=1)
+            if self.progress.total is not None:
+                self.progress.total.total -= file.size  # nothing to send
+                self.progress.total.refresh()
+            self.progress.line(f"{file.path}: already stored by this organisation, not sent again")
+            return
         lock = threading.Lock()
         state: dict[str, Any] = {"plan": plan, "renewed": time.monotonic()}
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.jobs import JobDeps, job
 from licensing.entitlements.service import expire_due
 from licensing.orders.service import expire_due_requests
 
@@ -20,13 +20,10 @@ async def sweep(session: AsyncSession) -> tuple[int, int]:
     return entitlements, requests
 
 
-async def run_sweeps(sessionmaker: async_sessionmaker[AsyncSession], every_seconds: float = 60) -> None:
-    while True:
-        await asyncio.sleep(every_seconds)
-        try:
-            async with sessionmaker() as session, session.begin():
-                entitlements, requests = await sweep(session)
-            if entitlements or requests:
-                log.info("expired %d entitlements and %d orders", entitlements, requests)
-        except Exception as exc:  # the sweep retries next round; an outage must not kill it
-            log.warning("licensing sweep failed: %s", exc)
+@job("licensing.expiry_sweep", periodic="* * * * *")
+async def expiry_sweep(deps: JobDeps, *, timestamp: int) -> None:
+    """Once a minute on one worker; a failed sweep is retried, and the next tick catches up anyway."""
+    async with deps.sessionmaker() as session, session.begin():
+        entitlements, requests = await sweep(session)
+    if entitlements or requests:
+        log.info("expired %d entitlements and %d orders", entitlements, requests)

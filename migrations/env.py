@@ -9,7 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from app.db import create_engine
-from migrations.metadata import target_metadata
+from migrations.metadata import include_name, target_metadata
 
 config = context.config
 
@@ -20,7 +20,9 @@ MIGRATION_LOCK = 0x636F72706F7261  # "corpora"
 
 
 def run_with(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+    context.configure(
+        connection=connection, target_metadata=target_metadata, compare_type=True, include_name=include_name
+    )
     with context.begin_transaction():
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         context.run_migrations()

@@ -13,6 +13,12 @@ from licensing.orders import models as orders_models
 
 target_metadata = Base.metadata
 
+
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Schema comparisons leave out the job queue's tables: procrastinate's own SQL defines them (0009)."""
+    return not (type_ == "table" and name is not None and name.startswith("procrastinate_"))
+
+
 __all__ = [
     "accounts_models",
     "audit_models",
@@ -20,6 +26,7 @@ __all__ = [
     "catalog_models",
     "downloads_models",
     "entitlements_models",
+    "include_name",
     "licences_models",
     "offers_models",
     "orders_models",

@@ -1,7 +1,8 @@
-"""Shared fixtures: a real PostgreSQL and a real S3 server for the whole run, a fresh database and bucket.
+"""Shared fixtures: a real PostgreSQL and a real S3 server for the whole run, a fresh database and bucket
+per test process.
 
 With ``CORPORA_DATABASE_URL`` / ``CORPORA_S3_ENDPOINT`` set, those servers are used (a new database
-and a new bucket are created on them); otherwise the embedded ones are started in a temporary dir.
+and a new bucket are created on them); otherwise embedded ones are started once, in a temporary dir.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import secrets
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 from sqlalchemy.engine import make_url
 
-from app.embedded import EmbeddedSeaweed, start_postgres, start_seaweedfs
+from app.embedded import start_postgres, start_seaweedfs
+from app.jobs.worker import drain, open_deps
 from app.main import create_app
 from app.migrate import upgrade
 from app.settings import Settings
@@ -57,36 +59,51 @@ class Servers:
     data_dir: Path
 
 
-@pytest.fixture(scope="session")
-def servers_dir() -> Path:
+# Set by the process that started the embedded servers, read by every test process (xdist workers included).
+_STARTED_DATABASE = "CORPORA_TEST_SERVER_URL"
+_STARTED_S3 = "CORPORA_TEST_S3_ENDPOINT"
+S3_ACCESS_KEY, S3_SECRET_KEY = "corpora-test", "corpora-test-secret"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start one embedded PostgreSQL and one SeaweedFS for the whole run, before xdist starts its workers.
+
+    Each test process then creates its own database and bucket on them. Servers named by
+    ``CORPORA_DATABASE_URL`` / ``CORPORA_S3_ENDPOINT`` are used instead when set.
+    """
+    if hasattr(config, "workerinput") or os.environ.get(_STARTED_DATABASE):
+        return
     # Not pytest's tmp_path: it prunes old numbered dirs, which would pull the data from under a server
     # that another test run (in parallel) still uses. Removed at exit, after the embedded servers stop.
     path = Path(tempfile.mkdtemp(prefix="corpora-test-"))
     atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return path
+    if not os.environ.get("CORPORA_DATABASE_URL"):
+        os.environ[_STARTED_DATABASE] = start_postgres(path)
+    if not os.environ.get("CORPORA_S3_ENDPOINT"):
+        seaweed = start_seaweedfs(path, S3_ACCESS_KEY, S3_SECRET_KEY)
+        atexit.register(seaweed.stop)
+        os.environ[_STARTED_S3] = seaweed.endpoint
 
 
 @pytest.fixture(scope="session")
-def seaweed(servers_dir: Path) -> Iterator[EmbeddedSeaweed | None]:
-    if os.environ.get("CORPORA_S3_ENDPOINT"):
-        yield None
-        return
-    server = start_seaweedfs(servers_dir, "corpora-test", "corpora-test-secret")
-    yield server
-    server.stop()
+def servers_dir() -> Path:
+    """This test process's own directory (signing keys and other local state)."""
+    path = Path(tempfile.mkdtemp(prefix="corpora-test-worker-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def servers(servers_dir: Path, seaweed: EmbeddedSeaweed | None) -> Servers:
-    server_url = os.environ.get("CORPORA_DATABASE_URL") or start_postgres(servers_dir)
+async def servers(servers_dir: Path) -> Servers:
+    server_url = os.environ.get("CORPORA_DATABASE_URL") or os.environ[_STARTED_DATABASE]
     database_url = await create_database(server_url, f"corpora_test_{secrets.token_hex(4)}")
     await asyncio.to_thread(upgrade, database_url)
-    if seaweed is not None:
-        endpoint, access, secret = seaweed.endpoint, "corpora-test", "corpora-test-secret"
-    else:
+    if os.environ.get("CORPORA_S3_ENDPOINT"):
         endpoint = os.environ["CORPORA_S3_ENDPOINT"]
         access = os.environ.get("CORPORA_S3_ACCESS_KEY", "")
         secret = os.environ.get("CORPORA_S3_SECRET_KEY", "")
+    else:
+        endpoint, access, secret = os.environ[_STARTED_S3], S3_ACCESS_KEY, S3_SECRET_KEY
     return Servers(
         database_url=database_url,
         s3_endpoint=endpoint,
@@ -121,6 +138,27 @@ def app(settings: Settings) -> Litestar:
 async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
     async with AsyncTestClient(app=app, base_url="http://testserver.local") as test_client:
         yield test_client
+
+
+RunJobs = Callable[..., Awaitable[None]]
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def run_jobs(app: Litestar, settings: Settings) -> AsyncIterator[RunJobs]:
+    """``await run_jobs()`` runs every job that is due, in-process, until the queue has none due.
+
+    A job that raises fails the test (``raise_errors=False`` to let retries happen quietly); jobs scheduled
+    for later (retries with backoff) stay queued.
+    """
+    async with open_deps(settings, keyring=app.state.keyring, pool_size=2) as deps:
+
+        async def run(*, raise_errors: bool = True, concurrency: int = 1) -> None:
+            errors: list[BaseException] = []
+            await drain(deps, concurrency=concurrency, errors=errors)
+            if errors and raise_errors:
+                raise errors[0]
+
+        yield run
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -27,7 +27,7 @@ from app.main import create_app
 from app.settings import Settings
 from licensing.sweeps import sweep
 from tests.conftest import Account, Servers, make_org
-from tests.test_licensing import (
+from tests.licensing.test_licensing import (
     Market,
     People,
     assert_problem,
@@ -582,7 +582,9 @@ async def test_concurrent_decisions_grant_once(
 ) -> None:
     manual = await make_offer(client, market.provider, market.product, approval="manual")
     request = await order_ok(client, market.buyer, manual["id"], market.buyer_org)
-    decisions = [("approve", {})] * 5 + [("reject", {"reason": "changed my mind"})] * 2
+    decisions: list[tuple[str, dict[str, str]]] = [("approve", {})] * 5 + [
+        ("reject", {"reason": "changed my mind"})
+    ] * 2
     responses = await asyncio.gather(
         *(
             live.post(f"/api/v1/orders/{request['id']}/{verb}", json=body, headers=market.provider.headers)

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 from litestar.testing import AsyncTestClient
 
-from tests.catalog_helpers import make_product, make_version, upload
+from tests.catalog.helpers import make_product, make_version, upload
 from tests.conftest import Account, grant_platform_role, make_org, sign_up
 
 

@@ -37,7 +37,7 @@ from app.objectstore import split_endpoint
 from app.settings import Settings
 from licensing.downloads.delivery import CHUNK_SIZE, ByteRange, stream_object
 from tests.conftest import Account, Servers, asyncpg_dsn, sign_up
-from tests.download_helpers import Market, download_body, market
+from tests.licensing.helpers import Market, download_body, market
 from tests.tcp_proxy import TcpProxy, http_upstream, proxied_endpoint
 
 T = TypeVar("T")

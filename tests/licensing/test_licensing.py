@@ -26,7 +26,7 @@ from litestar.testing import AsyncTestClient
 from app.auth.tokens import issue_access_token
 from app.main import create_app
 from app.settings import Settings
-from tests.catalog_helpers import make_product, make_version, upload
+from tests.catalog.helpers import make_product, make_version, upload
 from tests.conftest import Account, Servers, asyncpg_dsn, make_org, unique_email
 
 PROBLEM = "application/problem+json"
@@ -111,7 +111,7 @@ async def live_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     is a second app on the test's own event loop, over ASGI, sharing the database and the signing keys.
     """
     app = create_app(settings)
-    transport = httpx.ASGITransport(app=app)
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # litestar's ASGI types are narrower
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local", timeout=60) as client:
             yield client

@@ -35,7 +35,7 @@ def unique_product_slug() -> str:
 
 
 async def make_product(client: AsyncTestClient[Any], owner: Account, org: str, **fields: Any) -> str:
-    slug = fields.pop("slug", unique_product_slug())
+    slug: str = fields.pop("slug", unique_product_slug())
     body = {
         "org": org,
         "slug": slug,

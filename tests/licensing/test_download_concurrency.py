@@ -45,11 +45,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.main import create_app
 from app.objectstore import ObjectStore
 from app.settings import Settings
-from tests.catalog_helpers import make_version, upload
+from tests.catalog.helpers import make_version, upload
 from tests.conftest import Account, Servers, grant_platform_role, sign_up
-from tests.download_helpers import Market, download_body, market
+from tests.licensing.helpers import Market, download_body, market
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 90.0
 
 

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 from litestar.testing import AsyncTestClient
 
-from tests.catalog_helpers import make_product, upload
+from tests.catalog.helpers import make_product, upload
 from tests.conftest import Account, grant_platform_role, make_org, sign_up
 
 VALID: dict[str, Any] = {

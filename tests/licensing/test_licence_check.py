@@ -14,9 +14,9 @@ import pytest_asyncio
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from tests.catalog_helpers import make_product, make_version
+from tests.catalog.helpers import make_product, make_version
 from tests.conftest import Servers, make_org
-from tests.test_licensing import People, assert_problem, published_product, staff_connection
+from tests.licensing.test_licensing import People, assert_problem, published_product, staff_connection
 
 Client = AsyncTestClient[Litestar]
 

@@ -14,7 +14,7 @@ from litestar.testing import AsyncTestClient
 
 from app.settings import Settings
 from catalog.uploads import blob_key
-from tests.catalog_helpers import make_product, make_version, upload
+from tests.catalog.helpers import make_product, make_version, upload
 from tests.conftest import grant_platform_role, make_org, sign_up
 
 
@@ -151,3 +151,68 @@ async def test_two_versions_sharing_a_file_store_it_once(client: AsyncTestClient
     sha = hashlib.sha256(content).hexdigest()
     assert await db.fetchval("SELECT count(*) FROM blobs WHERE sha256 = $1", sha) == 1
     assert await db.fetchval("SELECT count(*) FROM version_files WHERE sha256 = $1", sha) == 2
+
+
+async def _plan(client: AsyncTestClient[Any], owner: Any, slug: str, path: str, content: bytes) -> dict[str, Any]:
+    response = await client.post(
+        f"/api/v1/products/{slug}/versions/1.0.0/files",
+        json={
+            "path": path,
+            "size": len(content),
+            "sha256": hashlib.sha256(content).hexdigest(),
+            "media_type": "text/plain",
+        },
+        headers=owner.headers,
+    )
+    assert response.status_code == 201, response.text
+    plan: dict[str, Any] = response.json()
+    return plan
+
+
+async def test_content_the_org_already_stores_completes_without_an_upload(
+    client: AsyncTestClient[Any], db: asyncpg.Connection
+) -> None:
+    owner = await sign_up(client)
+    org = await make_org(client, owner, kind="provider")
+    first, second = await make_product(client, owner, org), await make_product(client, owner, org)
+    await make_version(client, owner, first)
+    await make_version(client, owner, second)
+    content = os.urandom(9 * 1024 * 1024)  # a multipart upload
+    assert (await upload(client, owner, first, "1.0.0", "a.bin", content)).status_code == 200
+
+    plan = await _plan(client, owner, second, "copy.bin", content)
+    assert plan["stored"] is True
+    done = await client.post(
+        f"/api/v1/products/{second}/versions/1.0.0/files/{plan['file_id']}/complete", json={}, headers=owner.headers
+    )
+    assert done.status_code == 200, done.text
+    assert done.json()["status"] == "verified"
+    reused = await db.fetchval(
+        "SELECT details->>'reused' FROM audit_events WHERE action = 'file.verified' AND target_id = $1",
+        plan["file_id"],
+    )
+    assert reused == "true"
+    # New content is not stored: the plan says so, and completing before uploading is refused.
+    fresh = await _plan(client, owner, second, "new.bin", os.urandom(100))
+    assert fresh["stored"] is False
+
+
+async def test_the_plan_never_reveals_what_another_org_stores(client: AsyncTestClient[Any]) -> None:
+    content = os.urandom(2048)
+    holder = await sign_up(client)
+    holder_org = await make_org(client, holder, kind="provider")
+    held = await make_product(client, holder, holder_org)
+    await make_version(client, holder, held)
+    assert (await upload(client, holder, held, "1.0.0", "x.bin", content)).status_code == 200
+
+    prober = await sign_up(client)
+    prober_org = await make_org(client, prober, kind="provider")
+    probe = await make_product(client, prober, prober_org)
+    await make_version(client, prober, probe)
+    plan = await _plan(client, prober, probe, "x.bin", content)
+    assert plan["stored"] is False
+    early = await client.post(
+        f"/api/v1/products/{probe}/versions/1.0.0/files/{plan['file_id']}/complete", json={}, headers=prober.headers
+    )
+    assert early.status_code == 409, early.text
+    assert early.json()["type"].endswith("upload-missing")

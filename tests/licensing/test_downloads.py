@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import uuid
 from typing import Any
 
 import asyncpg
 import httpx
 import jwt
-from jwt.algorithms import OKPAlgorithm
 from litestar.testing import AsyncTestClient
 
 from tests.conftest import sign_up
-from tests.download_helpers import download_body, market
+from tests.licensing.helpers import download_body, market
 
 
 async def test_presigned_download_with_verifiable_receipt(client: AsyncTestClient[Any], db: asyncpg.Connection) -> None:
@@ -37,7 +35,7 @@ async def test_presigned_download_with_verifiable_receipt(client: AsyncTestClien
     jwks = (await client.get("/.well-known/jwks.json")).json()
     header = jwt.get_unverified_header(body["receipt"])
     jwk = next(k for k in jwks["keys"] if k["kid"] == header["kid"])
-    claims = jwt.decode(body["receipt"], OKPAlgorithm.from_jwk(json.dumps(jwk)), algorithms=["EdDSA"])
+    claims = jwt.decode(body["receipt"], jwt.PyJWK(jwk), algorithms=["EdDSA"])
     assert claims["download_id"] == body["download_id"]
     assert claims["sha256"] == body["sha256"]
     assert claims["purpose"] == "research"

@@ -22,7 +22,7 @@ from app.objectstore import ObjectStore
 from app.settings import Settings
 from catalog.janitor import ADVISORY_LOCK_KEY, sweep
 from catalog.uploads import blob_key, staging_key
-from tests.catalog_helpers import make_product, make_version, upload
+from tests.catalog.helpers import make_product, make_version, upload
 from tests.conftest import make_org, sign_up
 
 DAY = dt.timedelta(days=1)

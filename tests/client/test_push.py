@@ -23,7 +23,7 @@ from app.main import create_app
 from app.settings import Settings
 from client import push as push_module
 from client.push import PushReport, push
-from tests.catalog_helpers import make_product, make_version
+from tests.catalog.helpers import make_product, make_version
 from tests.conftest import Account, make_org, sign_up
 
 MIB = 1024 * 1024
@@ -240,3 +240,21 @@ async def test_pull_receipts_are_not_pushed_and_reserved_paths_are_named(
     _write(tmp_path / "windows", {"C:/x.txt": b"drive"})
     with pytest.raises(push_module.PushError, match=r"'C:/x\.txt' starts with a drive letter"):
         await _push(api_url, owner, slug, tmp_path / "windows", tmp_path / "cache")
+
+
+async def test_push_sends_no_bytes_the_org_already_stores(
+    client: AsyncTestClient[Any], api_url: str, tmp_path: Path
+) -> None:
+    owner = await sign_up(client)
+    org = await make_org(client, owner, kind="provider")
+    first, second = await make_product(client, owner, org), await make_product(client, owner, org)
+    await make_version(client, owner, first)
+    await make_version(client, owner, second)
+    files = {"a.txt": b"shared\n" * 1000, "big.bin": os.urandom(9 * MIB)}
+    _write(tmp_path / "corpus", files)
+    assert (await _push(api_url, owner, first, tmp_path / "corpus", tmp_path / "cache")).ok
+
+    again = await _push(api_url, owner, second, tmp_path / "corpus", tmp_path / "cache")
+    assert again.ok, again.failures
+    assert (again.files_reused, again.files_uploaded, again.bytes_uploaded) == (2, 0, 0)
+    assert await _version_files(client, owner, second) == _manifest(files)

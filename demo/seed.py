@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from app.audit.service import AuditContext
-    from app.settings import Settings
 
 CHUNK = 5_000
 
@@ -390,7 +389,7 @@ class CatalogueGenerator:
         """``count`` (product, version) row pairs: products in the column order of ``PRODUCT_COLUMNS`` but for
         the last, ``uses``, which the caller adds from the licence; versions as (id, product id, licence,
         provenance)."""
-        from catalog.search import product_terms
+        from catalog.terms import product_terms
 
         rng = self.rng
         for index in range(start, start + count):
@@ -651,45 +650,8 @@ async def seed_database(
         await engine.dispose()
 
 
-def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
-    import asyncio
-    import getpass
-    import json
-    import sys
-
-    from app.audit.service import AuditContext
-    from app.cli import resolve
-    from app.errors import ProblemError
-
-    runtime = resolve(settings, need_object_store=False)
-
-    def progress(done: int) -> None:
-        if done % 50_000 == 0 or done == args.products:
-            print(f"  {done} / {args.products} products", file=sys.stderr, flush=True)
-
-    try:
-        assert runtime.settings.database_url is not None
-        result = asyncio.run(
-            seed_database(
-                runtime.settings.database_url,
-                AuditContext(actor=f"cli:{getpass.getuser()}"),
-                products=args.products,
-                org_slug=args.org,
-                seed=args.seed,
-                progress=progress,
-            )
-        )
-    except ProblemError as exc:
-        print(f"error: {exc.detail}", file=sys.stderr)
-        return 1
-    finally:
-        runtime.stop()
-    print(json.dumps(dataclasses.asdict(result) | {"seconds": round(result.seconds, 1)}))
-    return 0
-
-
-def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``corpora seed`` on the CLI's subcommands."""
+def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser], handler: Callable[..., int]) -> None:
+    """Register ``corpora seed`` on the CLI's subcommands, run by ``handler``."""
     seed = commands.add_parser(
         "seed",
         help="fill the catalogue with synthetic published products (demonstrations, benchmarks)",
@@ -706,4 +668,4 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="the provider organisation that lists them (default: demo providers, created when missing)",
     )
     seed.add_argument("--seed", type=int, help="random seed, for the same catalogue on every run")
-    seed.set_defaults(handler=cmd_seed)
+    seed.set_defaults(handler=handler)

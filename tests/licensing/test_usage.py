@@ -11,7 +11,7 @@ import asyncpg
 from litestar.testing import AsyncTestClient
 
 from tests.conftest import sign_up
-from tests.download_helpers import download_body, market
+from tests.licensing.helpers import download_body, market
 
 
 async def test_buyer_and_provider_see_their_usage_and_nothing_else(

@@ -25,8 +25,9 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from app.audit.service import AuditContext
 from app.db import create_engine
 from catalog import search
-from catalog.seed import seed_catalogue
-from tests.catalog_helpers import make_product, make_version
+from catalog.terms import product_terms, query_terms
+from demo.seed import seed_catalogue
+from tests.catalog.helpers import make_product, make_version
 from tests.conftest import Account, Servers, grant_platform_role, make_org, sign_up
 
 Client = AsyncTestClient[Litestar]
@@ -148,7 +149,8 @@ async def test_facet_counts_and_each_filter(client: Client, db: asyncpg.Connecti
         "org": {org: 5},
     }
     # Without text the counts come from the count table; with text, from the matched products: the same.
-    for params in ({"org": org}, {"org": org, "q": "corpus"}, {"org": org, "q": "语料"}):
+    searches: list[dict[str, Any]] = [{"org": org}, {"org": org, "q": "corpus"}, {"org": org, "q": "语料"}]
+    for params in searches:
         body = await find(client, **params)
         assert sorted(slugs(body)) == sorted(made)
         for name, counts in expected.items():
@@ -505,10 +507,10 @@ def test_seed_command(servers: Servers, tmp_path: Any) -> None:
 
 
 def test_term_extraction() -> None:
-    assert search.query_terms("金融") == ["金融"]
-    assert search.query_terms("金") == ["金"]
-    assert search.query_terms("金融新闻") == ["金融", "融新", "新闻"]
-    assert search.query_terms("Financial NEWS, 2024!") == ["financial", "news", "2024"]
-    indexed = search.product_terms("金融新闻语料", "", "", [])
+    assert query_terms("金融") == ["金融"]
+    assert query_terms("金") == ["金"]
+    assert query_terms("金融新闻") == ["金融", "融新", "新闻"]
+    assert query_terms("Financial NEWS, 2024!") == ["financial", "news", "2024"]
+    indexed = product_terms("金融新闻语料", "", "", [])
     assert {"金", "融", "金融", "新闻", "语料"} <= set(indexed)
     assert search.decode_cursor(search.encode_cursor(12345)) == 12345

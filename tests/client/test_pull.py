@@ -18,7 +18,6 @@ import httpx
 import jwt
 import pytest
 import pytest_asyncio
-from jwt.algorithms import OKPAlgorithm
 from litestar.testing import AsyncTestClient
 
 from app.cli import build_parser
@@ -26,8 +25,8 @@ from app.settings import Settings
 from client import pull as pull_module
 from client.pull import CHUNK, PullReport, Refusal, explain, pull
 from tests.conftest import Servers, asyncpg_dsn
-from tests.download_helpers import Market, market
-from tests.test_proxy_delivery import LiveServer, content_of, live_server
+from tests.licensing.helpers import Market, market
+from tests.licensing.test_proxy_delivery import LiveServer, content_of, live_server
 
 MiB = 1024 * 1024
 DATA = ("data/a.txt", "data/b.txt", "data/big.bin")
@@ -150,7 +149,9 @@ async def test_pull_resumes_skips_and_keeps_receipts(
     assert not any(r.url.path.endswith("/downloads/manifest") for r in requests)
 
     # Presigned URLs never carry the token; proxy URLs always do (and resume only the same content).
-    transfers = [r for r in requests if r.method == "GET" and not r.url.path.startswith("/api/v1/")]
+    transfers = [r for r in requests if r.method == "GET" and not r.url.path.startswith(("/api/v1/", "/.well-known/"))]
+    # The receipts' keys are public: fetched without the token.
+    assert all("authorization" not in r.headers for r in requests if r.url.path == "/.well-known/jwks.json")
     transfers += [r for r in requests if r.url.path.endswith("/content")]
     assert transfers
     for r in transfers:
@@ -171,7 +172,7 @@ async def test_pull_resumes_skips_and_keeps_receipts(
     for d in downloads:
         token = (out / ".corpora" / d["receipt"]).read_text().strip()
         key = next(k for k in jwks if k["kid"] == jwt.get_unverified_header(token)["kid"])
-        claims = jwt.decode(token, OKPAlgorithm.from_jwk(json.dumps(key)), algorithms=["EdDSA"])
+        claims = jwt.decode(token, jwt.PyJWK(key), algorithms=["EdDSA"])
         assert (claims["download_id"], claims["path"], claims["sha256"]) == (d["download_id"], d["path"], d["sha256"])
 
     # A third run finds everything complete and asks for nothing.

@@ -18,12 +18,12 @@ from sqlalchemy.engine import Connection
 
 from app.db import create_engine
 from app.migrate import alembic_config
-from migrations.metadata import target_metadata
+from migrations.metadata import include_name, target_metadata
 from tests.conftest import Servers, asyncpg_dsn, create_database
 
 
 def _differences(connection: Connection) -> list[Any]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    context = MigrationContext.configure(connection, opts={"compare_type": True, "include_name": include_name})
     return list(compare_metadata(context, target_metadata))
 
 

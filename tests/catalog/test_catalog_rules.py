@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.catalog_helpers import PROVENANCE, make_product, make_version, unique_product_slug, upload
+from tests.catalog.helpers import PROVENANCE, make_product, make_version, unique_product_slug, upload
 from tests.conftest import Account, make_org, sign_up
 
 SHA = hashlib.sha256(b"x").hexdigest()

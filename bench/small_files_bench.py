@@ -1,0 +1,231 @@
+"""``corpora push`` and ``corpora pull`` of many small files against direct parallel transfers, in one run.
+
+Setup: an embedded PostgreSQL and SeaweedFS under a temporary data dir, then ``corpora serve`` (granian,
+review not required) on a free port. A provider signs up, creates an organisation, a product and a draft
+version; ``--files`` files of ``--size-kib`` random bytes are written.
+
+Measured one after the other, with the same number of parallel transfers:
+
+(a) push: ``client.push.push`` of the directory into the draft: per file the upload plan, the PUT to the
+    presigned URL and the completion, in which the server verifies size and SHA-256.
+(b) direct upload: the same files PUT with the ``minio`` SDK to the same object store from a thread pool.
+(c) pull: the version is published, a buyer orders a free offer, and ``client.pull.pull`` downloads every
+    file: grants in batches (``POST /downloads/manifest``), GETs of the presigned URLs, SHA-256 checks,
+    receipts verified against the JWKS.
+(d) direct download: the same objects fetched with the ``minio`` SDK from a thread pool.
+
+Prints files/s for each and the ratios push / direct upload and pull / direct download (target: 0.50 each).
+Every process is stopped and the data dir removed at the end, also on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import concurrent.futures
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import _common
+import httpx
+from push_bench import PASSWORD, _ok, create_account, create_version
+
+sys.path.insert(0, str(_common.REPO_ROOT))  # this checkout's app, also when another one is installed
+
+TARGET_RATIO = 0.50
+KIB = 1024
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, prog="small_files_bench.py"
+    )
+    parser.add_argument("--files", type=int, default=10_000, help="how many files (default 10,000)")
+    parser.add_argument("--size-kib", type=int, default=10, help="size of each file in KiB (default 10)")
+    parser.add_argument("--parallel", type=int, default=16, help="parallel transfers, every way (default 16)")
+    parser.add_argument("--workers", type=int, default=2, help="granian workers of corpora serve (default 2)")
+    parser.add_argument("--no-fail", action="store_true", help="exit 0 even when a ratio is below the target")
+    return parser
+
+
+def store_client(settings: Any) -> Any:
+    from minio import Minio
+
+    from app.objectstore import split_endpoint
+
+    endpoint, secure = split_endpoint(settings.s3_endpoint, settings.s3_secure)
+    return Minio(
+        endpoint,
+        access_key=settings.s3_access_key,
+        secret_key=settings.s3_secret_key,
+        secure=secure,
+        region=settings.s3_region,
+    )
+
+
+def direct_upload(settings: Any, files: list[Path], parallel: int) -> float:
+    client = store_client(settings)
+
+    def put(path: Path) -> None:
+        data = path.read_bytes()
+        client.put_object(settings.s3_bucket, f"bench/direct/{path.name}", io.BytesIO(data), len(data))
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(put, files))
+    return time.monotonic() - started
+
+
+def direct_download(settings: Any, keys: list[str], parallel: int) -> float:
+    client = store_client(settings)
+
+    def get(key: str) -> int:
+        response = client.get_object(settings.s3_bucket, key)
+        try:
+            return len(response.read())
+        finally:
+            response.close()
+            response.release_conn()
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(get, keys))
+    return time.monotonic() - started
+
+
+def entitle_buyer(api: str, provider_token: str, slug: str) -> str:
+    """Publish the version, offer it for free, and return the token of a buyer whose order was fulfilled."""
+    email = "pull-bench@example.com"
+    with httpx.Client(base_url=f"{api}/api/v1", timeout=60) as client:
+        client.headers["Authorization"] = f"Bearer {provider_token}"
+        _ok(client.post(f"/products/{slug}/versions/1.0.0/publish"))
+        offer = _ok(
+            client.post(
+                f"/products/{slug}/offers",
+                json={
+                    "name": "benchmark",
+                    "licence_id": "CC-BY-4.0",
+                    "price": {"amount": 0, "currency": "EUR"},
+                    "term_days": 30,
+                    "quota": {"downloads": None, "bytes": None},
+                    "versions": "all",
+                    "approval": "automatic",
+                    "purposes": ["research"],
+                },
+            )
+        )
+        del client.headers["Authorization"]
+        _ok(client.post("/users", json={"email": email, "password": PASSWORD, "display_name": "Buyer"}))
+        token = _ok(
+            client.post("/auth/token", json={"grant_type": "password", "username": email, "password": PASSWORD})
+        )["access_token"]
+        client.headers["Authorization"] = f"Bearer {token}"
+        _ok(client.post("/orgs", json={"slug": "bench-buyer", "name": "Bench Buyer", "kind": "buyer"}))
+        order = {"offer_id": offer["id"], "buyer_org": "bench-buyer", "purpose": "research"}
+        _ok(client.post("/orders", json=order, headers={"Idempotency-Key": "bench-order-0001"}))
+    return str(token)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    print(
+        f"machine: {os.cpu_count()} CPU(s), 1-min load average {os.getloadavg()[0]:.2f}; {args.files} files of "
+        f"{args.size_kib} KiB, {args.parallel} parallel transfers, {args.workers} granian workers",
+        flush=True,
+    )
+    data_dir = Path(tempfile.mkdtemp(prefix="corpora-small-files-bench-"))
+    atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
+
+    from app.cli import resolve
+    from app.settings import Settings
+    from catalog.uploads import blob_key
+    from client.pull import pull
+    from client.push import push
+
+    with _common.exit_on_sigterm():
+        print("starting embedded PostgreSQL and SeaweedFS, migrating ...", flush=True)
+        runtime = resolve(Settings(data_dir=data_dir, workers=args.workers))
+        try:
+            log_dir = data_dir / "logs"
+            log_dir.mkdir()
+            port = _common.free_port()
+            env = {
+                **os.environ,
+                **runtime.settings.as_env(),
+                "CORPORA_HOST": "127.0.0.1",
+                "CORPORA_PORT": str(port),
+                "CORPORA_WORKERS": str(args.workers),
+                "CORPORA_REVIEW_REQUIRED": "false",
+            }
+            with _common.Processes(log_dir) as procs:
+                server = procs.start("corpora", [sys.executable, "-m", "app.cli", "serve"], env=env)
+                api = f"http://127.0.0.1:{port}"
+                _common.wait_http(f"{api}/readyz", server, timeout=120)
+                token, slug = create_account(api)
+                create_version(api, token, slug, "1.0.0")
+                corpus = data_dir / "corpus"
+                corpus.mkdir()
+                files = [corpus / f"part-{n:06d}.bin" for n in range(args.files)]
+                for path in files:
+                    path.write_bytes(os.urandom(args.size_kib * KIB))
+
+                pushed = push(
+                    f"{slug}@1.0.0",
+                    corpus,
+                    api=api,
+                    token=token,
+                    parallel=args.parallel,
+                    quiet=True,
+                    progress_bars=False,
+                    cache_dir=data_dir / "push-cache",
+                )
+                if not pushed.ok or pushed.files_uploaded != args.files:
+                    raise RuntimeError(f"the push did not upload every file: {pushed.describe()}")
+                upload_seconds = direct_upload(runtime.settings, files, args.parallel)
+
+                buyer = entitle_buyer(api, token, slug)
+                pulled = pull(
+                    f"{slug}@1.0.0",
+                    data_dir / "pulled",
+                    api=api,
+                    token=buyer,
+                    purpose="research",
+                    parallel=args.parallel,
+                    quiet=True,
+                    progress_bars=False,
+                )
+                if not pulled.ok or pulled.files_downloaded != args.files:
+                    raise RuntimeError(f"the pull did not download every file: {pulled.describe()}")
+                with httpx.Client(base_url=f"{api}/api/v1", timeout=60) as client:
+                    version = _ok(client.get(f"/products/{slug}/versions/1.0.0"))
+                keys = [blob_key(f["sha256"]) for f in version["files"]]
+                download_seconds = direct_download(runtime.settings, keys, args.parallel)
+        finally:
+            runtime.stop()
+
+    rates = {
+        "corpora push": args.files / pushed.seconds,
+        "direct upload (minio put_object)": args.files / upload_seconds,
+        "corpora pull": args.files / pulled.seconds,
+        "direct download (minio get_object)": args.files / download_seconds,
+    }
+    print()
+    for name, rate in rates.items():
+        print(f"{name:36s} {rate:9.1f} files/s")
+    push_ratio = rates["corpora push"] / rates["direct upload (minio put_object)"]
+    pull_ratio = rates["corpora pull"] / rates["direct download (minio get_object)"]
+    for name, ratio in (("push / direct upload", push_ratio), ("pull / direct download", pull_ratio)):
+        verdict = "meets" if ratio >= TARGET_RATIO else "is BELOW"
+        print(f"ratio {name}: {ratio:.2f} ({verdict} the target of {TARGET_RATIO:.2f})", flush=True)
+    ok = push_ratio >= TARGET_RATIO and pull_ratio >= TARGET_RATIO
+    return 0 if ok or args.no_fail else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

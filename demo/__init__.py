@@ -1,0 +1,1 @@
+"""Synthetic data for demonstrations and benchmarks; the server never imports it."""
