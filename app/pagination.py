@@ -15,7 +15,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Sequence
-from typing import Any, Unpack
+from typing import Any
 
 from sqlalchemy import ColumnElement, Select, literal, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -101,7 +101,7 @@ def _python_type(column: ColumnElement[Any] | InstrumentedAttribute[Any]) -> typ
 
 async def page(
     session: AsyncSession,
-    query: Select[Unpack[tuple[Any, ...]]],
+    query: Select[*tuple[Any, ...]],
     keys: Sequence[ColumnElement[Any] | InstrumentedAttribute[Any]],
     cursor: str | None,
     limit: int,

@@ -140,8 +140,8 @@ _DOWNLOADABLE = _downloadable()
 
 async def _current(session: AsyncSession, principal: Principal, row: Any) -> Standing:
     """The standing in ``row`` (from ``_downloadable``); 404 for no row or an API key of another org. An
-    entitlement past its term that the sweep has not reached yet is marked expired here first (with its audit
-    event), so a refusal names the right status."""
+    entitlement past its term reads as expired whether or not the sweep has recorded it, so a refusal names the
+    right status."""
     if row is None:
         raise not_found("entitlement")
     standing = Standing(*row[: len(_STANDING)])

@@ -281,10 +281,10 @@ async def test_manual_approval_flow(
     assert await entitlements_of(db, request["id"]) == 1
 
     # While the entitlement is current, the org cannot order the offer again; it names the entitlement.
-    again = assert_problem(
+    twice = assert_problem(
         await post_order(client, market.buyer, free["id"], market.buyer_org), 409, "already-entitled"
     )
-    assert again["entitlement_id"] == approved.json()["entitlement_id"]
+    assert twice["entitlement_id"] == approved.json()["entitlement_id"]
 
     # A rejection carries its reason (up to 500 characters) to the buyer and grants nothing.
     another = await make_offer(client, market.provider, market.product, approval="manual")
