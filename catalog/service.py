@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, or_, select, true, update
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -499,7 +500,7 @@ async def latest_versions(session: AsyncSession, product_ids: Sequence[uuid.UUID
     rows = await session.execute(
         select(ProductVersion.product_id, ProductVersion.version)
         .where(ProductVersion.product_id.in_(product_ids), ProductVersion.state.in_(RELEASED_STATES))
-        .distinct(ProductVersion.product_id)
+        .ext(distinct_on(ProductVersion.product_id))
         .order_by(
             ProductVersion.product_id,
             ProductVersion.major.desc(),
