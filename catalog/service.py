@@ -82,18 +82,18 @@ def can_see_drafts(principal: Principal | None, product: Product, role: str | No
 async def product_for_reading(
     session: AsyncSession, principal: Principal | None, slug: str
 ) -> tuple[Product, str, str | None]:
-    """The product, its org slug and the caller's role in that org; 404 when not visible."""
+    """The product, its org slug and the caller's role in that org (``access.role_in``), in one statement; 404
+    when not visible."""
     row = (
         await session.execute(
-            select(Product, Organization.slug)
+            select(Product, Organization.slug, access.role_column(principal, Product.org_id))
             .join(Organization, Organization.id == Product.org_id)
             .where(Product.slug == slug, visible_products(principal))
         )
     ).one_or_none()
     if row is None:
         raise not_found(f"product '{slug}'")
-    product, org_slug = row
-    return product, org_slug, await access.role_in(session, principal, product.org_id)
+    return row[0], row[1], row[2]
 
 
 async def product_for_writing(

@@ -18,7 +18,7 @@ import dataclasses
 import uuid
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, String, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.models import ORG_ROLES, Membership, Organization
@@ -156,6 +156,16 @@ def acting_org_ids(principal: Principal, action: str | None = None) -> Select[An
 def acts_for(principal: Principal, org_id: uuid.UUID) -> bool:
     """False for an API key of another organisation (membership is asked separately)."""
     return principal.api_key_org_id is None or principal.api_key_org_id == org_id
+
+
+def role_column(principal: Principal | None, org_id: Any) -> Any:
+    """``role_in`` as a scalar subquery, to select beside the resource of ``org_id``."""
+    if principal is None:
+        return literal(None, String).label("role")
+    query = select(Membership.role).where(Membership.org_id == org_id, Membership.user_id == principal.user_id)
+    if principal.api_key_org_id is not None:
+        query = query.where(Membership.org_id == principal.api_key_org_id)
+    return query.scalar_subquery().label("role")
 
 
 async def role_in(session: AsyncSession, principal: Principal | None, org_id: uuid.UUID) -> str | None:
