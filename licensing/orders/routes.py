@@ -130,7 +130,17 @@ class OrderController(Controller):
             purpose=data.purpose,
             answers=data.answers,
         )
-        return Response(await load_order(session, result.order), status_code=201 if result.created else 200)
+        if (shown := result.shown) is not None:
+            row = (
+                result.order,
+                shown.product,
+                shown.buyer_org,
+                shown.price_amount,
+                shown.currency,
+                shown.entitlement_id,
+            )
+            return Response(order_out(row, utcnow()), status_code=201)
+        return Response(await load_order(session, result.order), status_code=200)
 
     @get("/", summary="Orders visible to the caller: their orgs' orders, and orders for their products")
     async def list(

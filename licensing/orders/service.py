@@ -12,9 +12,8 @@ import statistics
 import uuid
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, or_, select, true, update
+from sqlalchemy import ColumnElement, Select, or_, select, text, true, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import access
@@ -71,10 +70,22 @@ def already_entitled(entitlement_id: uuid.UUID) -> ProblemError:
     )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Shown:
+    """What an answer shows beside a new order, known while placing it (no need to read it back)."""
+
+    product: str
+    buyer_org: str
+    price_amount: decimal.Decimal
+    currency: str
+    entitlement_id: uuid.UUID | None
+
+
 @dataclasses.dataclass(slots=True)
 class OrderResult:
     order: Order
     created: bool
+    shown: Shown | None = None
 
 
 async def place_order(
@@ -101,15 +112,16 @@ async def place_order(
     # checking for open orders.
     row = (
         await session.execute(
-            select(Offer, Product, current_entitlement(org.id, Offer.id, utcnow()))
+            select(Offer, Product, Licence, current_entitlement(org.id, Offer.id, utcnow()))
             .join(Product, Product.id == Offer.product_id)
+            .join(Licence, Licence.id == Offer.licence_id)
             .where(Offer.id == offer_id, Offer.archived_at.is_(None), visible_products(principal))
             .with_for_update(of=Offer, read=True)
         )
     ).one_or_none()
     if row is None or (row[0].target_org_ids and org.id not in row[0].target_org_ids):
         raise not_found("offer")
-    offer, product, entitled = row
+    offer, product, licence, entitled = row
     if product.status != "published":
         raise conflict(f"'{product.slug}' is not published; only published products are ordered", "not-published")
     if entitled is not None:
@@ -127,7 +139,7 @@ async def place_order(
     now = utcnow()
     free = offer.price_amount == 0
     status = "pending_approval" if offer.approval == "manual" else ("fulfilled" if free else "awaiting_payment")
-    inserted = await session.scalar(
+    order = await session.scalar(
         insert(Order)
         .values(
             id=uuid.uuid4(),
@@ -146,14 +158,12 @@ async def place_order(
             else (now + PAYMENT_TTL if status == "awaiting_payment" else None),
         )
         .on_conflict_do_nothing(index_elements=[Order.created_by, Order.idempotency_key])
-        .returning(Order.id)
+        .returning(Order)
     )
-    if inserted is None:  # a concurrent retry with the same key won the race
+    if order is None:  # a concurrent retry with the same key won the race
         previous = await _order_for_key(session, principal.user_id, idempotency_key)
         assert previous is not None
         return _replay(previous, fingerprint)
-    order = await session.get(Order, inserted)
-    assert order is not None
     await audit.record(
         session,
         context,
@@ -163,9 +173,9 @@ async def place_order(
         target_id=order.id,
         details={"offer_id": str(offer.id), "product": product.slug, "purpose": purpose, "status": status},
     )
-    if status == "fulfilled":
-        await fulfil(session, context, order, offer, product)
-    return OrderResult(order, created=True)
+    entitlement_id = await fulfil(session, context, order, offer, product, licence) if status == "fulfilled" else None
+    shown = Shown(product.slug, org.slug, offer.price_amount, offer.currency, entitlement_id)
+    return OrderResult(order, created=True, shown=shown)
 
 
 async def _order_for_key(session: AsyncSession, user_id: uuid.UUID, key: str) -> Order | None:
@@ -184,10 +194,15 @@ def _replay(order: Order, fingerprint: str) -> OrderResult:
 
 
 async def fulfil(
-    session: AsyncSession, context: AuditContext, order: Order, offer: Offer, product: Product
-) -> Entitlement:
-    """Grant the entitlement with an immutable snapshot of the licence and offer as accepted."""
-    licence = await session.get(Licence, offer.licence_id)
+    session: AsyncSession,
+    context: AuditContext,
+    order: Order,
+    offer: Offer,
+    product: Product,
+    licence: Licence | None = None,
+) -> uuid.UUID:
+    """Grant the entitlement with an immutable snapshot of the licence and offer as accepted; its id."""
+    licence = licence or await session.get(Licence, offer.licence_id)
     assert licence is not None
     now = utcnow()
     snapshot = {
@@ -206,36 +221,50 @@ async def fulfil(
         "purpose": order.purpose,
         "accepted_at": now.isoformat(),
     }
-    # One current entitlement per buyer org and offer (a unique index): one past its term ends now, so a new one
-    # can be ordered; a concurrent order that got there first wins, and this one is refused.
-    await _end_past_term(session, order.buyer_org_id, offer.id, now)
-    entitlement = Entitlement(
-        order_id=order.id,
-        buyer_org_id=order.buyer_org_id,
-        product_id=product.id,
-        offer_id=offer.id,
-        licence_id=licence.id,
-        terms=snapshot,
-        terms_digest=digest(snapshot),
-        purposes=[order.purpose],
-        versions=offer.versions,
-        valid_from=now,
-        valid_until=now + dt.timedelta(days=offer.term_days),
-        downloads_limit=offer.quota_downloads,
-        bytes_limit=offer.quota_bytes,
-        downloads_used=0,
-        bytes_used=0,
-        status="active",
+    entitlement_id, terms_digest = uuid.uuid4(), digest(snapshot)
+    granted = (
+        insert(Entitlement)
+        .values(
+            id=entitlement_id,
+            order_id=order.id,
+            buyer_org_id=order.buyer_org_id,
+            product_id=product.id,
+            offer_id=offer.id,
+            licence_id=licence.id,
+            terms=snapshot,
+            terms_digest=terms_digest,
+            purposes=[order.purpose],
+            versions=offer.versions,
+            valid_from=now,
+            valid_until=now + dt.timedelta(days=offer.term_days),
+            downloads_limit=offer.quota_downloads,
+            bytes_limit=offer.quota_bytes,
+            downloads_used=0,
+            bytes_used=0,
+            status="active",
+        )
+        # One current entitlement per buyer org and offer (a partial unique index). A concurrent order that got
+        # there first wins (this waits for it to commit), and this one is refused.
+        .on_conflict_do_nothing(
+            index_elements=[Entitlement.buyer_org_id, Entitlement.offer_id],
+            # Literal, as in the index: a predicate with parameters would not infer the index.
+            index_where=text("status IN ('active', 'suspended')"),
+        )
+        .returning(Entitlement.id)
     )
-    try:
-        async with session.begin_nested():
-            session.add(entitlement)
-            await session.flush()
-    except IntegrityError:
+    inserted = await session.scalar(granted)
+    # One past its term that the sweep has not recorded yet ends now, making room for the new one.
+    if inserted is None and await _end_past_term(session, order.buyer_org_id, offer.id, now):
+        inserted = await session.scalar(granted)
+    if inserted is None:
         current = await session.scalar(select(current_entitlement(order.buyer_org_id, offer.id, now)))
-        if current is None:
-            raise
-        raise already_entitled(current) from None
+        raise (
+            already_entitled(current)
+            if current is not None
+            else conflict(
+                "the organisation's entitlement under this offer changed meanwhile; try again", "already-entitled"
+            )
+        )
     order.status = "fulfilled"
     await session.flush()
     await audit.record(
@@ -244,13 +273,14 @@ async def fulfil(
         "entitlement.granted",
         org_id=order.buyer_org_id,
         target_type="entitlement",
-        target_id=entitlement.id,
-        details={"order_id": str(order.id), "product": product.slug, "terms_digest": entitlement.terms_digest},
+        target_id=entitlement_id,
+        details={"order_id": str(order.id), "product": product.slug, "terms_digest": terms_digest},
     )
-    return entitlement
+    return entitlement_id
 
 
-async def _end_past_term(session: AsyncSession, buyer_org_id: uuid.UUID, offer_id: uuid.UUID, now: dt.datetime) -> None:
+async def _end_past_term(session: AsyncSession, buyer_org_id: uuid.UUID, offer_id: uuid.UUID, now: dt.datetime) -> int:
+    """Record as expired the buyer's entitlement under the offer that is past its term; how many."""
     ended = (
         await session.execute(
             update(Entitlement)
@@ -264,7 +294,9 @@ async def _end_past_term(session: AsyncSession, buyer_org_id: uuid.UUID, offer_i
             .returning(Entitlement.id)
         )
     ).scalars()
+    count = 0
     for entitlement_id in ended:
+        count += 1
         await audit.record(
             session,
             audit.SYSTEM,
@@ -273,6 +305,7 @@ async def _end_past_term(session: AsyncSession, buyer_org_id: uuid.UUID, offer_i
             target_type="entitlement",
             target_id=entitlement_id,
         )
+    return count
 
 
 def visible_orders(principal: Principal) -> ColumnElement[bool]:

@@ -21,6 +21,9 @@ from tests.statements import counting_client
 Client = AsyncTestClient[Litestar]
 
 MANY = 50
+# Placing a free order fulfilled at once: the replay check, the org and role, the offer with its product, licence
+# and current entitlement, the order, its audit event, the entitlement, its audit event.
+POST_ORDER = 7
 
 # Statements per page, whatever its length (1 or 50 items).
 EXPECTED = {
@@ -157,6 +160,17 @@ async def test_list_pages_cost_a_fixed_number_of_statements(
             assert writes == [], (url, writes)
         shown = await counter.count("GET", "/api/v1/entitlements", headers=h(one_buyer))
         assert [e["status"] for e in shown[0].json()["items"]] == ["expired"]
+
+        # Placing an order that is fulfilled at once.
+        fresh = await make_offer(client, provider, slug)
+        placed, placed_count = await counter.count(
+            "POST",
+            "/api/v1/orders",
+            json={"offer_id": fresh["id"], "buyer_org": one_org, "purpose": "research"},
+            headers={**h(one_buyer), "Idempotency-Key": f"count-{uuid.uuid4().hex}"},
+        )
+        assert placed.status_code == 201, placed.text
+        assert placed_count == POST_ORDER, counter.statements
 
 
 async def _add_members(db: asyncpg.Connection, org: str, n: int) -> None:
