@@ -481,7 +481,7 @@ class ProductController(Controller):
         summary="Withdraw a version: no new downloads",
         status_code=200,
         security=BEARER,
-        guards=[requires("catalog.write")],
+        guards=[requires("versions.withdraw")],
     )
     async def withdraw(
         self,

@@ -442,7 +442,7 @@ async def change_lifecycle(
     """
     if to == "withdrawn" and not reason.strip():
         raise invalid("reason", "say why the version is withdrawn; buyers asking for its files are told it")
-    if to == "withdrawn" and access.platform_allows(principal, "versions.withdraw_any"):
+    if to == "withdrawn" and access.platform_allows(principal, "versions.withdraw"):
         product = await session.scalar(select(Product).where(Product.slug == slug))
         row = None
         if product is not None:

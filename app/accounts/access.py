@@ -75,7 +75,7 @@ RULES: dict[str, Rule] = {
     "catalog.read": _rule(EVERY_ROLE, (), ("admin", "reviewer", "auditor"), anonymous=True),
     "catalog.write": _rule(WRITERS, ("catalog:write",)),
     "versions.review": _rule(platform=("reviewer", "admin"), platform_only=True, interactive=True),
-    "versions.withdraw_any": _rule(platform=("admin",)),
+    "versions.withdraw": _rule(WRITERS, ("catalog:write",), ("admin",)),  # platform admins withdraw anything
     # orders and entitlements
     "orders.read": _rule(EVERY_ROLE, ("orders:read", "orders:write"), ("admin", "auditor")),
     "orders.place": _rule(WRITERS, ("orders:write",)),

@@ -102,11 +102,12 @@ async def place_order(
     """Create an order once per idempotency key: a retry with the same body returns the same order, one with a
     different body is refused. Free automatic offers are fulfilled at once. Only published products are
     ordered, and only while the buyer holds no current entitlement under the offer."""
+    # Access first, replays too: a key of another org never sees the order its user placed through this one.
+    org, _ = await access.org_for(session, principal, buyer_org, "orders.place", "ordering")
     fingerprint = request_fingerprint(offer_id, buyer_org, purpose, answers)
     previous = await _order_for_key(session, principal.user_id, idempotency_key)
     if previous is not None:
         return _replay(previous, fingerprint)
-    org, _ = await access.org_for(session, principal, buyer_org, "orders.place", "ordering")
     # The offer with its product, if the caller may see it (an API key sees only its own org's drafts), and the
     # buyer's current entitlement under it. A share lock: an offer change waits for this order, and sees it when
     # checking for open orders.
