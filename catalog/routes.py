@@ -153,7 +153,6 @@ def _provenance(body: Any) -> dict[str, Any] | None:
 class ProductController(Controller):
     path = "/products"
     tags = ["catalog"]
-    guards = [requires("catalog.read")]  # the public catalogue; writes add their own rule
 
     @post(
         "/",
@@ -193,6 +192,7 @@ class ProductController(Controller):
                 documentation_only=True,
             )
         ],
+        guards=[requires("catalog.read")],
     )
     async def list_products(
         self,
@@ -251,7 +251,7 @@ class ProductController(Controller):
         )
         return Response(page, headers={"Corpora-Facets": "exact" if result.facets_exact else "estimated"})
 
-    @get("/{slug:str}", summary="A product with its versions")
+    @get("/{slug:str}", summary="A product with its versions", guards=[requires("catalog.read")])
     async def read(self, session: Session, optional_principal: OptionalCaller, slug: FromPath[str]) -> ProductOut:
         product, org_slug, role = await service.product_for_reading(session, optional_principal, slug)
         versions = await service.versions_of(
@@ -302,7 +302,7 @@ class ProductController(Controller):
         )
         return await version_out(session, slug, row, show_pending=True)
 
-    @get(VERSION_PATH, summary="A version with its manifest and manifest_digest")
+    @get(VERSION_PATH, summary="A version with its manifest and manifest_digest", guards=[requires("catalog.read")])
     async def read_version(
         self, session: Session, optional_principal: OptionalCaller, slug: FromPath[str], version: FromPath[str]
     ) -> VersionOut:
@@ -512,6 +512,7 @@ class ProductController(Controller):
         media_type=provenance.CROISSANT_MEDIA_TYPE,
         security=[{}, *BEARER],
         responses={404: NOT_VISIBLE},
+        guards=[requires("catalog.read")],
     )
     async def croissant_export(
         self,
@@ -538,6 +539,7 @@ class ProductController(Controller):
         media_type=provenance.PROV_JSON_MEDIA_TYPE,
         security=[{}, *BEARER],
         responses={404: NOT_VISIBLE},
+        guards=[requires("catalog.read")],
     )
     async def provenance_export(
         self,

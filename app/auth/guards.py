@@ -22,21 +22,12 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _AUDITOR_ONLY = frozenset({"auditor"})
 
 
-async def auditors_only_read(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    """A platform auditor (with no other platform role) reads everything and writes nothing, anywhere."""
-    principal = connection.scope.get("user")
-    if (
-        principal is not None
-        and principal.platform_roles == _AUDITOR_ONLY
-        and connection.scope.get("method") not in _SAFE_METHODS
-        and not handler.opt.get(OPEN_TO_AUDITORS)
-    ):
-        raise forbidden("platform auditors read but never write")
-
-
 class requires:
     """The route's action in the access table (``app.accounts.access.RULES``): refuses what the request alone
-    decides (sign-in, the API key's scope, platform-only actions). Services check roles in the org concerned."""
+    decides (sign-in, the API key's scope, platform-only actions), and keeps a platform auditor (with no other
+    platform role) from writing anywhere. Services check roles in the org concerned.
+
+    Every route has exactly one such guard where it can: litestar copies the route handler for each guard call."""
 
     __slots__ = ("action",)
 
@@ -45,9 +36,17 @@ class requires:
             raise ValueError(f"no access rule for '{action}'")
         self.action = action
 
-    async def __call__(self, connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        if (problem := refusal(connection.scope.get("user"), self.action)) is not None:
+    async def __call__(self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        principal = connection.scope.get("user")
+        if (problem := refusal(principal, self.action)) is not None:
             raise problem
+        if (
+            principal is not None
+            and principal.platform_roles == _AUDITOR_ONLY
+            and connection.scope.get("method") not in _SAFE_METHODS
+            and not handler.opt.get(OPEN_TO_AUDITORS)
+        ):
+            raise forbidden("platform auditors read but never write")
 
 
 def provide_principal(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:

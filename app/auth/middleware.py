@@ -72,19 +72,6 @@ def _is_trusted(address: str | None, trusted: Sequence[IPNetwork]) -> bool:
     return any(ip in network for network in trusted)
 
 
-def _forwarded_for(scope: Scope) -> str | None:
-    """Every X-Forwarded-For line, in order, as one list: a proxy may add its own line after the client's."""
-    lines = [value.decode("latin-1") for key, value in scope["headers"] if key == b"x-forwarded-for"]
-    return ",".join(lines) if lines else None
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
 class AuthMiddleware:
     def __init__(
         self,
@@ -105,14 +92,23 @@ class AuthMiddleware:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
-        incoming = _header(scope, REQUEST_ID_HEADER)
+        incoming = authorization = None
+        forwarded: list[str] = []
+        for key, value in scope["headers"]:  # one pass over the headers for all three
+            if key == b"authorization":
+                authorization = authorization or bytes(value).decode("latin-1")
+            elif key == REQUEST_ID_HEADER:
+                incoming = incoming or bytes(value).decode("latin-1")
+            elif key == b"x-forwarded-for":
+                # Every X-Forwarded-For line, in order: a proxy may add its own line after the client's.
+                forwarded.append(bytes(value).decode("latin-1"))
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else next(self._request_ids)
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         client = scope.get("client")
         peer = client[0] if client else None
         trusted = self.settings.trusted_proxies
-        state["client_addr"] = client_address(peer, _forwarded_for(scope), trusted) if trusted else peer
+        state["client_addr"] = client_address(peer, ",".join(forwarded) or None, trusted) if trusted else peer
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -121,7 +117,7 @@ class AuthMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        scope["user"] = await self.authenticate(_header(scope, b"authorization"))
+        scope["user"] = await self.authenticate(authorization)
         await self.app(scope, receive, send_with_id)
 
     async def authenticate(self, authorization: str | None) -> Principal | None:

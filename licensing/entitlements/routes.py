@@ -69,9 +69,12 @@ class EntitlementController(Controller):
     path = "/entitlements"
     tags = ["licensing"]
     security = BEARER
-    guards = [requires("entitlements.read")]  # changes add their own rule
 
-    @get("/", summary="Entitlements: the buyer's own, and those granted for the caller's products")
+    @get(
+        "/",
+        summary="Entitlements: the buyer's own, and those granted for the caller's products",
+        guards=[requires("entitlements.read")],
+    )
     async def list(
         self,
         session: Session,
@@ -94,7 +97,11 @@ class EntitlementController(Controller):
         )
         return EntitlementPage(items=[entitlement_out(row, now) for row in rows], next_cursor=next_cursor)
 
-    @get("/{entitlement_id:uuid}", summary="One entitlement with its terms and quota")
+    @get(
+        "/{entitlement_id:uuid}",
+        summary="One entitlement with its terms and quota",
+        guards=[requires("entitlements.read")],
+    )
     async def read(self, session: Session, principal: Caller, entitlement_id: FromPath[uuid.UUID]) -> EntitlementOut:
         return await load_entitlement(session, await service.get_entitlement(session, principal, entitlement_id))
 

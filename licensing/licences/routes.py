@@ -35,9 +35,12 @@ def licence_out(licence: Licence, org: str | None) -> LicenceOut:
 class LicenceController(Controller):
     path = "/licences"
     tags = ["licensing"]
-    guards = [requires("catalog.read")]  # writes add their own rule
 
-    @get("/", summary="The licence catalogue: seeded SPDX licences and providers' custom licences")
+    @get(
+        "/",
+        summary="The licence catalogue: seeded SPDX licences and providers' custom licences",
+        guards=[requires("catalog.read")],
+    )
     async def list(self, session: Session, cursor: FromQuery[str | None] = None, limit: Limit = 50) -> LicencePage:
         rows, next_cursor = await service.list_licences(session, cursor=cursor, limit=limit)
         return LicencePage(items=[licence_out(licence, org) for licence, org in rows], next_cursor=next_cursor)
@@ -56,12 +59,17 @@ class LicenceController(Controller):
         licence, org = await service.create_licence(session, audit_context, principal, msgspec.structs.asdict(data))
         return licence_out(licence, org)
 
-    @get("/{licence_id:str}", summary="One licence and its AI-use terms")
+    @get("/{licence_id:str}", summary="One licence and its AI-use terms", guards=[requires("catalog.read")])
     async def read(self, session: Session, licence_id: FromPath[str]) -> LicenceOut:
         licence, org = await service.get_licence(session, licence_id)
         return licence_out(licence, org)
 
-    @get("/{licence_id:str}/odrl", summary="The licence as an ODRL 2.2 policy", media_type="application/ld+json")
+    @get(
+        "/{licence_id:str}/odrl",
+        summary="The licence as an ODRL 2.2 policy",
+        media_type="application/ld+json",
+        guards=[requires("catalog.read")],
+    )
     async def odrl(
         self, request: Request[Any, Any, Any], session: Session, licence_id: FromPath[str]
     ) -> dict[str, Any]:

@@ -41,7 +41,6 @@ def offer_out(offer: Offer, product_slug: str, slugs: dict[uuid.UUID, str]) -> O
 class OfferController(Controller):
     path = "/products/{slug:str}/offers"
     tags = ["licensing"]
-    guards = [requires("catalog.read")]  # writes add their own rule
 
     @post(
         "/",
@@ -58,7 +57,7 @@ class OfferController(Controller):
         )
         return offer_out(offer, slug, await service.org_slugs(session, offer.target_org_ids))
 
-    @get("/", summary="The offers of a product visible to the caller, oldest first")
+    @get("/", summary="The offers of a product visible to the caller, oldest first", guards=[requires("catalog.read")])
     async def list(
         self,
         session: Session,
@@ -94,7 +93,11 @@ class OfferController(Controller):
         offer = await service.update_offer(session, audit_context, principal, slug, offer_id, changes)
         return offer_out(offer, slug, await service.org_slugs(session, offer.target_org_ids))
 
-    @get("/transparency", summary="Access requests for this product: count, approval rate, time to decision")
+    @get(
+        "/transparency",
+        summary="Access requests for this product: count, approval rate, time to decision",
+        guards=[requires("catalog.read")],
+    )
     async def transparency(
         self, session: Session, optional_principal: OptionalCaller, slug: FromPath[str]
     ) -> TransparencyOut:
