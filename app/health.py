@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.auth.guards import requires
 from app.errors import RETRY_AFTER_SECONDS, not_found, unauthorized
 from app.objectstore import ObjectStore
 from app.settings import Settings
@@ -25,7 +26,13 @@ from app.settings import Settings
 OWN_AUTH = "own_auth"
 
 
-@get("/healthz", summary="Liveness: the process answers", tags=["operations"], include_in_schema=True)
+@get(
+    "/healthz",
+    summary="Liveness: the process answers",
+    tags=["operations"],
+    include_in_schema=True,
+    guards=[requires("public")],
+)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -53,6 +60,7 @@ async def _database(engine: AsyncEngine) -> None:
     summary="Readiness: the database and the object store answer",
     tags=["operations"],
     responses={503: ResponseSpec(dict[str, Any], description="Not ready: the checks say which dependency fails")},
+    guards=[requires("public")],
 )
 async def readyz(state: State) -> Response[dict[str, Any]]:
     engine: AsyncEngine = state.engine
@@ -84,7 +92,7 @@ def metrics_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHa
 class MetricsController(PrometheusController):
     path = "/metrics"
     tags = ["operations"]
-    guards = [metrics_guard]
+    guards = [requires("public"), metrics_guard]
     opt = {OWN_AUTH: True}
 
     @get(media_type=CONTENT_TYPE_LATEST, summary="Prometheus metrics, in the text exposition format")

@@ -23,7 +23,7 @@ from app.accounts.passwords import PASSWORD_HASHES_WAITING, HashingGate
 from app.audit import routes as audit_routes
 from app.audit.checkpoints import run_checkpointer
 from app.auth import routes as auth_routes
-from app.auth.guards import auditors_only_read, provide_audit_context, provide_optional_principal, provide_principal
+from app.auth.guards import provide_audit_context, provide_optional_principal, provide_principal
 from app.auth.keys import KeyRing, load_keyring
 from app.auth.middleware import AuthMiddleware
 from app.client_guard import ClientGuard
@@ -105,6 +105,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             auth_routes.router,
             audit_routes.router,
             catalog_routes.ProductController,
+            catalog_routes.reviews,
             *licensing_routes.route_handlers,
             *notifications_routes.route_handlers,
         ],
@@ -153,7 +154,6 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             DefineMiddleware(AuthMiddleware, settings=settings, keyring=keyring, sessionmaker=sessionmaker),
         ],
         exception_handlers=exception_handlers,
-        guards=[auditors_only_read],
         before_request=check_request,
         request_max_body_size=settings.max_body_bytes,
         lifespan=[lifespan],

@@ -26,7 +26,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Reference, Schema
 from litestar.routes import HTTPRoute
 
-from app.auth.guards import auditors_only_read
+from app.auth.guards import requires
 from app.errors import PROBLEM_MEDIA_TYPE, Problem
 from app.validation import FORM_BODY, FORM_MEDIA_TYPE
 
@@ -85,7 +85,8 @@ def _derived(handler: HTTPRouteHandler, method: str, operation: Operation) -> se
     statuses = {401, 503}
     if method not in SAFE_METHODS:
         statuses.add(403)
-    guards = [guard for guard in handler.resolve_guards() if guard is not auditors_only_read]
+    # Every route names its action with ``requires``; only the public ones refuse nobody.
+    guards = [g for g in handler.resolve_guards() if not (isinstance(g, requires) and g.action == "public")]
     if guards or "principal" in handler.parsed_fn_signature.parameters:
         statuses |= {403, 404}
     if operation.request_body is not None:

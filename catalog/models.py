@@ -120,6 +120,8 @@ class ProductVersion(Base):
             "licence_id",
             postgresql_where="state IN ('published', 'deprecated')",
         ),
+        # The reviewers' queue, oldest first.
+        Index("ix_product_versions_in_review", "submitted_at", "id", postgresql_where="state = 'in_review'"),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from typing import Annotated, Any
 
@@ -12,8 +13,8 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.guards import authenticated
-from app.deps import Audit, Caller, OptionalCaller, Session
+from app.auth.guards import requires
+from app.deps import Audit, Caller, Limit, OptionalCaller, Session
 from app.errors import PROBLEM_MEDIA_TYPE, Problem, invalid, not_found
 from app.openapi import problems
 from app.settings import Settings
@@ -71,7 +72,14 @@ NOT_VISIBLE = ResponseSpec(
 )
 
 
-def product_out(product: Product, org_slug: str, versions: list[ProductVersion] | None = None) -> ProductOut:
+def product_out(
+    product: Product,
+    org_slug: str,
+    versions: list[ProductVersion] | None = None,
+    *,
+    latest_version: str | None = None,
+) -> ProductOut:
+    """``latest_version``: the newest released version, from ``versions`` when given."""
     out = ProductOut(
         id=product.id,
         slug=product.slug,
@@ -87,6 +95,7 @@ def product_out(product: Product, org_slug: str, versions: list[ProductVersion] 
         status=product.status,
         created_at=product.created_at,
         updated_at=product.updated_at,
+        latest_version=latest_version,
     )
     if versions is not None:
         out.versions = [VersionSummary(v.version, v.state, v.published_at, v.manifest_digest) for v in versions]
@@ -151,7 +160,7 @@ class ProductController(Controller):
         summary="Create a product for a provider organisation",
         status_code=201,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
         responses=problems({409: "The slug is taken"}),
     )
     async def create(
@@ -185,6 +194,7 @@ class ProductController(Controller):
                 documentation_only=True,
             )
         ],
+        guards=[requires("catalog.read")],
     )
     async def list_products(
         self,
@@ -212,7 +222,8 @@ class ProductController(Controller):
         cursor: Annotated[str | None, QueryParameter(description="the next_cursor of the previous page")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=search.MAX_LIMIT)] = search.DEFAULT_LIMIT,
     ) -> Response[ProductPage]:
-        """Published products, and the drafts of the caller's organisations, newest listing first. Facets count
+        """Published products, and the drafts of the caller's organisations, newest listing first; each with its
+        ``latest_version`` (the newest published version, or null). Facets count
         the products matching the whole query per industry, modality, language, access and provider; for a
         query that matches very many products they are estimated (header ``Corpora-Facets: estimated``).
         ``next_cursor`` pages on; products listed meanwhile never shift later pages."""
@@ -231,14 +242,18 @@ class ProductController(Controller):
                 limit=limit,
             ),
         )
+        latest = await service.latest_versions(session, [product.id for product, _ in result.products])
         page = ProductPage(
-            items=[product_out(product, org_slug) for product, org_slug in result.products],
+            items=[
+                product_out(product, org_slug, latest_version=latest.get(product.id))
+                for product, org_slug in result.products
+            ],
             next_cursor=result.next_cursor,
             facets={facet: [FacetCount(value, n) for value, n in values] for facet, values in result.facets.items()},
         )
         return Response(page, headers={"Corpora-Facets": "exact" if result.facets_exact else "estimated"})
 
-    @get("/{slug:str}", summary="A product with its versions")
+    @get("/{slug:str}", summary="A product with its versions", guards=[requires("catalog.read")])
     async def read(self, session: Session, optional_principal: OptionalCaller, slug: FromPath[str]) -> ProductOut:
         product, org_slug, role = await service.product_for_reading(session, optional_principal, slug)
         versions = await service.versions_of(
@@ -250,7 +265,7 @@ class ProductController(Controller):
         "/{slug:str}",
         summary="Change a product's description, classification or listing",
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def update(
         self,
@@ -270,7 +285,7 @@ class ProductController(Controller):
         summary="Create a draft version",
         status_code=201,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def create_version(
         self, session: Session, audit_context: Audit, principal: Caller, slug: FromPath[str], data: JSONBody[VersionIn]
@@ -289,7 +304,7 @@ class ProductController(Controller):
         )
         return await version_out(session, slug, row, show_pending=True)
 
-    @get(VERSION_PATH, summary="A version with its manifest and manifest_digest")
+    @get(VERSION_PATH, summary="A version with its manifest and manifest_digest", guards=[requires("catalog.read")])
     async def read_version(
         self, session: Session, optional_principal: OptionalCaller, slug: FromPath[str], version: FromPath[str]
     ) -> VersionOut:
@@ -300,7 +315,7 @@ class ProductController(Controller):
         VERSION_PATH,
         summary="Change a draft version's changelog, licence or provenance",
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def update_version(
         self,
@@ -322,7 +337,7 @@ class ProductController(Controller):
         summary="Register a file and get its upload plan (presigned PUT or multipart)",
         status_code=201,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def plan_file(
         self,
@@ -355,7 +370,7 @@ class ProductController(Controller):
         summary="Finish an upload: POST …/files/{file_id}/complete; the server verifies size and SHA-256",
         status_code=200,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def complete_file(
         self,
@@ -382,7 +397,7 @@ class ProductController(Controller):
         summary="Remove a file from a draft version: DELETE …/files/{file_id}",
         status_code=204,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def delete_file(
         self,
@@ -402,7 +417,7 @@ class ProductController(Controller):
         summary="Freeze the version: to review, or published",
         status_code=200,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def publish(
         self,
@@ -426,7 +441,7 @@ class ProductController(Controller):
         summary="Approve or reject a version in review (platform reviewers)",
         status_code=200,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("versions.review")],
     )
     async def review(
         self,
@@ -447,7 +462,7 @@ class ProductController(Controller):
         summary="Mark a published version deprecated",
         status_code=200,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def deprecate(
         self,
@@ -468,7 +483,7 @@ class ProductController(Controller):
         summary="Withdraw a version: no new downloads",
         status_code=200,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("versions.withdraw")],
     )
     async def withdraw(
         self,
@@ -499,6 +514,7 @@ class ProductController(Controller):
         media_type=provenance.CROISSANT_MEDIA_TYPE,
         security=[{}, *BEARER],
         responses={404: NOT_VISIBLE},
+        guards=[requires("catalog.read")],
     )
     async def croissant_export(
         self,
@@ -525,6 +541,7 @@ class ProductController(Controller):
         media_type=provenance.PROV_JSON_MEDIA_TYPE,
         security=[{}, *BEARER],
         responses={404: NOT_VISIBLE},
+        guards=[requires("catalog.read")],
     )
     async def provenance_export(
         self,
@@ -536,3 +553,31 @@ class ProductController(Controller):
     ) -> Response[dict[str, Any]]:
         export = await provenance.load_version_export(session, optional_principal, slug, version, str(request.base_url))
         return Response(provenance.prov_document(export), media_type=provenance.PROV_JSON_MEDIA_TYPE)
+
+
+class ReviewOut(msgspec.Struct):
+    product: str
+    version: str
+    org: str
+    submitted_at: dt.datetime
+
+
+class ReviewPage(msgspec.Struct):
+    items: list[ReviewOut]
+    next_cursor: str | None
+
+
+@get(
+    "/reviews",
+    summary="The reviewers' queue: versions in review, oldest first (platform reviewers)",
+    tags=["catalog"],
+    security=BEARER,
+    guards=[requires("reviews.read")],
+)
+async def reviews(session: Session, cursor: FromQuery[str | None] = None, limit: Limit = 50) -> ReviewPage:
+    """Decide each with ``POST /products/{slug}/versions/{version}/review``; a reviewer never decides a version
+    of an organisation they belong to (403)."""
+    rows, next_cursor = await service.review_queue(session, cursor=cursor, limit=limit)
+    return ReviewPage(
+        items=[ReviewOut(r.product, r.version, r.org, r.submitted_at) for r in rows], next_cursor=next_cursor
+    )

@@ -8,12 +8,8 @@ product's terms (``search_terms @> ARRAY[...]``). No database extension is neede
 
 from __future__ import annotations
 
-import base64
-import binascii
-import contextlib
 import dataclasses
 import json
-import re
 import uuid
 from collections.abc import Sequence
 from typing import Any, Literal, get_args
@@ -25,7 +21,6 @@ from sqlalchemy import (
     Select,
     and_,
     cast,
-    exists,
     func,
     literal,
     null,
@@ -41,6 +36,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, ColumnClause
 from sqlalchemy.sql.visitors import iterate, replacement_traverse
 
+from app import pagination
 from app.accounts.models import Organization
 from app.auth.principal import Principal
 from app.errors import ProblemError, invalid
@@ -140,40 +136,15 @@ class SearchPage:
 
 
 def encode_cursor(listed_seq: int) -> str:
-    return base64.urlsafe_b64encode(str(listed_seq).encode()).decode().rstrip("=")
-
-
-_CURSOR_TEXT = re.compile(r"[1-9][0-9]{0,18}")
-MAX_CURSOR_LENGTH = 40
-
-
-def invalid_cursor() -> ProblemError:
-    """The answer of every list of the API to a cursor it did not issue."""
-    return ProblemError(400, "invalid-cursor", "Invalid cursor", "pass next_cursor exactly as returned")
+    return pagination.encode((listed_seq,))
 
 
 def decode_cursor(cursor: str) -> int:
-    """The ``listed_seq`` after which the next page starts; 400 for anything but the form of a cursor we issue."""
-    text = None
-    if len(cursor) <= MAX_CURSOR_LENGTH:
-        with contextlib.suppress(binascii.Error, ValueError):
-            text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    if text is None or not _CURSOR_TEXT.fullmatch(text) or encode_cursor(int(text)) != cursor:
-        raise invalid_cursor()
-    return int(text)
-
-
-async def check_cursor(session: AsyncSession, after: int) -> None:
-    """400 unless ``after`` could have been issued: a page ends on a product with more listed before it.
-
-    Products are never deleted and keep their ``listed_seq``, so every cursor ever issued passes; one naming no
-    product, or the first product ever listed (nothing can follow it), was made up.
-    """
-    issuable = await session.scalar(
-        select(exists().where(Product.listed_seq == after) & exists().where(Product.listed_seq < after))
-    )
-    if not issuable:
-        raise invalid_cursor()
+    """The ``listed_seq`` after which the next page starts; 400 for a cursor the listing did not issue."""
+    (after,) = pagination.decode(cursor, (int,)) or (0,)
+    if after <= 0:
+        raise pagination.invalid_cursor()
+    return int(after)
 
 
 def _one_of(field: str, value: str | None, allowed: Sequence[str]) -> None:
@@ -438,8 +409,6 @@ async def search_products(session: AsyncSession, principal: Principal | None, qu
         except ProblemError:
             raise invalid("language", f"'{query.language}' is not a BCP 47 language tag (e.g. en, zh-Hans)") from None
     after = decode_cursor(query.cursor) if query.cursor is not None else None
-    if after is not None:
-        await check_cursor(session, after)
     words = query_terms(query.q) if query.q else []
     org_id = None
     if query.org is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import hashlib
 import json
 import re
@@ -10,10 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, or_, select, true, update
+from sqlalchemy.dialects.postgresql import distinct_on
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.accounts.models import Membership, Organization
+from app import pagination
+from app.accounts import access
+from app.accounts.models import Organization
 from app.audit import service as audit
 from app.audit.service import AuditContext
 from app.auth.principal import Principal
@@ -26,9 +31,7 @@ from catalog import provenance_rules
 from catalog.models import SEMVER, Product, ProductVersion, VersionFile
 from catalog.terms import product_terms
 
-WRITER_ROLES = ("owner", "admin", "member")
 LICENCE_FOREIGN_KEY = "fk_product_versions_licence_id_licences"
-CATALOG_STAFF_ROLES = ("admin", "reviewer", "auditor")
 
 # BCP 47 language tags as corpora use them: language, optional script, region and variants.
 BCP47 = re.compile(
@@ -66,52 +69,34 @@ def manifest_digest(files: Sequence[VersionFile]) -> str:
 # --- visibility -----------------------------------------------------------------------------------------
 
 
-def member_org_ids(principal: Principal, roles: Sequence[str] | None = None) -> Any:
-    query = select(Membership.org_id).where(Membership.user_id == principal.user_id)
-    if roles is not None:
-        query = query.where(Membership.role.in_(roles))
-    if principal.api_key_org_id is not None:
-        query = query.where(Membership.org_id == principal.api_key_org_id)
-    return query
-
-
 def visible_products(principal: Principal | None) -> ColumnElement[bool]:
     """Published products for everyone; drafts for their org's members and the platform's staff."""
     if principal is None:
         return Product.status == "published"
-    if principal.api_key_id is None and principal.has_platform_role(*CATALOG_STAFF_ROLES):
+    if access.platform_allows(principal, "catalog.read"):
         return true()
-    return or_(Product.status == "published", Product.org_id.in_(member_org_ids(principal)))
+    return or_(Product.status == "published", Product.org_id.in_(access.acting_org_ids(principal)))
 
 
 def can_see_drafts(principal: Principal | None, product: Product, role: str | None) -> bool:
-    if principal is None:
-        return False
-    return role is not None or (principal.api_key_id is None and principal.has_platform_role(*CATALOG_STAFF_ROLES))
+    return role is not None or access.platform_allows(principal, "catalog.read")
 
 
 async def product_for_reading(
     session: AsyncSession, principal: Principal | None, slug: str
 ) -> tuple[Product, str, str | None]:
-    """The product, its org slug and the caller's role in that org; 404 when not visible."""
+    """The product, its org slug and the caller's role in that org (``access.role_in``), in one statement; 404
+    when not visible."""
     row = (
         await session.execute(
-            select(Product, Organization.slug)
+            select(Product, Organization.slug, access.role_column(principal, Product.org_id))
             .join(Organization, Organization.id == Product.org_id)
             .where(Product.slug == slug, visible_products(principal))
         )
     ).one_or_none()
     if row is None:
         raise not_found(f"product '{slug}'")
-    product, org_slug = row
-    role = None
-    if principal is not None:
-        role = await session.scalar(
-            select(Membership.role).where(Membership.org_id == product.org_id, Membership.user_id == principal.user_id)
-        )
-        if principal.api_key_org_id is not None and principal.api_key_org_id != product.org_id:
-            role = None
-    return product, org_slug, role
+    return row[0], row[1], row[2]
 
 
 async def product_for_writing(
@@ -119,10 +104,7 @@ async def product_for_writing(
 ) -> tuple[Product, str]:
     """The product if the caller may change it: 404 when not visible, 403 when visible but read-only."""
     product, org_slug, role = await product_for_reading(session, principal, slug)
-    if role not in WRITER_ROLES:
-        raise forbidden(f"only members of '{org_slug}' can change this product")
-    if not principal.has_scope("catalog:write"):
-        raise forbidden("this API key lacks the 'catalog:write' scope")
+    access.check_role(principal, role, "catalog.write", f"changing a product of '{org_slug}'")
     if lock:
         await session.execute(select(Product.id).where(Product.id == product.id).with_for_update())
     return product, org_slug
@@ -134,20 +116,7 @@ async def product_for_writing(
 async def create_product(
     session: AsyncSession, context: AuditContext, principal: Principal, *, org_slug: str, fields: dict[str, Any]
 ) -> tuple[Product, str]:
-    row = (
-        await session.execute(
-            select(Organization, Membership.role)
-            .join(Membership, Membership.org_id == Organization.id)
-            .where(Organization.slug == org_slug, Membership.user_id == principal.user_id)
-        )
-    ).one_or_none()
-    if row is None or (principal.api_key_org_id is not None and principal.api_key_org_id != row[0].id):
-        raise not_found(f"organisation '{org_slug}'")
-    org, role = row
-    if role not in WRITER_ROLES:
-        raise forbidden(f"only members of '{org_slug}' can publish products for it")
-    if not principal.has_scope("catalog:write"):
-        raise forbidden("this API key lacks the 'catalog:write' scope")
+    org, _ = await access.org_for(session, principal, org_slug, "catalog.write", f"adding products to '{org_slug}'")
     if org.kind not in ("provider", "both"):
         raise forbidden(f"'{org_slug}' is a buyer organisation; only providers publish products")
     fields["languages"] = sorted({normalise_language(tag) for tag in fields["languages"]})
@@ -428,9 +397,8 @@ async def review_version(
     decision: str,
     reason: str,
 ) -> ProductVersion:
-    """A platform reviewer approves (published) or rejects (back to draft, with the reason)."""
-    if not principal.has_platform_role("reviewer", "admin") or principal.api_key_id is not None:
-        raise forbidden("reviewing versions needs the platform role reviewer")
+    """A platform reviewer approves (published) or rejects (back to draft, with the reason); never for an
+    organisation the reviewer belongs to (separation of duties)."""
     product = await session.scalar(select(Product).where(Product.slug == slug))
     row = None
     if product is not None:
@@ -441,6 +409,8 @@ async def review_version(
         )
     if product is None or row is None:
         raise not_found(f"version {version} of '{slug}'")
+    if await access.role_in(session, principal, product.org_id) is not None:
+        raise forbidden("a reviewer never decides the review of a version of an organisation they belong to")
     if row.state != "in_review":
         raise conflict(f"version {version} is {row.state}, not in review", "not-in-review")
     if decision == "reject" and not reason.strip():
@@ -493,7 +463,7 @@ async def change_lifecycle(
     """
     if to == "withdrawn" and not reason.strip():
         raise invalid("reason", "say why the version is withdrawn; buyers asking for its files are told it")
-    if principal.has_platform_role("admin") and principal.api_key_id is None and to == "withdrawn":
+    if to == "withdrawn" and access.platform_allows(principal, "versions.withdraw"):
         product = await session.scalar(select(Product).where(Product.slug == slug))
         row = None
         if product is not None:
@@ -539,3 +509,48 @@ async def versions_of(session: AsyncSession, product_id: uuid.UUID, *, include_d
 def semver_key(row: ProductVersion) -> tuple[int, int, int, int, str]:
     # A release sorts after its pre-releases (1.0.0-rc.1 < 1.0.0).
     return (row.major, row.minor, row.patch, 1 if row.prerelease is None else 0, row.prerelease or "")
+
+
+RELEASED_STATES = ("published", "deprecated")
+
+
+async def latest_versions(session: AsyncSession, product_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The newest released version of each product (semantic-version order), in one statement."""
+    if not product_ids:
+        return {}
+    rows = await session.execute(
+        select(ProductVersion.product_id, ProductVersion.version)
+        .where(ProductVersion.product_id.in_(product_ids), ProductVersion.state.in_(RELEASED_STATES))
+        .ext(distinct_on(ProductVersion.product_id))
+        .order_by(
+            ProductVersion.product_id,
+            ProductVersion.major.desc(),
+            ProductVersion.minor.desc(),
+            ProductVersion.patch.desc(),
+            ProductVersion.prerelease.is_(None).desc(),
+            ProductVersion.prerelease.desc(),
+        )
+    )
+    return {product_id: version for product_id, version in rows}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InReview:
+    product: str
+    version: str
+    org: str
+    submitted_at: dt.datetime
+
+
+async def review_queue(session: AsyncSession, *, cursor: str | None, limit: int) -> tuple[list[InReview], str | None]:
+    """Versions waiting for a platform reviewer, oldest submission first."""
+    query = (
+        select(Product.slug, ProductVersion.version, Organization.slug, ProductVersion.submitted_at)
+        .join(Product, Product.id == ProductVersion.product_id)
+        .join(Organization, Organization.id == Product.org_id)
+        .where(ProductVersion.state == "in_review")
+    )
+    rows, next_cursor = await pagination.page(
+        session, query, (ProductVersion.submitted_at, ProductVersion.id), cursor, limit
+    )
+    return [InReview(*row) for row in rows], next_cursor

@@ -86,3 +86,4 @@ class ApiKey(Base):
     created_at: Mapped[dt.datetime] = server_now()
     expires_at: Mapped[dt.datetime]
     revoked_at: Mapped[dt.datetime | None]
+    last_used_at: Mapped[dt.datetime | None]  # kept to the minute (app.auth.middleware)

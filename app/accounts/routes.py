@@ -4,33 +4,43 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Any
 
-from litestar import Controller, Router, delete, get, post
+from litestar import Controller, Request, Router, delete, get, patch, post
 from litestar.datastructures import State
-from litestar.params import FromPath, JSONBody
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, FromQuery, JSONBody
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.accounts import service
+from app.accounts import access, service
 from app.accounts.me_cache import MeCache
 from app.accounts.schemas import (
     ApiKeyIn,
     ApiKeyOut,
+    ApiKeyPage,
     MemberIn,
     MemberOut,
+    MemberPage,
+    MemberRoleIn,
     MeOut,
     OrgIn,
     OrgOut,
+    OrgPage,
     SignUp,
     UserOut,
 )
 from app.auth import throttle
-from app.auth.guards import authenticated, interactive_only
+from app.auth.guards import requires
+from app.auth.principal import Principal
 from app.deps import Audit, Caller, Session
-from app.errors import ProblemError
+from app.errors import PROBLEM_MEDIA_TYPE, Problem, ProblemError
 from app.openapi import problems
 from app.settings import Settings
 
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
+LAST_OWNER = ResponseSpec(
+    Problem, description="The last owner cannot be removed or demoted (`last-owner`)", media_type=PROBLEM_MEDIA_TYPE
+)
 
 
 @post(
@@ -38,6 +48,7 @@ BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
     summary="Sign up",
     tags=["accounts"],
     status_code=201,
+    guards=[requires("public")],
     responses=problems(
         {
             409: "An account with this email already exists",
@@ -74,9 +85,18 @@ async def sign_up(session: Session, audit_context: Audit, state: State, data: JS
     return UserOut(id=user.id, email=user.email, display_name=user.display_name)
 
 
-@get("/me", summary="The caller, their organisations and roles", tags=["accounts"], security=BEARER)
-async def me(principal: Caller, state: State) -> MeOut:
+@get(
+    "/me",
+    summary="The caller, their organisations and roles",
+    tags=["accounts"],
+    security=BEARER,
+    guards=[requires("signed_in")],
+)
+async def me(request: Request[Any, Any, Any], state: State) -> MeOut:
     """Served from this process's cache when it can be (see ``app.accounts.me_cache``)."""
+    # The caller straight from the connection (the guard made sure there is one): the hottest authenticated
+    # path skips resolving a dependency for it.
+    principal: Principal = request.scope["user"]
     cache: MeCache = state.me_cache
     entry = cache.get(principal.user_id)
     if entry is None:
@@ -100,50 +120,108 @@ class OrgController(Controller):
     path = "/orgs"
     tags = ["accounts"]
     security = BEARER
-    guards = [authenticated]
 
     @post(
         "/",
         summary="Create an organisation; the caller becomes its owner",
         status_code=201,
         responses=problems({409: "The slug is taken"}),
+        guards=[requires("orgs.create")],
     )
     async def create(self, session: Session, audit_context: Audit, principal: Caller, data: JSONBody[OrgIn]) -> OrgOut:
-        if principal.api_key_id is not None:
-            raise ProblemError(403, "forbidden", "Forbidden", "API keys cannot create organisations")
+        """API keys cannot create organisations (403)."""
         org = await service.create_org(
             session, audit_context, principal, slug=data.slug, name=data.name, kind=data.kind
         )
         return OrgOut(slug=org.slug, name=org.name, kind=org.kind, created_at=org.created_at, your_role="owner")
 
-    @get("/{org:str}", summary="An organisation the caller belongs to, with its members")
+    @get("/", summary="The caller's organisations and their role in each", guards=[requires("signed_in")])
+    async def mine(self, session: Session, principal: Caller) -> OrgPage:
+        """An API key lists only its own organisation."""
+        return OrgPage(items=await service.my_orgs(session, principal))
+
+    @get("/{org:str}", summary="An organisation the caller belongs to", guards=[requires("orgs.read")])
     async def read(self, session: Session, principal: Caller, org: FromPath[str]) -> OrgOut:
+        """Members are listed for callers who may read them (an API key needs ``org:admin``)."""
         found, role = await service.visible_org(session, principal, org)
-        people = await service.members(session, found.id)
+        people = None
+        if access.refusal(principal, "members.read") is None:
+            people = await service.members(session, found.id)
         return OrgOut(
             slug=found.slug,
             name=found.name,
             kind=found.kind,
             created_at=found.created_at,
             your_role=role,
-            members=[MemberOut(user_id=u.id, email=u.email, display_name=u.display_name, role=r) for u, r in people],
+            members=people,
         )
 
-    @post("/{org:str}/members", summary="Add an existing user to the organisation", status_code=201)
+    @get(
+        "/{org:str}/members",
+        summary="The organisation's members and their roles",
+        guards=[requires("members.read")],
+    )
+    async def members(self, session: Session, principal: Caller, org: FromPath[str]) -> MemberPage:
+        """For its members (an API key needs ``org:admin``) and platform admins and auditors."""
+        found, _ = await access.org_for(session, principal, org, "members.read", "reading members")
+        return MemberPage(items=await service.members(session, found.id))
+
+    @post(
+        "/{org:str}/members",
+        summary="Add an existing user to the organisation (owners and admins)",
+        status_code=201,
+        guards=[requires("members.manage")],
+    )
     async def add_member(
         self, session: Session, audit_context: Audit, principal: Caller, org: FromPath[str], data: JSONBody[MemberIn]
     ) -> MemberOut:
-        user, role = await service.add_member(
-            session, audit_context, principal, slug=org, email=data.email, role=data.role
+        """Only an owner makes another owner."""
+        return await service.add_member(session, audit_context, principal, slug=org, email=data.email, role=data.role)
+
+    @patch(
+        "/{org:str}/members/{user_id:uuid}",
+        summary="Change a member's role (owners and admins)",
+        guards=[requires("members.manage")],
+        responses={409: LAST_OWNER},
+    )
+    async def change_member(
+        self,
+        session: Session,
+        audit_context: Audit,
+        principal: Caller,
+        org: FromPath[str],
+        user_id: FromPath[uuid.UUID],
+        data: JSONBody[MemberRoleIn],
+    ) -> MemberOut:
+        """Only an owner makes or unmakes an owner; the last owner cannot be demoted (409 ``last-owner``)."""
+        return await service.change_member_role(
+            session, audit_context, principal, slug=org, user_id=user_id, role=data.role
         )
-        return MemberOut(user_id=user.id, email=user.email, display_name=user.display_name, role=role)
+
+    @delete(
+        "/{org:str}/members/{user_id:uuid}",
+        summary="Remove a member (owners and admins); their API keys for the organisation are revoked",
+        status_code=204,
+        guards=[requires("members.manage")],
+        responses={409: LAST_OWNER},
+    )
+    async def remove_member(
+        self,
+        session: Session,
+        audit_context: Audit,
+        principal: Caller,
+        org: FromPath[str],
+        user_id: FromPath[uuid.UUID],
+    ) -> None:
+        """The last owner cannot be removed (409 ``last-owner``)."""
+        await service.remove_member(session, audit_context, principal, slug=org, user_id=user_id)
 
 
 class ApiKeyController(Controller):
     path = "/api-keys"
     tags = ["accounts"]
     security = BEARER
-    guards = [interactive_only]
+    guards = [requires("credentials.manage")]
 
     @post(
         "/",
@@ -153,6 +231,9 @@ class ApiKeyController(Controller):
     async def create(
         self, session: Session, audit_context: Audit, principal: Caller, data: JSONBody[ApiKeyIn]
     ) -> ApiKeyOut:
+        """Scopes: ``catalog:read``, ``catalog:write``, ``orders:read`` (orders and entitlements), ``orders:write``,
+        ``downloads``, ``usage:read``, ``audit:read``, ``org:admin`` (members, keys, webhooks). A key acts for its own
+        organisation only; an auditor's keys carry read scopes only."""
         key, org_slug, secret = await service.create_api_key(
             session,
             audit_context,
@@ -171,6 +252,11 @@ class ApiKeyController(Controller):
             expires_at=key.expires_at,
             key=secret,
         )
+
+    @get("/", summary="Unrevoked API keys: the caller's own, and all of the orgs they own or administer")
+    async def list(self, session: Session, principal: Caller, org: FromQuery[str | None] = None) -> ApiKeyPage:
+        """Never shows a secret. ``last_used_at`` is kept to the minute."""
+        return ApiKeyPage(items=await service.list_api_keys(session, principal, org))
 
     @delete("/{key_id:uuid}", summary="Revoke an API key", status_code=204)
     async def revoke(

@@ -91,4 +91,35 @@ class ApiKeyOut(msgspec.Struct):
     key: str | None = None  # the secret: returned once, at creation, never again
 
 
+class ApiKeyItem(msgspec.Struct):
+    """A key as listed: never its secret."""
+
+    id: uuid.UUID
+    name: str
+    org: str
+    scopes: list[str]
+    expires_at: dt.datetime
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None  # kept to the minute
+
+
+class ApiKeyPage(msgspec.Struct):
+    items: list[ApiKeyItem]
+    next_cursor: str | None = None
+
+
+class OrgPage(msgspec.Struct):
+    items: list[OrgRoleOut]
+    next_cursor: str | None = None
+
+
+class MemberPage(msgspec.Struct):
+    items: list[MemberOut]
+    next_cursor: str | None = None
+
+
+class MemberRoleIn(Strict):
+    role: OrgRole
+
+
 Reason = Annotated[str, msgspec.Meta(max_length=500)]

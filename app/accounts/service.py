@@ -5,22 +5,22 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.accounts import access
 from app.accounts.me_cache import MeEntry
 from app.accounts.models import ApiKey, Membership, Organization, PlatformRoleGrant, User
 from app.accounts.passwords import HashingGate, hash_password, weakness
-from app.accounts.schemas import OrgRoleOut
+from app.accounts.schemas import ApiKeyItem, MemberOut, OrgRoleOut
 from app.audit import service as audit
 from app.audit.service import AuditContext
-from app.auth.principal import API_KEY_SCOPES, Principal
+from app.auth.principal import Principal
 from app.auth.tokens import API_KEY_PREFIX, opaque_secret, secret_digest
 from app.db import utcnow
 from app.errors import ProblemError, conflict, forbidden, invalid, not_found, unauthorized
 
-ORG_ADMIN_ROLES = ("owner", "admin")
 MAX_API_KEY_DAYS = 366
 
 
@@ -123,49 +123,37 @@ async def create_org(
 
 
 async def visible_org(session: AsyncSession, principal: Principal, slug: str) -> tuple[Organization, str | None]:
-    """The org and the caller's role in it; 404 unless the caller is a member or a platform admin/auditor."""
-    row = (
-        await session.execute(
-            select(Organization, Membership.role)
-            .outerjoin(
-                Membership,
-                (Membership.org_id == Organization.id) & (Membership.user_id == principal.user_id),
-            )
-            .where(Organization.slug == slug)
-        )
-    ).one_or_none()
-    if row is None:
-        raise not_found(f"organisation '{slug}'")
-    org, role = row
-    if principal.api_key_id is not None and principal.api_key_org_id != org.id:
-        raise not_found(f"organisation '{slug}'")
-    if role is None and not principal.has_platform_role("admin", "auditor"):
-        raise not_found(f"organisation '{slug}'")
-    return org, role
+    """The org and the caller's role in it; 404 unless the caller acts for it or is a platform admin/auditor."""
+    return await access.org_for(session, principal, slug, "orgs.read", "reading an organisation")
 
 
-async def members(session: AsyncSession, org_id: uuid.UUID) -> list[tuple[User, str]]:
-    rows = (
-        await session.execute(
-            select(User, Membership.role)
-            .join(Membership, Membership.user_id == User.id)
-            .where(Membership.org_id == org_id)
-            .order_by(User.email)
-        )
-    ).all()
-    return [(user, role) for user, role in rows]
+async def my_orgs(session: AsyncSession, principal: Principal) -> list[OrgRoleOut]:
+    """The organisations the caller acts for (an API key: its own), with their role, by slug."""
+    rows = await session.execute(
+        select(Organization.slug, Organization.name, Organization.kind, Membership.role)
+        .join(Membership, Membership.org_id == Organization.id)
+        .where(Membership.user_id == principal.user_id, Organization.id.in_(access.acting_org_ids(principal)))
+        .order_by(Organization.slug)
+    )
+    return [OrgRoleOut(slug=r.slug, name=r.name, kind=r.kind, role=r.role) for r in rows]
+
+
+async def members(session: AsyncSession, org_id: uuid.UUID) -> list[MemberOut]:
+    rows = await session.execute(
+        select(User.id, User.email, User.display_name, Membership.role)
+        .join(Membership, Membership.user_id == User.id)
+        .where(Membership.org_id == org_id)
+        .order_by(User.email)
+    )
+    return [MemberOut(user_id=r.id, email=r.email, display_name=r.display_name, role=r.role) for r in rows]
 
 
 async def add_member(
     session: AsyncSession, context: AuditContext, principal: Principal, *, slug: str, email: str, role: str
-) -> tuple[User, str]:
-    org, caller_role = await visible_org(session, principal, slug)
-    if caller_role not in ORG_ADMIN_ROLES:
-        raise forbidden("only the organisation's owners and admins can add members")
+) -> MemberOut:
+    org, caller_role = await access.org_for(session, principal, slug, "members.manage", "adding members")
     if role == "owner" and caller_role != "owner":
         raise forbidden("only an owner can make another owner")
-    if not principal.has_scope("org:admin"):
-        raise forbidden("this API key lacks the 'org:admin' scope")
     email = normalise_email(email)
     user = await session.scalar(select(User).where(User.email == email, User.disabled_at.is_(None)))
     if user is None:
@@ -187,7 +175,85 @@ async def add_member(
         target_id=user.id,
         details={"org": slug, "email": email, "role": role},
     )
-    return user, role
+    return MemberOut(user_id=user.id, email=user.email, display_name=user.display_name, role=role)
+
+
+async def _member_to_change(
+    session: AsyncSession, principal: Principal, slug: str, user_id: uuid.UUID, what: str
+) -> tuple[Organization, str | None, Membership, User]:
+    """The org (locked: membership changes of one org run one at a time, so the owner count is exact), the
+    caller's role, and the member's membership; 404 for a user who is not a member."""
+    org, caller_role = await access.org_for(session, principal, slug, "members.manage", what)
+    await session.execute(select(Organization.id).where(Organization.id == org.id).with_for_update())
+    row = (
+        await session.execute(
+            select(Membership, User)
+            .join(User, User.id == Membership.user_id)
+            .where(Membership.org_id == org.id, Membership.user_id == user_id)
+            .execution_options(populate_existing=True)
+        )
+    ).one_or_none()
+    if row is None:
+        raise not_found(f"member {user_id} of '{slug}'")
+    membership, user = row
+    if membership.role == "owner" and caller_role != "owner":
+        raise forbidden("only an owner can change or remove another owner")
+    return org, caller_role, membership, user
+
+
+async def _refuse_last_owner(session: AsyncSession, org: Organization, membership: Membership) -> None:
+    if membership.role != "owner":
+        return
+    owners = await session.scalar(select(func.count()).where(Membership.org_id == org.id, Membership.role == "owner"))
+    if (owners or 0) <= 1:
+        raise conflict(f"this is the last owner of '{org.slug}'; make another member owner first", "last-owner")
+
+
+async def change_member_role(
+    session: AsyncSession, context: AuditContext, principal: Principal, *, slug: str, user_id: uuid.UUID, role: str
+) -> MemberOut:
+    org, caller_role, membership, user = await _member_to_change(session, principal, slug, user_id, "changing roles")
+    if role == "owner" and caller_role != "owner":
+        raise forbidden("only an owner can make another owner")
+    if role != "owner":
+        await _refuse_last_owner(session, org, membership)
+    previous = membership.role
+    if previous != role:
+        membership.role = role
+        await session.flush()
+        await audit.record(
+            session,
+            context,
+            "org.member_role_changed",
+            org_id=org.id,
+            target_type="user",
+            target_id=user.id,
+            details={"org": slug, "from": previous, "to": role},
+        )
+    return MemberOut(user_id=user.id, email=user.email, display_name=user.display_name, role=role)
+
+
+async def remove_member(
+    session: AsyncSession, context: AuditContext, principal: Principal, *, slug: str, user_id: uuid.UUID
+) -> None:
+    org, _, membership, user = await _member_to_change(session, principal, slug, user_id, "removing members")
+    await _refuse_last_owner(session, org, membership)
+    await session.execute(delete(Membership).where(Membership.org_id == org.id, Membership.user_id == user.id))
+    # The member's keys for the org act for it no more.
+    await session.execute(
+        update(ApiKey)
+        .where(ApiKey.org_id == org.id, ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    await audit.record(
+        session,
+        context,
+        "org.member_removed",
+        org_id=org.id,
+        target_type="user",
+        target_id=user.id,
+        details={"org": slug, "role": membership.role},
+    )
 
 
 async def create_api_key(
@@ -201,9 +267,9 @@ async def create_api_key(
     expires_at: dt.datetime,
 ) -> tuple[ApiKey, str, str]:
     """A new key and its secret, which is never stored and never shown again."""
-    unknown = sorted(set(scopes) - set(API_KEY_SCOPES))
+    unknown = sorted(set(scopes) - set(access.API_KEY_SCOPES))
     if unknown:
-        raise invalid("scopes", f"unknown scopes {unknown}; choose from {list(API_KEY_SCOPES)}")
+        raise invalid("scopes", f"unknown scopes {unknown}; choose from {list(access.API_KEY_SCOPES)}")
     if expires_at.tzinfo is None:
         raise invalid("expires_at", "must include a timezone, e.g. 2027-01-31T00:00:00Z")
     now = utcnow()
@@ -214,7 +280,7 @@ async def create_api_key(
     org, role = await visible_org(session, principal, org_slug)
     if role is None:  # platform staff see every org, but only members make its keys
         raise forbidden("only members of the organisation can create API keys for it")
-    if role == "auditor" and set(scopes) - {"catalog:read", "usage:read", "audit:read"}:
+    if role == "auditor" and set(scopes) - access.READ_SCOPES:
         raise forbidden("an auditor's keys can only carry read scopes")
     secret = opaque_secret(API_KEY_PREFIX)
     key = ApiKey(
@@ -241,9 +307,7 @@ async def create_api_key(
 
 async def revoke_api_key(session: AsyncSession, context: AuditContext, principal: Principal, key_id: uuid.UUID) -> None:
     """Revoke a key the caller made, or any key of an org the caller owns or administers."""
-    admin_orgs = select(Membership.org_id).where(
-        Membership.user_id == principal.user_id, Membership.role.in_(ORG_ADMIN_ROLES)
-    )
+    admin_orgs = access.acting_org_ids(principal, "members.manage")
     key = await session.scalar(
         select(ApiKey)
         .where(
@@ -257,3 +321,32 @@ async def revoke_api_key(session: AsyncSession, context: AuditContext, principal
         raise not_found("API key")
     await session.execute(update(ApiKey).where(ApiKey.id == key.id).values(revoked_at=utcnow()))
     await audit.record(session, context, "api_key.revoked", org_id=key.org_id, target_type="api_key", target_id=key.id)
+
+
+async def list_api_keys(session: AsyncSession, principal: Principal, org_slug: str | None) -> list[ApiKeyItem]:
+    """Unrevoked keys the caller made, and every key of the orgs they own or administer; never a secret."""
+    query = (
+        select(ApiKey, Organization.slug)
+        .join(Organization, Organization.id == ApiKey.org_id)
+        .where(
+            ApiKey.revoked_at.is_(None),
+            (ApiKey.user_id == principal.user_id)
+            | ApiKey.org_id.in_(access.acting_org_ids(principal, "members.manage")),
+        )
+        .order_by(ApiKey.created_at.desc(), ApiKey.id)
+    )
+    if org_slug is not None:
+        org, _ = await visible_org(session, principal, org_slug)
+        query = query.where(ApiKey.org_id == org.id)
+    return [
+        ApiKeyItem(
+            id=key.id,
+            name=key.name,
+            org=slug,
+            scopes=key.scopes,
+            created_at=key.created_at,
+            expires_at=key.expires_at,
+            last_used_at=key.last_used_at,
+        )
+        for key, slug in await session.execute(query)
+    ]

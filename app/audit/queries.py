@@ -11,14 +11,11 @@ from typing import Any
 from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.accounts import access
 from app.accounts.models import Membership, Organization
 from app.audit.models import AuditEvent, AuditHead
 from app.auth.principal import Principal
-from app.errors import forbidden, not_found
-
-# Platform roles that read the whole trail, and organisation roles that read their organisation's events.
-PLATFORM_READERS = ("admin", "auditor")
-ORG_READERS = ("owner", "auditor")
+from app.errors import forbidden
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -30,42 +27,23 @@ class Scope:
 
 def reads_everything(principal: Principal) -> bool:
     """Platform auditors and admins, signed in interactively (API keys belong to one organisation)."""
-    return principal.api_key_id is None and principal.has_platform_role(*PLATFORM_READERS)
+    return access.platform_allows(principal, "audit.read")
 
 
 async def visible_scope(session: AsyncSession, principal: Principal, org_slug: str | None) -> Scope:
     """What ``principal`` may read, narrowed to ``org_slug`` if given.
 
-    An organisation the caller does not belong to is a 404; one they belong to without an owner or auditor
+    An organisation the caller does not act for is a 404; one they belong to without an owner or auditor
     role is a 403; without ``org_slug``, a caller who reads no organisation's events at all gets a 403.
     """
-    everything = reads_everything(principal)
     if org_slug is not None:
-        row = (
-            await session.execute(
-                select(Organization.id, Membership.role)
-                .outerjoin(
-                    Membership,
-                    (Membership.org_id == Organization.id) & (Membership.user_id == principal.user_id),
-                )
-                .where(Organization.slug == org_slug)
-            )
-        ).one_or_none()
-        if row is None:
-            raise not_found(f"organisation '{org_slug}'")
-        org_id, role = row
-        if everything:
-            return Scope((org_id,))
-        if role is None or (principal.api_key_id is not None and principal.api_key_org_id != org_id):
-            raise not_found(f"organisation '{org_slug}'")
-        if role not in ORG_READERS:
-            raise forbidden(f"only owners and auditors of '{org_slug}' (or platform auditors) read its audit trail")
-        return Scope((org_id,))
-    if everything:
+        org, _ = await access.org_for(
+            session, principal, org_slug, "audit.read", f"reading the audit trail of '{org_slug}'"
+        )
+        return Scope((org.id,))
+    if reads_everything(principal):
         return Scope(None)
-    query = select(Membership.org_id).where(Membership.user_id == principal.user_id, Membership.role.in_(ORG_READERS))
-    if principal.api_key_id is not None:
-        query = query.where(Membership.org_id == principal.api_key_org_id)
+    query = access.acting_org_ids(principal, "audit.read")
     org_ids = tuple((await session.scalars(query.order_by(Membership.org_id))).all())
     if not org_ids:
         raise forbidden(

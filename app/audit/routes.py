@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
 import datetime as dt
 import io
@@ -19,6 +17,7 @@ from litestar.params import FromQuery, QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app import pagination
 from app.audit import checkpoints, queries
 from app.audit.schemas import (
     AuditEventOut,
@@ -27,11 +26,11 @@ from app.audit.schemas import (
     CheckpointPage,
     VerifyOut,
 )
-from app.auth.guards import authenticated, requires_platform_role, requires_scope
+from app.auth.guards import requires
 from app.auth.keys import KeyRing
 from app.auth.principal import Principal
 from app.deps import Caller, Session
-from app.errors import PROBLEM_MEDIA_TYPE, Problem, ProblemError
+from app.errors import PROBLEM_MEDIA_TYPE, Problem
 from app.objectstore import ObjectStore
 from app.openapi import ALSO_ANSWERS
 from app.settings import Settings
@@ -66,8 +65,8 @@ Actor = Annotated[str | None, QueryParameter(description='only this actor, e.g. 
 Since = Annotated[dt.datetime | None, QueryParameter(description="events at or after this time (ISO 8601)")]
 Until = Annotated[dt.datetime | None, QueryParameter(description="events before this time (ISO 8601)")]
 
-READ_GUARDS = [authenticated, requires_scope("audit:read")]
-PLATFORM_GUARDS = [*READ_GUARDS, requires_platform_role(*queries.PLATFORM_READERS)]
+READ_GUARDS = [requires("audit.read")]
+PLATFORM_GUARDS = [requires("audit.platform")]
 
 
 def _problem(description: str) -> ResponseSpec:
@@ -97,32 +96,18 @@ VISIBILITY_RULES = (
 )
 
 
-def _b64(text: str) -> str:
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
-def _unb64(cursor: str) -> str:
-    try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (ValueError, UnicodeDecodeError, binascii.Error):
-        raise _invalid_cursor() from None
-
-
-def _invalid_cursor() -> ProblemError:
-    return ProblemError(400, "invalid-cursor", "Invalid cursor", "pass next_cursor exactly as returned")
-
-
 def _encode_cursor(order: str, seq: int) -> str:
-    return _b64(f"{order}:{seq}")
+    return pagination.encode((order, seq))
 
 
 def _decode_cursor(cursor: str | None, order: str) -> int | None:
     """The seq a page continues after; the cursor must come from a listing in the same ``order``."""
-    if cursor is None:
+    decoded = pagination.decode(cursor, (str, int))
+    if decoded is None:
         return None
-    found_order, _, seq = _unb64(cursor).partition(":")
-    if found_order != order or not seq.isdigit():
-        raise _invalid_cursor()
+    found_order, seq = decoded
+    if found_order != order:
+        raise pagination.invalid_cursor()
     return int(seq)
 
 
@@ -346,9 +331,10 @@ async def list_checkpoints(state: State, cursor: FromQuery[str | None] = None, l
     store: ObjectStore = state.object_store
     keyring: KeyRing = state.keyring
     settings: Settings = state.settings
-    start_after = _unb64(cursor) if cursor is not None else None
+    decoded = pagination.decode(cursor, (str,))
+    start_after = decoded[0] if decoded is not None else None
     if start_after is not None and not start_after.startswith(checkpoints.PREFIX):
-        raise _invalid_cursor()
+        raise pagination.invalid_cursor()
     keys = await checkpoints.list_checkpoint_keys(store, start_after=start_after, limit=limit + 1)
     more = len(keys) > limit
     keys = keys[:limit]
@@ -370,7 +356,7 @@ async def list_checkpoints(state: State, cursor: FromQuery[str | None] = None, l
         for b in bad
     ]
     items.sort(key=lambda item: item.key)
-    next_cursor = _b64(keys[-1]) if more else None
+    next_cursor = pagination.encode((keys[-1],)) if more else None
     return CheckpointPage(items=items, next_cursor=next_cursor)
 
 

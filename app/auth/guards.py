@@ -6,23 +6,15 @@ thread, a hop that costs more than the check itself.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from app.accounts.access import RULES, refusal
 from app.audit.service import AuditContext
 from app.auth.principal import Principal
 from app.errors import forbidden, unauthorized
-
-Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
-
-
-async def authenticated(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    if connection.scope.get("user") is None:
-        raise unauthorized()
-
 
 # Non-GET requests a platform auditor may still make: signing in, and POSTs that only compute an answer.
 OPEN_TO_AUDITORS = "open_to_auditors"
@@ -30,49 +22,31 @@ _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _AUDITOR_ONLY = frozenset({"auditor"})
 
 
-async def auditors_only_read(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
-    """A platform auditor (with no other platform role) reads everything and writes nothing, anywhere."""
-    principal = connection.scope.get("user")
-    if (
-        principal is not None
-        and principal.platform_roles == _AUDITOR_ONLY
-        and connection.scope.get("method") not in _SAFE_METHODS
-        and not handler.opt.get(OPEN_TO_AUDITORS)
-    ):
-        raise forbidden("platform auditors read but never write")
+class requires:
+    """The route's action in the access table (``app.accounts.access.RULES``): refuses what the request alone
+    decides (sign-in, the API key's scope, platform-only actions), and keeps a platform auditor (with no other
+    platform role) from writing anywhere. Services check roles in the org concerned.
 
+    Every route has exactly one such guard where it can: litestar copies the route handler for each guard call."""
 
-def requires_scope(scope: str) -> Guard:
-    """API keys must carry ``scope``; interactive sessions pass."""
+    __slots__ = ("action",)
 
-    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    def __init__(self, action: str) -> None:
+        if action not in RULES:
+            raise ValueError(f"no access rule for '{action}'")
+        self.action = action
+
+    async def __call__(self, connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
         principal = connection.scope.get("user")
-        if principal is None:
-            raise unauthorized()
-        if not principal.has_scope(scope):
-            raise forbidden(f"this API key lacks the '{scope}' scope")
-
-    return guard
-
-
-def requires_platform_role(*roles: str) -> Guard:
-    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        principal = connection.scope.get("user")
-        if principal is None:
-            raise unauthorized()
-        if not principal.has_platform_role(*roles):
-            raise forbidden(f"this needs the platform role {' or '.join(roles)}")
-
-    return guard
-
-
-async def interactive_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Managing credentials needs a signed-in user, not an API key."""
-    principal = connection.scope.get("user")
-    if principal is None:
-        raise unauthorized()
-    if principal.api_key_id is not None:
-        raise forbidden("API keys cannot manage credentials; sign in with a password")
+        if (problem := refusal(principal, self.action)) is not None:
+            raise problem
+        if (
+            principal is not None
+            and principal.platform_roles == _AUDITOR_ONLY
+            and connection.scope.get("method") not in _SAFE_METHODS
+            and not handler.opt.get(OPEN_TO_AUDITORS)
+        ):
+            raise forbidden("platform auditors read but never write")
 
 
 def provide_principal(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:

@@ -8,6 +8,7 @@ route's guards, so public endpoints stay public.
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import ipaddress
 import itertools
 import re
@@ -18,7 +19,7 @@ from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.accounts.models import ApiKey, User
@@ -31,6 +32,7 @@ from app.settings import IPNetwork, Settings
 
 REQUEST_ID_HEADER = b"x-request-id"
 VERIFIED_TOKENS_KEPT = 10_000
+LAST_USED_PRECISION = dt.timedelta(minutes=1)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -70,19 +72,6 @@ def _is_trusted(address: str | None, trusted: Sequence[IPNetwork]) -> bool:
     return any(ip in network for network in trusted)
 
 
-def _forwarded_for(scope: Scope) -> str | None:
-    """Every X-Forwarded-For line, in order, as one list: a proxy may add its own line after the client's."""
-    lines = [value.decode("latin-1") for key, value in scope["headers"] if key == b"x-forwarded-for"]
-    return ",".join(lines) if lines else None
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
 class AuthMiddleware:
     def __init__(
         self,
@@ -103,14 +92,23 @@ class AuthMiddleware:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
-        incoming = _header(scope, REQUEST_ID_HEADER)
+        incoming = authorization = None
+        forwarded: list[str] = []
+        for key, value in scope["headers"]:  # one pass over the headers for all three
+            if key == b"authorization":
+                authorization = authorization or bytes(value).decode("latin-1")
+            elif key == REQUEST_ID_HEADER:
+                incoming = incoming or bytes(value).decode("latin-1")
+            elif key == b"x-forwarded-for":
+                # Every X-Forwarded-For line, in order: a proxy may add its own line after the client's.
+                forwarded.append(bytes(value).decode("latin-1"))
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else next(self._request_ids)
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         client = scope.get("client")
         peer = client[0] if client else None
         trusted = self.settings.trusted_proxies
-        state["client_addr"] = client_address(peer, _forwarded_for(scope), trusted) if trusted else peer
+        state["client_addr"] = client_address(peer, ",".join(forwarded) or None, trusted) if trusted else peer
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -123,7 +121,7 @@ class AuthMiddleware:
         if handler is not None and handler.opt.get("own_auth"):
             scope["user"] = None  # the route checks its own credential (/metrics and its scrape token)
         else:
-            scope["user"] = await self.authenticate(_header(scope, b"authorization"))
+            scope["user"] = await self.authenticate(authorization)
         await self.app(scope, receive, send_with_id)
 
     async def authenticate(self, authorization: str | None) -> Principal | None:
@@ -161,7 +159,9 @@ class AuthMiddleware:
         async with self.sessionmaker() as session:
             key = (
                 await session.execute(
-                    select(ApiKey.id, ApiKey.user_id, ApiKey.org_id, ApiKey.scopes, ApiKey.expires_at)
+                    select(
+                        ApiKey.id, ApiKey.user_id, ApiKey.org_id, ApiKey.scopes, ApiKey.expires_at, ApiKey.last_used_at
+                    )
                     .join(User, User.id == ApiKey.user_id)
                     .where(
                         ApiKey.secret_hash == secret_digest(secret),
@@ -170,10 +170,22 @@ class AuthMiddleware:
                     )
                 )
             ).one_or_none()
-        if key is None:
-            raise unauthorized("the API key is unknown or has been revoked")
-        if key.expires_at <= utcnow():
-            raise unauthorized("the API key has expired; create a new one at /api/v1/api-keys")
+            if key is None:
+                raise unauthorized("the API key is unknown or has been revoked")
+            now = utcnow()
+            if key.expires_at <= now:
+                raise unauthorized("the API key has expired; create a new one at /api/v1/api-keys")
+            if key.last_used_at is None or now - key.last_used_at >= LAST_USED_PRECISION:
+                # To the minute: at most one write a minute per key, and none for the other requests.
+                await session.execute(
+                    update(ApiKey)
+                    .where(
+                        ApiKey.id == key.id,
+                        or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at <= now - LAST_USED_PRECISION),
+                    )
+                    .values(last_used_at=now)
+                )
+                await session.commit()
         return Principal(
             user_id=key.user_id,
             platform_roles=frozenset(),

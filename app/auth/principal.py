@@ -7,18 +7,6 @@ import uuid
 
 from app.audit.service import AuditContext
 
-# What an API key may be allowed to do. Interactive sessions (JWT access tokens) may do everything
-# their roles allow; an API key only what its scopes name as well.
-API_KEY_SCOPES = (
-    "catalog:read",
-    "catalog:write",
-    "orders:write",  # placing, cancelling and deciding orders, and suspending, reinstating or revoking entitlements
-    "downloads",
-    "usage:read",
-    "audit:read",
-    "org:admin",
-)
-
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Principal:

@@ -9,7 +9,7 @@ from litestar.datastructures import State
 from litestar.params import JSONBody
 
 from app.auth import service
-from app.auth.guards import OPEN_TO_AUDITORS
+from app.auth.guards import OPEN_TO_AUDITORS, requires
 from app.auth.keys import KeyRing
 from app.auth.schemas import PasswordGrant, RefreshGrant, TokenOut
 from app.deps import Audit, Session
@@ -29,6 +29,7 @@ from app.validation import FORM_BODY
             "password checks at once; `Retry-After` says when to try again"
         }
     ),
+    guards=[requires("public")],
 )
 async def token(
     session: Session,
@@ -57,7 +58,12 @@ async def token(
     return TokenOut(access_token=pair.access_token, refresh_token=pair.refresh_token, expires_in=pair.expires_in)
 
 
-@get("/.well-known/jwks.json", summary="Public keys for tokens, receipts and checkpoints", tags=["auth"])
+@get(
+    "/.well-known/jwks.json",
+    summary="Public keys for tokens, receipts and checkpoints",
+    tags=["auth"],
+    guards=[requires("public")],
+)
 async def jwks(state: State) -> dict[str, Any]:
     keyring: KeyRing = state.keyring
     return keyring.jwks()

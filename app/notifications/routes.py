@@ -11,7 +11,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.types import ControllerRouterHandler
 
-from app.auth.guards import authenticated, requires_scope
+from app.auth.guards import requires
 from app.deps import Audit, Caller, Session
 from app.errors import PROBLEM_MEDIA_TYPE, Problem
 from app.notifications import service
@@ -81,7 +81,7 @@ def delivery_fields(delivery: WebhookDelivery) -> DeliveryOut:
     "webhooks), for its members. Keyset pages: pass `next_cursor` as `cursor`.",
     tags=["notifications"],
     security=BEARER,
-    guards=[authenticated],
+    guards=[requires("notifications.read")],
     responses={400: BAD_CURSOR, 401: UNAUTHORIZED, 404: NOT_VISIBLE},
 )
 async def inbox(
@@ -98,7 +98,7 @@ class WebhookController(Controller):
     path = "/webhooks"
     tags = ["notifications"]
     security = BEARER
-    guards = [authenticated, requires_scope("org:admin")]
+    guards = [requires("webhooks.manage")]
 
     @post(
         "/",

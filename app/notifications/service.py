@@ -7,28 +7,27 @@ Every domain publishes through ``publish`` in its own transaction: the inbox ent
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import secrets
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
-from sqlalchemy import Select, func, literal, select, tuple_, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.accounts.access import ADMIN_ROLES, org_role
+from app.accounts.access import acts_for, check_role, org_for
 from app.accounts.models import Membership, Organization
 from app.audit import service as audit
 from app.audit.service import AuditContext
 from app.auth.principal import Principal
 from app.db import utcnow
 from app.egress import EgressRefused, check_host, check_url
-from app.errors import ProblemError, forbidden, invalid, not_found
+from app.errors import ProblemError, invalid, not_found
 from app.jobs import Deferred, enqueue, enqueue_many
 from app.notifications.models import EventType, Notification, WebhookAttempt, WebhookDelivery, WebhookEndpoint
-from app.pagination import decode_cursor, encode_cursor, invalid_cursor
+from app.pagination import page
 
 DELIVER_TASK = "notifications.deliver"
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks prefix, not a secret
@@ -103,43 +102,17 @@ async def publish(
     return [notification for notification, _ in written]
 
 
-# --- pages: keyset positions (created_at, id), newest first, in the opaque cursors of app.pagination -----------
-
-
-def page_cursor(created_at: dt.datetime, row_id: uuid.UUID) -> str:
-    return encode_cursor(f"{created_at.isoformat()}|{row_id}")
-
-
-def _position(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
-    try:
-        created, row_id = (decode_cursor(cursor) or "").split("|")
-        moment = dt.datetime.fromisoformat(created)
-        if moment.tzinfo is None:
-            raise ValueError("naive")
-        return moment, uuid.UUID(row_id)
-    except ValueError:
-        raise invalid_cursor() from None
-
-
-def _page(query: Select[Any], created: Any, row_id: Any, cursor: str | None, limit: int) -> Select[Any]:
-    if cursor is not None:
-        moment, after = _position(cursor)
-        query = query.where(tuple_(created, row_id) < tuple_(literal(moment), literal(after)))
-    return query.order_by(created.desc(), row_id.desc()).limit(limit + 1)
-
-
 # --- access: members read the inbox; owners and admins manage webhooks ----------------------------------------
 
 
-MEMBER_ROLES = ("owner", "admin", "member", "auditor")
-
-
 async def member_org(session: AsyncSession, principal: Principal, slug: str) -> Organization:
-    return await org_role(session, principal, slug, MEMBER_ROLES, "reading the inbox")
+    org, _ = await org_for(session, principal, slug, "notifications.read", "reading the inbox")
+    return org
 
 
 async def admin_org(session: AsyncSession, principal: Principal, slug: str) -> Organization:
-    return await org_role(session, principal, slug, ADMIN_ROLES, "managing webhooks")
+    org, _ = await org_for(session, principal, slug, "webhooks.manage", "managing webhooks")
+    return org
 
 
 async def admin_endpoint(
@@ -160,10 +133,9 @@ async def admin_endpoint(
     if row is None:
         raise not_found("webhook")
     endpoint, slug, role = row
-    if role is None or (principal.api_key_id is not None and principal.api_key_org_id != endpoint.org_id):
+    if role is None or not acts_for(principal, endpoint.org_id):
         raise not_found("webhook")
-    if role not in ADMIN_ROLES:
-        raise forbidden("only the organisation's owners and admins manage its webhooks")
+    check_role(principal, role, "webhooks.manage", "managing the organisation's webhooks")
     return endpoint, slug
 
 
@@ -174,17 +146,15 @@ async def inbox(
     session: AsyncSession, principal: Principal, slug: str, *, cursor: str | None, limit: int
 ) -> tuple[list[Notification], str | None]:
     org = await member_org(session, principal, slug)
-    query = _page(
+    rows, next_cursor = await page(
+        session,
         select(Notification).where(Notification.org_id == org.id),
-        Notification.created_at,
-        Notification.id,
+        [Notification.created_at, Notification.id],
         cursor,
         limit,
+        descending=True,
     )
-    rows = list((await session.scalars(query)).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, page_cursor(rows[-1].created_at, rows[-1].id) if more else None
+    return [row[0] for row in rows], next_cursor
 
 
 # --- webhook endpoints -----------------------------------------------------------------------------------------
@@ -255,17 +225,15 @@ async def list_endpoints(
     session: AsyncSession, principal: Principal, slug: str, *, cursor: str | None, limit: int
 ) -> tuple[list[WebhookEndpoint], str | None]:
     org = await admin_org(session, principal, slug)
-    query = _page(
+    rows, next_cursor = await page(
+        session,
         select(WebhookEndpoint).where(WebhookEndpoint.org_id == org.id, WebhookEndpoint.deleted_at.is_(None)),
-        WebhookEndpoint.created_at,
-        WebhookEndpoint.id,
+        [WebhookEndpoint.created_at, WebhookEndpoint.id],
         cursor,
         limit,
+        descending=True,
     )
-    rows = list((await session.scalars(query)).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, page_cursor(rows[-1].created_at, rows[-1].id) if more else None
+    return [row[0] for row in rows], next_cursor
 
 
 async def delete_endpoint(
@@ -312,17 +280,15 @@ async def list_deliveries(
     session: AsyncSession, principal: Principal, webhook_id: uuid.UUID, *, cursor: str | None, limit: int
 ) -> tuple[list[WebhookDelivery], str | None]:
     endpoint, _ = await admin_endpoint(session, principal, webhook_id)
-    query = _page(
+    rows, next_cursor = await page(
+        session,
         select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id),
-        WebhookDelivery.created_at,
-        WebhookDelivery.id,
+        [WebhookDelivery.created_at, WebhookDelivery.id],
         cursor,
         limit,
+        descending=True,
     )
-    rows = list((await session.scalars(query)).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return rows, page_cursor(rows[-1].created_at, rows[-1].id) if more else None
+    return [row[0] for row in rows], next_cursor
 
 
 async def get_delivery(

@@ -18,24 +18,21 @@ import jwt
 from sqlalchemy import ARRAY, Select, String, and_, any_, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.accounts import access
 from app.accounts.models import Membership, Organization
 from app.audit import service as audit
 from app.audit.service import AuditContext
 from app.auth.keys import ALGORITHM, KeyRing
 from app.auth.principal import Principal
 from app.db import utcnow
-from app.errors import ProblemError, forbidden, not_found
+from app.errors import ProblemError, not_found
 from catalog.models import Product, ProductVersion, VersionFile
 from licensing import notices
 from licensing.downloads.models import DownloadGrant
-from licensing.entitlements.models import Entitlement
-from licensing.entitlements.service import expire_due
+from licensing.entitlements.models import CURRENT_STATUSES, Entitlement
 
 # A grant's URL may be refreshed, and its transfer resumed, for this long without a new charge.
 GRANT_WINDOW = dt.timedelta(hours=24)
-
-
-DOWNLOADER_ROLES = ("owner", "admin", "member")
 
 
 RECEIPT_TYPE = "corpora-receipt+jwt"
@@ -132,37 +129,28 @@ def _downloadable(*columns: Any) -> Select[Any]:
             and_(
                 Membership.org_id == Entitlement.buyer_org_id,
                 Membership.user_id == bindparam("user_id"),
-                Membership.role.in_(DOWNLOADER_ROLES),
+                Membership.role.in_(access.RULES["downloads.grant"].roles),
             ),
         )
         .where(Entitlement.id == bindparam("entitlement_id"))
     )
 
 
-def _require_downloads_scope(principal: Principal) -> None:
-    if not principal.has_scope("downloads"):
-        raise forbidden("this API key lacks the 'downloads' scope")
-
-
 _DOWNLOADABLE = _downloadable()
-
-
-_STANDING_OF = select(*_STANDING).where(Entitlement.id == bindparam("entitlement_id"))
 
 
 async def _current(session: AsyncSession, principal: Principal, row: Any) -> Standing:
     """The standing in ``row`` (from ``_downloadable``); 404 for no row or an API key of another org. An
-    entitlement past its term that the sweep has not reached yet is marked expired here first (with its audit
-    event), so a refusal names the right status."""
+    entitlement past its term reads as expired whether or not the sweep has recorded it, so a refusal names the
+    right status."""
     if row is None:
         raise not_found("entitlement")
     standing = Standing(*row[: len(_STANDING)])
-    if principal.api_key_org_id not in (None, standing.buyer_org_id):
+    if not access.acts_for(principal, standing.buyer_org_id):
         raise not_found("entitlement")
-    if standing.status in ("active", "suspended") and standing.valid_until <= utcnow():
-        await expire_due(session, [standing.id])
-        connection = await session.connection()
-        standing = Standing(*(await connection.execute(_STANDING_OF, {"entitlement_id": standing.id})).one())
+    if standing.status in CURRENT_STATUSES and standing.valid_until <= utcnow():
+        # Past its term: expired, whether or not the sweep has recorded it yet.
+        return dataclasses.replace(standing, status="expired", status_reason="term ended")
     return standing
 
 
@@ -237,7 +225,6 @@ async def resolve_target(
 ) -> Target:
     """Every check a grant needs (membership, status, term, product, version coverage, purpose) and the
     version's verified files at ``paths`` (all of them without), in one query."""
-    _require_downloads_scope(principal)
     params: dict[str, Any] = {"entitlement_id": entitlement_id, "user_id": principal.user_id, "version": version}
     if paths is not None:
         params["paths"] = list(paths)
@@ -577,7 +564,6 @@ async def grant_for_content(
     row = await session.scalar(query.with_for_update() if lock else query)
     if row is None:
         raise not_found("download")
-    _require_downloads_scope(principal)
     connection = await session.connection()
     found = await connection.execute(
         _DOWNLOADABLE, {"entitlement_id": row.entitlement_id, "user_id": principal.user_id}

@@ -22,7 +22,7 @@ from litestar.types import ControllerRouterHandler, Receive, Scope, Send, TypeEn
 from litestar.utils.helpers import get_enum_string_value
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auth.guards import authenticated
+from app.auth.guards import requires
 from app.deps import BEARER, Audit, Caller, Session
 from app.errors import ProblemError
 from app.metrics import BYTES_SERVED, GRANTS, REFRESHES, REFUSALS
@@ -202,7 +202,7 @@ async def _refresh(
     status_code=201,
     tags=["downloads"],
     security=BEARER,
-    guards=[authenticated],
+    guards=[requires("downloads.grant")],
 )
 async def create_download(
     request: Request[Any, Any, Any],
@@ -238,7 +238,7 @@ async def create_download(
     status_code=201,
     tags=["downloads"],
     security=BEARER,
-    guards=[authenticated],
+    guards=[requires("downloads.grant")],
 )
 async def create_manifest(
     request: Request[Any, Any, Any],
@@ -273,7 +273,7 @@ async def create_manifest(
     status_code=200,
     tags=["downloads"],
     security=BEARER,
-    guards=[authenticated],
+    guards=[requires("downloads.grant")],
 )
 async def refresh_downloads(
     request: Request[Any, Any, Any],
@@ -293,7 +293,7 @@ async def refresh_downloads(
     status_code=200,
     tags=["downloads"],
     security=BEARER,
-    guards=[authenticated],
+    guards=[requires("downloads.grant")],
 )
 async def refresh_download(
     request: Request[Any, Any, Any],
@@ -313,7 +313,7 @@ async def refresh_download(
     summary="Stream a granted file (proxy mode)",
     tags=["downloads"],
     security=BEARER,
-    guards=[authenticated],
+    guards=[requires("downloads.grant")],
 )
 async def download_content(
     session: Session,
@@ -377,7 +377,7 @@ async def download_content(
     status_code=307,
     tags=["downloads"],
     security=BEARER,
-    guards=[authenticated],
+    guards=[requires("downloads.grant")],
 )
 async def file_redirect(
     request: Request[Any, Any, Any],
@@ -431,7 +431,7 @@ async def file_redirect(
     summary="Metered usage per entitlement, product and day (CSV with Accept: text/csv)",
     tags=["downloads"],
     security=BEARER,
-    guards=[authenticated],
+    guards=[requires("usage.read")],
 )
 async def usage(
     request: Request[Any, Any, Any],
@@ -442,8 +442,6 @@ async def usage(
     """``buyer``: grants, bytes charged and bytes served for the caller's organisations, per entitlement,
     product and day. ``provider``: the same for the caller's products, per product and buyer organisation
     (no buyer member is named)."""
-    if not principal.has_scope("usage:read") and not principal.has_scope("downloads"):
-        raise ProblemError(403, "forbidden", "Forbidden", "this API key lacks the 'usage:read' scope")
     since = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
     buyer = await buyer_usage(session, principal, since)
     provider = await provider_usage(session, principal, since)

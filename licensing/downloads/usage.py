@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.accounts.models import Membership, Organization
+from app.accounts import access
+from app.accounts.models import Organization
 from app.auth.principal import Principal
 from catalog.models import Product
 from licensing.downloads.models import DownloadGrant
@@ -18,9 +19,7 @@ from licensing.entitlements.models import Entitlement
 async def buyer_usage(session: AsyncSession, principal: Principal, since: dt.datetime) -> list[dict[str, Any]]:
     """Grants, bytes charged and bytes served per entitlement, product and day, for the caller's orgs."""
     day = func.date_trunc("day", DownloadGrant.granted_at, "UTC")  # days are UTC days, whatever the server zone
-    buyer_orgs = select(Membership.org_id).where(Membership.user_id == principal.user_id)
-    if principal.api_key_org_id is not None:
-        buyer_orgs = buyer_orgs.where(Membership.org_id == principal.api_key_org_id)
+    buyer_orgs = access.acting_org_ids(principal)
     rows = await session.execute(
         select(
             Entitlement.id,
@@ -55,9 +54,7 @@ async def buyer_usage(session: AsyncSession, principal: Principal, since: dt.dat
 async def provider_usage(session: AsyncSession, principal: Principal, since: dt.datetime) -> list[dict[str, Any]]:
     """The same, aggregated per product and buyer org, for the caller's products — no buyer members named."""
     day = func.date_trunc("day", DownloadGrant.granted_at, "UTC")  # days are UTC days, whatever the server zone
-    provider_orgs = select(Membership.org_id).where(Membership.user_id == principal.user_id)
-    if principal.api_key_org_id is not None:
-        provider_orgs = provider_orgs.where(Membership.org_id == principal.api_key_org_id)
+    provider_orgs = access.acting_org_ids(principal)
     rows = await session.execute(
         select(
             Product.slug,

@@ -23,6 +23,9 @@ EntitlementStatus = Literal["active", "suspended", "revoked", "expired"]
 
 
 ENTITLEMENT_STATUSES: tuple[str, ...] = get_args(EntitlementStatus)
+# Statuses of an entitlement still within its term: at most one per buyer org and offer; past valid_until
+# it reads as expired, whether or not the sweep has recorded it yet.
+CURRENT_STATUSES = ("active", "suspended")
 
 
 class Entitlement(Base):
@@ -41,6 +44,18 @@ class Entitlement(Base):
         CheckConstraint("(status = 'revoked') = (revoked_at IS NOT NULL)", "revoked_when_revoked"),
         Index("ix_entitlements_buyer_org_id", "buyer_org_id"),
         Index("ix_entitlements_product_id", "product_id"),
+        # One current (active or suspended) entitlement per buyer org and offer.
+        Index(
+            "uq_entitlements_current_offer",
+            "buyer_org_id",
+            "offer_id",
+            unique=True,
+            postgresql_where="status IN ('active', 'suspended')",
+        ),
+        # The sweep's search for entitlements past their term.
+        Index(
+            "ix_entitlements_valid_until_current", "valid_until", postgresql_where="status IN ('active', 'suspended')"
+        ),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -64,3 +79,10 @@ class Entitlement(Base):
     suspended_at: Mapped[dt.datetime | None]
     revoked_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = server_now()
+
+
+def status_at(entitlement: Entitlement, now: dt.datetime) -> tuple[str, str | None]:
+    """The status and reason as of ``now``: past its term, a current entitlement is expired."""
+    if entitlement.status in CURRENT_STATUSES and entitlement.valid_until <= now:
+        return "expired", "term ended"
+    return entitlement.status, entitlement.status_reason

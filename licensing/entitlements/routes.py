@@ -2,35 +2,44 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from litestar import Controller, get, post
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.types import ControllerRouterHandler
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import pagination
 from app.accounts.models import Organization
-from app.auth.guards import authenticated
+from app.auth.guards import requires
+from app.db import utcnow
 from app.deps import BEARER, Audit, Caller, Limit, Session
-from app.pagination import decode_cursor, encode_cursor
 from catalog.models import Product
 from licensing.entitlements import service
-from licensing.entitlements.models import Entitlement, EntitlementStatus
+from licensing.entitlements.models import Entitlement, EntitlementStatus, status_at
 from licensing.entitlements.schemas import EntitlementOut, EntitlementPage, EntitlementQuota, StatusChangeIn
 
 
-async def entitlement_out(session: AsyncSession, entitlement: Entitlement) -> EntitlementOut:
-    product_slug = await session.scalar(select(Product.slug).where(Product.id == entitlement.product_id))
-    buyer = await session.scalar(select(Organization.slug).where(Organization.id == entitlement.buyer_org_id))
-    assert product_slug is not None
-    assert buyer is not None
+def with_details(query: Select[Any]) -> Select[Any]:
+    """``query`` (of entitlements) with the product's and the buyer's slugs, in the same statement."""
+    return (
+        query.join(Product, Product.id == Entitlement.product_id)
+        .join(Organization, Organization.id == Entitlement.buyer_org_id)
+        .add_columns(Product.slug, Organization.slug)
+    )
+
+
+def entitlement_out(row: Any, now: dt.datetime) -> EntitlementOut:
+    """An answer from a row of ``with_details``; expiry as of ``now``."""
+    entitlement, product_slug, buyer = row
+    status, reason = status_at(entitlement, now)
     return EntitlementOut(
         id=entitlement.id,
-        status=entitlement.status,
-        status_reason=entitlement.status_reason,
+        status=status,
+        status_reason=reason,
         product=product_slug,
         buyer_org=buyer,
         offer_id=entitlement.offer_id,
@@ -51,13 +60,21 @@ async def entitlement_out(session: AsyncSession, entitlement: Entitlement) -> En
     )
 
 
+async def load_entitlement(session: AsyncSession, entitlement: Entitlement) -> EntitlementOut:
+    row = (await session.execute(with_details(select(Entitlement).where(Entitlement.id == entitlement.id)))).one()
+    return entitlement_out(row, utcnow())
+
+
 class EntitlementController(Controller):
     path = "/entitlements"
     tags = ["licensing"]
     security = BEARER
-    guards = [authenticated]
 
-    @get("/", summary="Entitlements: the buyer's own, and those granted for the caller's products")
+    @get(
+        "/",
+        summary="Entitlements: the buyer's own, and those granted for the caller's products",
+        guards=[requires("entitlements.read")],
+    )
     async def list(
         self,
         session: Session,
@@ -69,30 +86,31 @@ class EntitlementController(Controller):
         cursor: FromQuery[str | None] = None,
         limit: Limit = 50,
     ) -> EntitlementPage:
-        await service.expire_due(session)
+        now = utcnow()
         query = select(Entitlement).where(service.visible_entitlements(principal))
         if status is not None:
-            query = query.where(Entitlement.status == status)
+            query = query.where(service.status_now(now) == status)
         if product is not None:
             query = query.where(Entitlement.product_id.in_(select(Product.id).where(Product.slug == product)))
-        if (after := decode_cursor(cursor)) is not None:
-            try:
-                query = query.where(Entitlement.id < uuid.UUID(after))
-            except ValueError:
-                raise pagination.invalid_cursor() from None
-        rows = list((await session.scalars(query.order_by(Entitlement.id.desc()).limit(limit + 1))).all())
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return EntitlementPage(
-            items=[await entitlement_out(session, e) for e in rows],
-            next_cursor=encode_cursor(str(rows[-1].id)) if more else None,
+        rows, next_cursor = await pagination.page(
+            session, with_details(query), (Entitlement.id,), cursor, limit, descending=True
         )
+        return EntitlementPage(items=[entitlement_out(row, now) for row in rows], next_cursor=next_cursor)
 
-    @get("/{entitlement_id:uuid}", summary="One entitlement with its terms and quota")
+    @get(
+        "/{entitlement_id:uuid}",
+        summary="One entitlement with its terms and quota",
+        guards=[requires("entitlements.read")],
+    )
     async def read(self, session: Session, principal: Caller, entitlement_id: FromPath[uuid.UUID]) -> EntitlementOut:
-        return await entitlement_out(session, await service.get_entitlement(session, principal, entitlement_id))
+        return await load_entitlement(session, await service.get_entitlement(session, principal, entitlement_id))
 
-    @post("/{entitlement_id:uuid}/revoke", summary="Revoke an entitlement with a reason", status_code=200)
+    @post(
+        "/{entitlement_id:uuid}/revoke",
+        summary="Revoke an entitlement with a reason",
+        status_code=200,
+        guards=[requires("entitlements.change")],
+    )
     async def revoke(
         self,
         session: Session,
@@ -104,9 +122,14 @@ class EntitlementController(Controller):
         entitlement = await service.change_entitlement_status(
             session, audit_context, principal, entitlement_id, to="revoked", reason=data.reason
         )
-        return await entitlement_out(session, entitlement)
+        return await load_entitlement(session, entitlement)
 
-    @post("/{entitlement_id:uuid}/suspend", summary="Suspend an entitlement with a reason", status_code=200)
+    @post(
+        "/{entitlement_id:uuid}/suspend",
+        summary="Suspend an entitlement with a reason",
+        status_code=200,
+        guards=[requires("entitlements.change")],
+    )
     async def suspend(
         self,
         session: Session,
@@ -118,9 +141,14 @@ class EntitlementController(Controller):
         entitlement = await service.change_entitlement_status(
             session, audit_context, principal, entitlement_id, to="suspended", reason=data.reason
         )
-        return await entitlement_out(session, entitlement)
+        return await load_entitlement(session, entitlement)
 
-    @post("/{entitlement_id:uuid}/reinstate", summary="Reinstate a suspended entitlement", status_code=200)
+    @post(
+        "/{entitlement_id:uuid}/reinstate",
+        summary="Reinstate a suspended entitlement",
+        status_code=200,
+        guards=[requires("entitlements.change")],
+    )
     async def reinstate(
         self,
         session: Session,
@@ -132,7 +160,7 @@ class EntitlementController(Controller):
         entitlement = await service.change_entitlement_status(
             session, audit_context, principal, entitlement_id, to="active", reason=data.reason
         )
-        return await entitlement_out(session, entitlement)
+        return await load_entitlement(session, entitlement)
 
 
 route_handlers: list[ControllerRouterHandler] = [EntitlementController]

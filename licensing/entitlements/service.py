@@ -2,38 +2,45 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import ColumnElement, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, literal, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.accounts.access import ADMIN_ROLES, require_orders_scope
-from app.accounts.models import Membership
+from app.accounts import access
 from app.audit import service as audit
 from app.audit.service import AuditContext
 from app.auth.principal import Principal
 from app.db import utcnow
-from app.errors import conflict, forbidden, invalid, not_found
+from app.errors import conflict, invalid, not_found
 from catalog.models import Product
-from catalog.service import member_org_ids
 from licensing import notices
-from licensing.entitlements.models import Entitlement
+from licensing.entitlements.models import CURRENT_STATUSES, Entitlement, status_at
 
 
 def visible_entitlements(principal: Principal) -> ColumnElement[bool]:
     """Buyers see their orgs' entitlements; providers the entitlements to their products; staff all."""
-    if principal.api_key_id is None and principal.has_platform_role("admin", "auditor"):
-        return Entitlement.id.is_not(None)
-    provider_products = select(Product.id).where(Product.org_id.in_(member_org_ids(principal)))
-    return or_(Entitlement.buyer_org_id.in_(member_org_ids(principal)), Entitlement.product_id.in_(provider_products))
+    if access.platform_allows(principal, "entitlements.read"):
+        return true()
+    acting = access.acting_org_ids(principal)
+    provider_products = select(Product.id).where(Product.org_id.in_(acting))
+    return or_(Entitlement.buyer_org_id.in_(acting), Entitlement.product_id.in_(provider_products))
+
+
+def status_now(now: dt.datetime) -> ColumnElement[str]:
+    """``status_at`` in SQL, for filters."""
+    due = and_(Entitlement.status.in_(CURRENT_STATUSES), Entitlement.valid_until <= now)
+    return case((due, literal("expired")), else_=Entitlement.status)
 
 
 async def expire_due(session: AsyncSession, ids: Sequence[uuid.UUID] | None = None) -> int:
-    """Mark entitlements past their term as expired (also run by the periodic sweep)."""
+    """Record entitlements past their term as expired (the periodic sweep). Reads do not wait for it: they compute
+    expiry (``status_at``), and grants refuse an entitlement past its term."""
     query = (
         update(Entitlement)
-        .where(Entitlement.status.in_(("active", "suspended")), Entitlement.valid_until <= utcnow())
+        .where(Entitlement.status.in_(CURRENT_STATUSES), Entitlement.valid_until <= utcnow())
         .values(status="expired", status_reason="term ended")
         .returning(Entitlement.id, Entitlement.buyer_org_id)
     )
@@ -55,7 +62,6 @@ async def expire_due(session: AsyncSession, ids: Sequence[uuid.UUID] | None = No
 async def get_entitlement(
     session: AsyncSession, principal: Principal, entitlement_id: uuid.UUID, *, lock: bool = False
 ) -> Entitlement:
-    await expire_due(session, [entitlement_id])
     query = select(Entitlement).where(Entitlement.id == entitlement_id, visible_entitlements(principal))
     if lock:
         query = query.with_for_update()
@@ -75,22 +81,17 @@ async def change_entitlement_status(
     reason: str,
 ) -> Entitlement:
     """Revoke, suspend or reinstate: the provider's owners and admins, or a platform admin."""
-    require_orders_scope(principal)
     entitlement = await get_entitlement(session, principal, entitlement_id, lock=True)
     product = await session.get(Product, entitlement.product_id)
     assert product is not None
-    role = await session.scalar(
-        select(Membership.role).where(Membership.org_id == product.org_id, Membership.user_id == principal.user_id)
-    )
-    platform_admin = principal.api_key_id is None and principal.has_platform_role("admin")
-    provider_admin = role in ADMIN_ROLES and principal.api_key_org_id in (None, product.org_id)
-    if not provider_admin and not platform_admin:
-        raise forbidden("only the provider's owners and admins, or a platform admin, change an entitlement")
+    role = await access.role_in(session, principal, product.org_id)
+    access.check_role(principal, role, "entitlements.change", "changing the provider's entitlements")
     if to != "active" and not reason.strip():
         raise invalid("reason", f"an entitlement is {to} with a reason the buyer can act on")
     allowed_from = {"revoked": ("active", "suspended"), "suspended": ("active",), "active": ("suspended",)}[to]
-    if entitlement.status not in allowed_from:
-        raise conflict(f"the entitlement is {entitlement.status}; it cannot become {to}", "invalid-transition")
+    status, _ = status_at(entitlement, utcnow())
+    if status not in allowed_from:
+        raise conflict(f"the entitlement is {status}; it cannot become {to}", "invalid-transition")
     now = utcnow()
     entitlement.status, entitlement.status_reason = to, reason.strip()
     if to == "revoked":

@@ -9,10 +9,9 @@ from litestar import Controller, Request, get, post
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.types import ControllerRouterHandler
 
-from app.auth.guards import OPEN_TO_AUDITORS, authenticated
+from app.auth.guards import OPEN_TO_AUDITORS, requires
 from app.deps import BEARER, Audit, Caller, Limit, OptionalCaller, Session
 from app.openapi import problems
-from app.pagination import decode_cursor, encode_cursor
 from licensing.licences import service, terms
 from licensing.licences.models import Licence
 from licensing.licences.schemas import CheckIn, CheckOut, ItemVerdictOut, LicenceIn, LicenceOut, LicencePage
@@ -38,22 +37,21 @@ class LicenceController(Controller):
     path = "/licences"
     tags = ["licensing"]
 
-    @get("/", summary="The licence catalogue: seeded SPDX licences and providers' custom licences")
+    @get(
+        "/",
+        summary="The licence catalogue: seeded SPDX licences and providers' custom licences",
+        guards=[requires("catalog.read")],
+    )
     async def list(self, session: Session, cursor: FromQuery[str | None] = None, limit: Limit = 50) -> LicencePage:
-        rows = await service.list_licences(session, after=decode_cursor(cursor), limit=limit + 1)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return LicencePage(
-            items=[licence_out(licence, org) for licence, org in rows],
-            next_cursor=encode_cursor(rows[-1][0].id) if more and rows else None,
-        )
+        rows, next_cursor = await service.list_licences(session, cursor=cursor, limit=limit)
+        return LicencePage(items=[licence_out(licence, org) for licence, org in rows], next_cursor=next_cursor)
 
     @post(
         "/",
         summary="Add a custom licence with its AI-use terms",
         status_code=201,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def create(
         self, session: Session, audit_context: Audit, principal: Caller, data: JSONBody[LicenceIn]
@@ -62,12 +60,17 @@ class LicenceController(Controller):
         licence, org = await service.create_licence(session, audit_context, principal, msgspec.structs.asdict(data))
         return licence_out(licence, org)
 
-    @get("/{licence_id:str}", summary="One licence and its AI-use terms")
+    @get("/{licence_id:str}", summary="One licence and its AI-use terms", guards=[requires("catalog.read")])
     async def read(self, session: Session, licence_id: FromPath[str]) -> LicenceOut:
         licence, org = await service.get_licence(session, licence_id)
         return licence_out(licence, org)
 
-    @get("/{licence_id:str}/odrl", summary="The licence as an ODRL 2.2 policy", media_type="application/ld+json")
+    @get(
+        "/{licence_id:str}/odrl",
+        summary="The licence as an ODRL 2.2 policy",
+        media_type="application/ld+json",
+        guards=[requires("catalog.read")],
+    )
     async def odrl(
         self, request: Request[Any, Any, Any], session: Session, licence_id: FromPath[str]
     ) -> dict[str, Any]:
@@ -84,6 +87,7 @@ class LicenceController(Controller):
     tags=["licensing"],
     opt={OPEN_TO_AUDITORS: True},
     responses=problems({404: "A product or version named in `items` does not exist or is not visible"}),
+    guards=[requires("catalog.read")],
 )
 async def licence_check(session: Session, optional_principal: OptionalCaller, data: JSONBody[CheckIn]) -> CheckOut:
     """Per item: allowed or not and why; for the whole: accumulated duties (attribution list, share-alike) and

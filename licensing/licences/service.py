@@ -10,15 +10,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.accounts.access import org_role
-from app.accounts.models import Membership, Organization
+from app import pagination
+from app.accounts import access
+from app.accounts.models import Organization
 from app.audit import service as audit
 from app.audit.service import AuditContext
 from app.auth.principal import Principal
 from app.errors import conflict, forbidden, invalid, not_found
-from app.pagination import invalid_cursor
 from catalog.models import ProductVersion
-from catalog.service import WRITER_ROLES, product_for_reading, semver_key
+from catalog.service import product_for_reading, semver_key
 from licensing.licences import terms
 from licensing.licences.models import DUTIES, USES, Licence
 
@@ -37,20 +37,14 @@ def licence_dict(licence: Licence) -> dict[str, Any]:
     }
 
 
-async def list_licences(session: AsyncSession, *, after: str | None, limit: int) -> list[tuple[Licence, str | None]]:
-    """The licences after the one with id ``after``, which must exist (licences are never deleted)."""
-    query = (
-        select(Licence, Organization.slug)
-        .outerjoin(Organization, Organization.id == Licence.owner_org_id)
-        .order_by(Licence.owner_org_id.is_not(None), Licence.id)
-    )
-    rows: list[tuple[Licence, str | None]] = [(licence, org) for licence, org in (await session.execute(query)).all()]
-    if after is not None:
-        keys = [licence.id for licence, _ in rows]
-        if after not in keys:
-            raise invalid_cursor()
-        rows = rows[keys.index(after) + 1 :]
-    return rows[:limit]
+async def list_licences(
+    session: AsyncSession, *, cursor: str | None, limit: int
+) -> tuple[list[tuple[Licence, str | None]], str | None]:
+    """A page of the catalogue: the seeded SPDX licences first, then custom ones, by id."""
+    query = select(Licence, Organization.slug).outerjoin(Organization, Organization.id == Licence.owner_org_id)
+    keys = (Licence.owner_org_id.is_not(None), Licence.id)
+    rows, next_cursor = await pagination.page(session, query, keys, cursor, limit)
+    return [(licence, org) for licence, org in rows], next_cursor
 
 
 async def get_licence(session: AsyncSession, licence_id: str) -> tuple[Licence, str | None]:
@@ -68,17 +62,14 @@ async def get_licence(session: AsyncSession, licence_id: str) -> tuple[Licence, 
 
 async def _provider_org_for(session: AsyncSession, principal: Principal, org_slug: str | None) -> Organization:
     if org_slug is not None:
-        org = await org_role(session, principal, org_slug, WRITER_ROLES, "adding a licence")
+        org, _ = await access.org_for(session, principal, org_slug, "catalog.write", "adding a licence")
         if org.kind not in ("provider", "both"):
             raise forbidden(f"'{org_slug}' is not a provider organisation")
         return org
     orgs = (
         await session.scalars(
-            select(Organization)
-            .join(Membership, Membership.org_id == Organization.id)
-            .where(
-                Membership.user_id == principal.user_id,
-                Membership.role.in_(WRITER_ROLES),
+            select(Organization).where(
+                Organization.id.in_(access.acting_org_ids(principal, "catalog.write")),
                 Organization.kind.in_(("provider", "both")),
             )
         )
@@ -93,8 +84,6 @@ async def create_licence(
 ) -> tuple[Licence, str]:
     """A custom licence, owned by a provider org, with the id ``LicenseRef-<org>-<name>``."""
     org = await _provider_org_for(session, principal, fields.pop("org"))
-    if not principal.has_scope("catalog:write"):
-        raise forbidden("this API key lacks the 'catalog:write' scope")
     spdx = terms.validate_spdx(fields["spdx"]) if fields.get("spdx") else None
     text = fields.pop("text")
     text_sha256 = fields["text_sha256"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import decimal
 import uuid
 
@@ -10,19 +9,17 @@ import msgspec
 from litestar import Controller, get, patch, post
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.types import ControllerRouterHandler
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from app import pagination
-from app.auth.guards import authenticated
+from app.auth.guards import requires
 from app.deps import BEARER, Audit, Caller, Limit, OptionalCaller, Session
-from app.pagination import decode_cursor, encode_cursor
 from licensing.offers import service
 from licensing.offers.models import Offer
 from licensing.offers.schemas import OfferIn, OfferOut, OfferPage, OfferPatch, PriceOut, QuotaOut, TransparencyOut
 from licensing.orders import service as orders_service
 
 
-async def offer_out(session: AsyncSession, offer: Offer, product_slug: str) -> OfferOut:
+def offer_out(offer: Offer, product_slug: str, slugs: dict[uuid.UUID, str]) -> OfferOut:
+    """An answer; ``slugs`` names the target orgs (``service.org_slugs``)."""
     return OfferOut(
         id=offer.id,
         product=product_slug,
@@ -34,7 +31,7 @@ async def offer_out(session: AsyncSession, offer: Offer, product_slug: str) -> O
         versions=offer.versions,
         approval=offer.approval,
         purposes=list(offer.purposes),
-        target_orgs=await service.org_slugs(session, offer.target_org_ids),
+        target_orgs=[slugs[i] for i in offer.target_org_ids if i in slugs],
         created_at=offer.created_at,
         updated_at=offer.updated_at,
         archived_at=offer.archived_at,
@@ -50,7 +47,7 @@ class OfferController(Controller):
         summary="Offer a product under a licence, price, term and quota",
         status_code=201,
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def create(
         self, session: Session, audit_context: Audit, principal: Caller, slug: FromPath[str], data: JSONBody[OfferIn]
@@ -58,9 +55,9 @@ class OfferController(Controller):
         offer = await service.create_offer(
             session, audit_context, principal, slug, msgspec.to_builtins(data, builtin_types=(decimal.Decimal,))
         )
-        return await offer_out(session, offer, slug)
+        return offer_out(offer, slug, await service.org_slugs(session, offer.target_org_ids))
 
-    @get("/", summary="The offers of a product visible to the caller, oldest first")
+    @get("/", summary="The offers of a product visible to the caller, oldest first", guards=[requires("catalog.read")])
     async def list(
         self,
         session: Session,
@@ -69,28 +66,15 @@ class OfferController(Controller):
         cursor: FromQuery[str | None] = None,
         limit: Limit = 50,
     ) -> OfferPage:
-        after = None
-        if (text := decode_cursor(cursor)) is not None:
-            try:
-                created, offer_id = text.split("|")
-                after = (dt.datetime.fromisoformat(created), uuid.UUID(offer_id))
-            except ValueError:
-                raise pagination.invalid_cursor() from None
-        offers, product_slug = await service.list_offers(
-            session, optional_principal, slug, after=after, limit=limit + 1
-        )
-        more = len(offers) > limit
-        offers = offers[:limit]
-        return OfferPage(
-            items=[await offer_out(session, o, product_slug) for o in offers],
-            next_cursor=encode_cursor(f"{offers[-1].created_at.isoformat()}|{offers[-1].id}") if more else None,
-        )
+        offers, next_cursor = await service.list_offers(session, optional_principal, slug, cursor=cursor, limit=limit)
+        slugs = await service.org_slugs(session, (i for o in offers for i in o.target_org_ids))
+        return OfferPage(items=[offer_out(o, slug, slugs) for o in offers], next_cursor=next_cursor)
 
     @patch(
         "/{offer_id:uuid}",
         summary="Change an offer for future orders (granted entitlements keep their terms)",
         security=BEARER,
-        guards=[authenticated],
+        guards=[requires("catalog.write")],
     )
     async def update(
         self,
@@ -107,9 +91,13 @@ class OfferController(Controller):
             if v is not msgspec.UNSET
         }
         offer = await service.update_offer(session, audit_context, principal, slug, offer_id, changes)
-        return await offer_out(session, offer, slug)
+        return offer_out(offer, slug, await service.org_slugs(session, offer.target_org_ids))
 
-    @get("/transparency", summary="Access requests for this product: count, approval rate, time to decision")
+    @get(
+        "/transparency",
+        summary="Access requests for this product: count, approval rate, time to decision",
+        guards=[requires("catalog.read")],
+    )
     async def transparency(
         self, session: Session, optional_principal: OptionalCaller, slug: FromPath[str]
     ) -> TransparencyOut:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import decimal
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, literal, or_, select, tuple_
+from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.accounts.models import Membership, Organization
+from app import pagination
+from app.accounts import access
+from app.accounts.models import Organization
 from app.audit import service as audit
 from app.audit.service import AuditContext
 from app.auth.principal import Principal
@@ -21,7 +22,7 @@ from catalog.models import Product
 from catalog.service import product_for_reading, product_for_writing
 from licensing.licences.models import USES, Licence
 from licensing.offers.models import Offer
-from licensing.orders.models import OPEN_ORDER_STATUSES, Order
+from licensing.orders.models import OPEN_ORDER_STATUSES, Order, status_now
 
 MAX_PRICE = decimal.Decimal(1_000_000_000)  # also a constraint of the offers table
 
@@ -130,7 +131,7 @@ async def update_offer(
         open_orders = await session.scalar(
             select(func.count())
             .select_from(Order)
-            .where(Order.offer_id == offer.id, Order.status.in_(OPEN_ORDER_STATUSES))
+            .where(Order.offer_id == offer.id, status_now(utcnow()).in_(OPEN_ORDER_STATUSES))
         )
         if open_orders:
             raise conflict(
@@ -172,9 +173,8 @@ def offers_visible_to(principal: Principal | None, product: Product, role: str |
     public = func.cardinality(Offer.target_org_ids) == 0
     if principal is None:
         return and_(Offer.product_id == product.id, public, Offer.archived_at.is_(None))
-    targeted = Offer.target_org_ids.overlap(
-        select(func.array_agg(Membership.org_id)).where(Membership.user_id == principal.user_id).scalar_subquery()
-    )
+    acting = access.acting_org_ids(principal).subquery()
+    targeted = Offer.target_org_ids.overlap(select(func.array_agg(acting.c.org_id)).scalar_subquery())
     return and_(Offer.product_id == product.id, or_(public, targeted), Offer.archived_at.is_(None))
 
 
@@ -183,22 +183,20 @@ async def list_offers(
     principal: Principal | None,
     slug: str,
     *,
-    after: tuple[dt.datetime, uuid.UUID] | None,
+    cursor: str | None,
     limit: int,
-) -> tuple[list[Offer], str]:
-    """Up to ``limit`` offers of the product the caller may see, oldest first, after the (created, id) ``after``."""
+) -> tuple[list[Offer], str | None]:
+    """A page of the offers of the product the caller may see, oldest first."""
     product, _org, role = await product_for_reading(session, principal, slug)
     query = select(Offer).where(offers_visible_to(principal, product, role))
-    if after is not None:
-        query = query.where(tuple_(Offer.created_at, Offer.id) > tuple_(literal(after[0]), literal(after[1])))
-    offers = (await session.scalars(query.order_by(Offer.created_at, Offer.id).limit(limit))).all()
-    return list(offers), product.slug
+    rows, next_cursor = await pagination.page(session, query, (Offer.created_at, Offer.id), cursor, limit)
+    return [offer for (offer,) in rows], next_cursor
 
 
-async def org_slugs(session: AsyncSession, ids: Sequence[uuid.UUID]) -> list[str]:
-    if not ids:
-        return []
-    found = dict(
-        (await session.execute(select(Organization.id, Organization.slug).where(Organization.id.in_(ids)))).all()
-    )
-    return [found[i] for i in ids if i in found]
+async def org_slugs(session: AsyncSession, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """The slugs of these organisations, in one statement (none for no ids)."""
+    wanted = set(ids)
+    if not wanted:
+        return {}
+    rows = await session.execute(select(Organization.id, Organization.slug).where(Organization.id.in_(wanted)))
+    return {org_id: slug for org_id, slug in rows}

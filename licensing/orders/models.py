@@ -8,10 +8,14 @@ from typing import Any, Literal, get_args
 
 from sqlalchemy import (
     CheckConstraint,
+    ColumnElement,
     ForeignKey,
     Index,
     String,
     UniqueConstraint,
+    and_,
+    case,
+    literal,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -58,3 +62,16 @@ class Order(Base):
 
 
 OPEN_ORDER_STATUSES = ("pending_approval", "awaiting_payment")
+
+
+def status_at(order: Order, now: dt.datetime) -> str:
+    """The status as of ``now``: an open order past ``expires_at`` is expired, recorded by the sweep or not."""
+    if order.status in OPEN_ORDER_STATUSES and order.expires_at is not None and order.expires_at <= now:
+        return "expired"
+    return order.status
+
+
+def status_now(now: dt.datetime) -> ColumnElement[str]:
+    """``status_at`` in SQL, for filters."""
+    due = and_(Order.status.in_(OPEN_ORDER_STATUSES), Order.expires_at <= now)
+    return case((due, literal("expired")), else_=Order.status)

@@ -15,22 +15,23 @@ from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.types import ControllerRouterHandler
-from sqlalchemy import literal, select, tuple_
+from sqlalchemy import Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import pagination
 from app.accounts.models import Organization
-from app.auth.guards import authenticated, requires_platform_role
+from app.auth.guards import requires
+from app.db import utcnow
 from app.deps import BEARER, Audit, Caller, Limit, Session
 from app.errors import PROBLEM_MEDIA_TYPE, Problem, ProblemError, not_found, unauthorized
 from app.openapi import problems
-from app.pagination import decode_cursor, encode_cursor
 from app.validation import decode_json
 from catalog.models import Product
+from licensing.entitlements.models import Entitlement
 from licensing.offers.models import Offer
 from licensing.offers.schemas import PriceOut
 from licensing.orders import service
-from licensing.orders.models import Order, OrderStatus
+from licensing.orders.models import Order, OrderStatus, status_at
 from licensing.orders.schemas import DecisionIn, OrderIn, OrderOut, OrderPage, PaymentIn
 
 # Checked in the handler rather than by the decoder: a missing or malformed key is a 400, not a 422 (the
@@ -48,23 +49,30 @@ IDEMPOTENCY_KEY = Annotated[
 PAYMENT_SIGNATURE_HEADER = "X-Corpora-Signature"
 
 
-async def order_out(session: AsyncSession, order: Order) -> OrderOut:
-    product_slug = await session.scalar(select(Product.slug).where(Product.id == order.product_id))
-    buyer = await session.scalar(select(Organization.slug).where(Organization.id == order.buyer_org_id))
-    offer = await session.get(Offer, order.offer_id)
-    assert product_slug is not None
-    assert buyer is not None
-    assert offer is not None
+def with_details(query: Select[Any]) -> Select[Any]:
+    """``query`` (of orders) with what an answer shows beside the order, in the same statement."""
+    return (
+        query.join(Product, Product.id == Order.product_id)
+        .join(Organization, Organization.id == Order.buyer_org_id)
+        .join(Offer, Offer.id == Order.offer_id)
+        .outerjoin(Entitlement, Entitlement.order_id == Order.id)
+        .add_columns(Product.slug, Organization.slug, Offer.price_amount, Offer.currency, Entitlement.id)
+    )
+
+
+def order_out(row: Any, now: dt.datetime) -> OrderOut:
+    """An answer from a row of ``with_details``; expiry as of ``now``."""
+    order, product_slug, buyer, amount, currency, entitlement_id = row
     return OrderOut(
         id=order.id,
-        status=order.status,
-        entitlement_id=await service.entitlement_for_order(session, order.id),
+        status=status_at(order, now),
+        entitlement_id=entitlement_id,
         offer_id=order.offer_id,
         product=product_slug,
         buyer_org=buyer,
         purpose=order.purpose,
         answers=order.form_answers,
-        price=PriceOut(amount=str(offer.price_amount), currency=offer.currency),
+        price=PriceOut(amount=str(amount), currency=currency),
         created_at=order.created_at,
         expires_at=order.expires_at,
         decided_at=order.decided_at,
@@ -73,16 +81,21 @@ async def order_out(session: AsyncSession, order: Order) -> OrderOut:
     )
 
 
+async def load_order(session: AsyncSession, order: Order) -> OrderOut:
+    row = (await session.execute(with_details(select(Order).where(Order.id == order.id)))).one()
+    return order_out(row, utcnow())
+
+
 class OrderController(Controller):
     path = "/orders"
     tags = ["licensing"]
     security = BEARER
-    guards = [authenticated]
 
     @post(
         "/",
         summary="Order an offer or request access (needs an Idempotency-Key header)",
         status_code=201,
+        guards=[requires("orders.place")],
         responses={
             400: ResponseSpec(
                 Problem, description="Idempotency-Key missing or malformed", media_type=PROBLEM_MEDIA_TYPE
@@ -117,9 +130,23 @@ class OrderController(Controller):
             purpose=data.purpose,
             answers=data.answers,
         )
-        return Response(await order_out(session, result.order), status_code=201 if result.created else 200)
+        if (shown := result.shown) is not None:
+            row = (
+                result.order,
+                shown.product,
+                shown.buyer_org,
+                shown.price_amount,
+                shown.currency,
+                shown.entitlement_id,
+            )
+            return Response(order_out(row, utcnow()), status_code=201)
+        return Response(await load_order(session, result.order), status_code=200)
 
-    @get("/", summary="Orders visible to the caller: their orgs' orders, and orders for their products")
+    @get(
+        "/",
+        summary="Orders visible to the caller: their orgs' orders, and orders for their products",
+        guards=[requires("orders.read")],
+    )
     async def list(
         self,
         session: Session,
@@ -129,33 +156,23 @@ class OrderController(Controller):
         cursor: FromQuery[str | None] = None,
         limit: Limit = 50,
     ) -> OrderPage:
-        await service.expire_due_requests(session)
-        query = service.list_orders_query(principal, status, product).order_by(Order.created_at.desc(), Order.id.desc())
-        if (after := decode_cursor(cursor)) is not None:
-            try:
-                created, order_id = after.split("|")
-                query = query.where(
-                    tuple_(Order.created_at, Order.id)
-                    < tuple_(literal(dt.datetime.fromisoformat(created)), literal(uuid.UUID(order_id)))
-                )
-            except ValueError:
-                raise pagination.invalid_cursor() from None
-        orders = list((await session.scalars(query.limit(limit + 1))).all())
-        more = len(orders) > limit
-        orders = orders[:limit]
-        return OrderPage(
-            items=[await order_out(session, o) for o in orders],
-            next_cursor=encode_cursor(f"{orders[-1].created_at.isoformat()}|{orders[-1].id}") if more else None,
+        query = with_details(service.list_orders_query(principal, status, product))
+        rows, next_cursor = await pagination.page(
+            session, query, (Order.created_at, Order.id), cursor, limit, descending=True
         )
+        now = utcnow()
+        return OrderPage(items=[order_out(row, now) for row in rows], next_cursor=next_cursor)
 
-    @get("/{order_id:uuid}", summary="One order")
+    @get("/{order_id:uuid}", summary="One order", guards=[requires("orders.read")])
     async def read(self, session: Session, principal: Caller, order_id: FromPath[uuid.UUID]) -> OrderOut:
-        return await order_out(session, await service.get_order(session, principal, order_id))
+        order = await service.get_order(session, principal, order_id)
+        return await load_order(session, order)
 
     @post(
         "/{order_id:uuid}/approve",
         summary="Approve an access request (the provider's owners and admins)",
         status_code=200,
+        guards=[requires("orders.decide")],
     )
     async def approve(
         self,
@@ -168,12 +185,13 @@ class OrderController(Controller):
         order = await service.decide_order(
             session, audit_context, principal, order_id, approve=True, reason=data.reason
         )
-        return await order_out(session, order)
+        return await load_order(session, order)
 
     @post(
         "/{order_id:uuid}/reject",
         summary="Reject an access request with a reason (at most 500 characters)",
         status_code=200,
+        guards=[requires("orders.decide")],
     )
     async def reject(
         self,
@@ -186,19 +204,24 @@ class OrderController(Controller):
         order = await service.decide_order(
             session, audit_context, principal, order_id, approve=False, reason=data.reason
         )
-        return await order_out(session, order)
+        return await load_order(session, order)
 
-    @post("/{order_id:uuid}/cancel", summary="Cancel an order not yet fulfilled (the buyer)", status_code=200)
+    @post(
+        "/{order_id:uuid}/cancel",
+        summary="Cancel an order not yet fulfilled (the buyer)",
+        status_code=200,
+        guards=[requires("orders.cancel")],
+    )
     async def cancel(
         self, session: Session, audit_context: Audit, principal: Caller, order_id: FromPath[uuid.UUID]
     ) -> OrderOut:
-        return await order_out(session, await service.cancel_order(session, audit_context, principal, order_id))
+        return await load_order(session, await service.cancel_order(session, audit_context, principal, order_id))
 
     @post(
         "/{order_id:uuid}/confirm-payment",
         summary="Confirm payment of an order (platform admins)",
         status_code=200,
-        guards=[requires_platform_role("admin")],
+        guards=[requires("orders.confirm_payment")],
     )
     async def confirm_payment(
         self,
@@ -211,7 +234,7 @@ class OrderController(Controller):
         order = await service.confirm_payment(
             session, audit_context, order_id, reference=data.reference, by=principal.user_id
         )
-        return await order_out(session, order)
+        return await load_order(session, order)
 
 
 class PaymentWebhookIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -234,6 +257,7 @@ class PaymentWebhookIn(msgspec.Struct, forbid_unknown_fields=True):
             409: "The payment does not match the order's price, or the order is not awaiting payment",
         }
     ),
+    guards=[requires("public")],  # authenticated by the body's HMAC signature
 )
 async def payment_webhook(
     request: Request[Any, Any, Any],

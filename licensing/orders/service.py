@@ -12,12 +12,11 @@ import statistics
 import uuid
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, or_, select, update
+from sqlalchemy import ColumnElement, Select, or_, select, text, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.accounts.access import ADMIN_ROLES, BUYER_ROLES, is_member, org_role, require_orders_scope
-from app.accounts.models import Membership
+from app.accounts import access
 from app.audit import service as audit
 from app.audit.service import AuditContext
 from app.auth.principal import Principal
@@ -25,13 +24,13 @@ from app.db import utcnow
 from app.errors import ProblemError, conflict, forbidden, invalid, not_found
 from app.notifications.models import EventType
 from catalog.models import Product
-from catalog.service import member_org_ids, product_for_reading
+from catalog.service import product_for_reading, visible_products
 from licensing import notices
-from licensing.entitlements.models import Entitlement
+from licensing.entitlements.models import CURRENT_STATUSES, Entitlement
 from licensing.licences.models import Licence
 from licensing.licences.service import licence_dict
 from licensing.offers.models import Offer
-from licensing.orders.models import OPEN_ORDER_STATUSES, Order
+from licensing.orders.models import OPEN_ORDER_STATUSES, Order, status_at, status_now
 
 REQUEST_TTL = dt.timedelta(days=45)
 
@@ -49,10 +48,46 @@ def request_fingerprint(offer_id: uuid.UUID, buyer_org: str, purpose: str, answe
     return digest({"offer_id": str(offer_id), "buyer_org": buyer_org, "purpose": purpose, "answers": answers})[7:]
 
 
+def current_entitlement(buyer_org_id: Any, offer_id: Any, now: dt.datetime) -> Any:
+    """The buyer's entitlement under the offer that is still within its term, as a scalar subquery."""
+    return (
+        select(Entitlement.id)
+        .where(
+            Entitlement.buyer_org_id == buyer_org_id,
+            Entitlement.offer_id == offer_id,
+            Entitlement.status.in_(CURRENT_STATUSES),
+            Entitlement.valid_until > now,
+        )
+        .scalar_subquery()
+    )
+
+
+def already_entitled(entitlement_id: uuid.UUID) -> ProblemError:
+    return ProblemError(
+        409,
+        "already-entitled",
+        "Already entitled",
+        f"the organisation already holds entitlement {entitlement_id} under this offer; order again once it has ended",
+        extra={"entitlement_id": str(entitlement_id)},
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Shown:
+    """What an answer shows beside a new order, known while placing it (no need to read it back)."""
+
+    product: str
+    buyer_org: str
+    price_amount: decimal.Decimal
+    currency: str
+    entitlement_id: uuid.UUID | None
+
+
 @dataclasses.dataclass(slots=True)
 class OrderResult:
     order: Order
     created: bool
+    shown: Shown | None = None
 
 
 async def place_order(
@@ -67,23 +102,33 @@ async def place_order(
     answers: dict[str, Any],
 ) -> OrderResult:
     """Create an order once per idempotency key: a retry with the same body returns the same order, one with a
-    different body is refused. Free automatic offers are fulfilled at once."""
-    require_orders_scope(principal)
+    different body is refused. Free automatic offers are fulfilled at once. Only published products are
+    ordered, and only while the buyer holds no current entitlement under the offer."""
+    # Access first, replays too: a key of another org never sees the order its user placed through this one.
+    org, _ = await access.org_for(session, principal, buyer_org, "orders.place", "ordering")
     fingerprint = request_fingerprint(offer_id, buyer_org, purpose, answers)
     previous = await _order_for_key(session, principal.user_id, idempotency_key)
     if previous is not None:
         return _replay(previous, fingerprint)
-    org = await org_role(session, principal, buyer_org, BUYER_ROLES, "ordering")
-    # A share lock: an offer change waits for this order, and sees it when checking for open orders.
-    offer = await session.scalar(
-        select(Offer).where(Offer.id == offer_id, Offer.archived_at.is_(None)).with_for_update(read=True)
-    )
-    if offer is None or (offer.target_org_ids and org.id not in offer.target_org_ids):
+    # The offer with its product, if the caller may see it (an API key sees only its own org's drafts), and the
+    # buyer's current entitlement under it. A share lock: an offer change waits for this order, and sees it when
+    # checking for open orders.
+    row = (
+        await session.execute(
+            select(Offer, Product, Licence, current_entitlement(org.id, Offer.id, utcnow()))
+            .join(Product, Product.id == Offer.product_id)
+            .join(Licence, Licence.id == Offer.licence_id)
+            .where(Offer.id == offer_id, Offer.archived_at.is_(None), visible_products(principal))
+            .with_for_update(of=Offer, read=True)
+        )
+    ).one_or_none()
+    if row is None or (row[0].target_org_ids and org.id not in row[0].target_org_ids):
         raise not_found("offer")
-    product = await session.get(Product, offer.product_id)
-    assert product is not None
-    if product.status != "published" and not await is_member(session, principal, product.org_id):
-        raise not_found("offer")
+    offer, product, licence, entitled = row
+    if product.status != "published":
+        raise conflict(f"'{product.slug}' is not published; only published products are ordered", "not-published")
+    if entitled is not None:
+        raise already_entitled(entitled)
     if product.org_id == org.id:
         raise forbidden("an organisation cannot order its own product")
     if purpose not in offer.purposes:
@@ -97,7 +142,7 @@ async def place_order(
     now = utcnow()
     free = offer.price_amount == 0
     status = "pending_approval" if offer.approval == "manual" else ("fulfilled" if free else "awaiting_payment")
-    inserted = await session.scalar(
+    order = await session.scalar(
         insert(Order)
         .values(
             id=uuid.uuid4(),
@@ -116,14 +161,12 @@ async def place_order(
             else (now + PAYMENT_TTL if status == "awaiting_payment" else None),
         )
         .on_conflict_do_nothing(index_elements=[Order.created_by, Order.idempotency_key])
-        .returning(Order.id)
+        .returning(Order)
     )
-    if inserted is None:  # a concurrent retry with the same key won the race
+    if order is None:  # a concurrent retry with the same key won the race
         previous = await _order_for_key(session, principal.user_id, idempotency_key)
         assert previous is not None
         return _replay(previous, fingerprint)
-    order = await session.get(Order, inserted)
-    assert order is not None
     await audit.record(
         session,
         context,
@@ -134,9 +177,9 @@ async def place_order(
         details={"offer_id": str(offer.id), "product": product.slug, "purpose": purpose, "status": status},
     )
     await notices.order_event(session, EventType.ORDER_CREATED, order, product)
-    if status == "fulfilled":
-        await fulfil(session, context, order, offer, product)
-    return OrderResult(order, created=True)
+    entitlement_id = await fulfil(session, context, order, offer, product, licence) if status == "fulfilled" else None
+    shown = Shown(product.slug, org.slug, offer.price_amount, offer.currency, entitlement_id)
+    return OrderResult(order, created=True, shown=shown)
 
 
 async def _order_for_key(session: AsyncSession, user_id: uuid.UUID, key: str) -> Order | None:
@@ -155,10 +198,15 @@ def _replay(order: Order, fingerprint: str) -> OrderResult:
 
 
 async def fulfil(
-    session: AsyncSession, context: AuditContext, order: Order, offer: Offer, product: Product
-) -> Entitlement:
-    """Grant the entitlement with an immutable snapshot of the licence and offer as accepted."""
-    licence = await session.get(Licence, offer.licence_id)
+    session: AsyncSession,
+    context: AuditContext,
+    order: Order,
+    offer: Offer,
+    product: Product,
+    licence: Licence | None = None,
+) -> uuid.UUID:
+    """Grant the entitlement with an immutable snapshot of the licence and offer as accepted; its id."""
+    licence = licence or await session.get(Licence, offer.licence_id)
     assert licence is not None
     now = utcnow()
     snapshot = {
@@ -177,25 +225,50 @@ async def fulfil(
         "purpose": order.purpose,
         "accepted_at": now.isoformat(),
     }
-    entitlement = Entitlement(
-        order_id=order.id,
-        buyer_org_id=order.buyer_org_id,
-        product_id=product.id,
-        offer_id=offer.id,
-        licence_id=licence.id,
-        terms=snapshot,
-        terms_digest=digest(snapshot),
-        purposes=[order.purpose],
-        versions=offer.versions,
-        valid_from=now,
-        valid_until=now + dt.timedelta(days=offer.term_days),
-        downloads_limit=offer.quota_downloads,
-        bytes_limit=offer.quota_bytes,
-        downloads_used=0,
-        bytes_used=0,
-        status="active",
+    entitlement_id, terms_digest = uuid.uuid4(), digest(snapshot)
+    granted = (
+        insert(Entitlement)
+        .values(
+            id=entitlement_id,
+            order_id=order.id,
+            buyer_org_id=order.buyer_org_id,
+            product_id=product.id,
+            offer_id=offer.id,
+            licence_id=licence.id,
+            terms=snapshot,
+            terms_digest=terms_digest,
+            purposes=[order.purpose],
+            versions=offer.versions,
+            valid_from=now,
+            valid_until=now + dt.timedelta(days=offer.term_days),
+            downloads_limit=offer.quota_downloads,
+            bytes_limit=offer.quota_bytes,
+            downloads_used=0,
+            bytes_used=0,
+            status="active",
+        )
+        # One current entitlement per buyer org and offer (a partial unique index). A concurrent order that got
+        # there first wins (this waits for it to commit), and this one is refused.
+        .on_conflict_do_nothing(
+            index_elements=[Entitlement.buyer_org_id, Entitlement.offer_id],
+            # Literal, as in the index: a predicate with parameters would not infer the index.
+            index_where=text("status IN ('active', 'suspended')"),
+        )
+        .returning(Entitlement.id)
     )
-    session.add(entitlement)
+    inserted = await session.scalar(granted)
+    # One past its term that the sweep has not recorded yet ends now, making room for the new one.
+    if inserted is None and await _end_past_term(session, order.buyer_org_id, offer.id, now):
+        inserted = await session.scalar(granted)
+    if inserted is None:
+        current = await session.scalar(select(current_entitlement(order.buyer_org_id, offer.id, now)))
+        raise (
+            already_entitled(current)
+            if current is not None
+            else conflict(
+                "the organisation's entitlement under this offer changed meanwhile; try again", "already-entitled"
+            )
+        )
     order.status = "fulfilled"
     await session.flush()
     await audit.record(
@@ -204,19 +277,49 @@ async def fulfil(
         "entitlement.granted",
         org_id=order.buyer_org_id,
         target_type="entitlement",
-        target_id=entitlement.id,
-        details={"order_id": str(order.id), "product": product.slug, "terms_digest": entitlement.terms_digest},
+        target_id=entitlement_id,
+        details={"order_id": str(order.id), "product": product.slug, "terms_digest": terms_digest},
     )
-    await notices.order_event(session, EventType.ORDER_FULFILLED, order, product, entitlement_id=entitlement.id)
-    return entitlement
+    await notices.order_event(session, EventType.ORDER_FULFILLED, order, product, entitlement_id=entitlement_id)
+    return entitlement_id
+
+
+async def _end_past_term(session: AsyncSession, buyer_org_id: uuid.UUID, offer_id: uuid.UUID, now: dt.datetime) -> int:
+    """Record as expired the buyer's entitlement under the offer that is past its term; how many."""
+    ended = (
+        await session.execute(
+            update(Entitlement)
+            .where(
+                Entitlement.buyer_org_id == buyer_org_id,
+                Entitlement.offer_id == offer_id,
+                Entitlement.status.in_(CURRENT_STATUSES),
+                Entitlement.valid_until <= now,
+            )
+            .values(status="expired", status_reason="term ended")
+            .returning(Entitlement.id)
+        )
+    ).scalars()
+    count = 0
+    for entitlement_id in ended:
+        count += 1
+        await audit.record(
+            session,
+            audit.SYSTEM,
+            "entitlement.expired",
+            org_id=buyer_org_id,
+            target_type="entitlement",
+            target_id=entitlement_id,
+        )
+    return count
 
 
 def visible_orders(principal: Principal) -> ColumnElement[bool]:
     """Buyers see their orgs' orders; providers the orders for their products; platform staff all."""
-    if principal.api_key_id is None and principal.has_platform_role("admin", "auditor"):
-        return Order.id.is_not(None)
-    provider_products = select(Product.id).where(Product.org_id.in_(member_org_ids(principal)))
-    return or_(Order.buyer_org_id.in_(member_org_ids(principal)), Order.product_id.in_(provider_products))
+    if access.platform_allows(principal, "orders.read"):
+        return true()
+    acting = access.acting_org_ids(principal)
+    provider_products = select(Product.id).where(Product.org_id.in_(acting))
+    return or_(Order.buyer_org_id.in_(acting), Order.product_id.in_(provider_products))
 
 
 async def get_order(session: AsyncSession, principal: Principal, order_id: uuid.UUID, *, lock: bool = False) -> Order:
@@ -226,13 +329,12 @@ async def get_order(session: AsyncSession, principal: Principal, order_id: uuid.
     order = await session.scalar(query)
     if order is None:
         raise not_found("order")
-    await _expire_if_due(session, order)
     return order
 
 
 async def expire_due_requests(session: AsyncSession) -> int:
-    """Mark access requests nobody decided within ``REQUEST_TTL``, and orders nobody paid within ``PAYMENT_TTL``,
-    as expired (also run by the periodic sweep), so lists and counts never show an overdue order as open."""
+    """Record access requests nobody decided within ``REQUEST_TTL``, and orders nobody paid within ``PAYMENT_TTL``,
+    as expired (the periodic sweep). Reads do not wait for it: they compute expiry (``status_at``)."""
     expired = (
         await session.execute(
             update(Order)
@@ -248,19 +350,10 @@ async def expire_due_requests(session: AsyncSession) -> int:
     return len(expired)
 
 
-async def _expire_if_due(session: AsyncSession, order: Order) -> None:
-    if order.status in OPEN_ORDER_STATUSES and order.expires_at is not None and order.expires_at <= utcnow():
-        order.status = "expired"
-        await session.flush()
-        await audit.record(
-            session, audit.SYSTEM, "order.expired", org_id=order.buyer_org_id, target_type="order", target_id=order.id
-        )
-
-
 def list_orders_query(principal: Principal, status: str | None, product: str | None) -> Select[Any]:
     query = select(Order).where(visible_orders(principal))
     if status is not None:
-        query = query.where(Order.status == status)
+        query = query.where(status_now(utcnow()) == status)
     if product is not None:
         query = query.where(Order.product_id.in_(select(Product.id).where(Product.slug == product)))
     return query
@@ -276,18 +369,14 @@ async def decide_order(
     reason: str,
 ) -> Order:
     """The provider's owners and admins approve or reject a pending access request."""
-    require_orders_scope(principal)
     order = await get_order(session, principal, order_id, lock=True)
     product = await session.get(Product, order.product_id)
     assert product is not None
-    role = await session.scalar(
-        select(Membership.role).where(Membership.org_id == product.org_id, Membership.user_id == principal.user_id)
-    )
-    if role not in ADMIN_ROLES or (principal.api_key_org_id not in (None, product.org_id)):
-        # Buyers can see their own order but never decide it; other providers do not see it at all.
-        raise forbidden("only the provider's owners and admins decide access requests")
-    if order.status != "pending_approval":
-        raise conflict(f"the order is {order.status}, not pending approval", "order-not-pending")
+    # Buyers can see their own order but never decide it; other providers do not see it at all.
+    role = await access.role_in(session, principal, product.org_id)
+    access.check_role(principal, role, "orders.decide", "deciding the provider's access requests")
+    if (status := status_at(order, utcnow())) != "pending_approval":
+        raise conflict(f"the order is {status}, not pending approval", "order-not-pending")
     if not approve and not reason.strip():
         raise invalid("reason", "a rejection needs a reason the buyer can act on")
     now = utcnow()
@@ -338,11 +427,10 @@ async def confirm_payment(
     order = await session.scalar(select(Order).where(Order.id == order_id).with_for_update())
     if order is None:
         raise not_found("order")
-    await _expire_if_due(session, order)
     if order.status == "fulfilled" and order.paid_at is not None:
         return order  # a webhook delivered twice
-    if order.status != "awaiting_payment":
-        raise conflict(f"the order is {order.status}, not awaiting payment", "order-not-awaiting-payment")
+    if (status := status_at(order, utcnow())) != "awaiting_payment":
+        raise conflict(f"the order is {status}, not awaiting payment", "order-not-awaiting-payment")
     offer = await session.get(Offer, order.offer_id)
     product = await session.get(Product, order.product_id)
     assert offer is not None
@@ -377,16 +465,12 @@ async def confirm_payment(
 async def cancel_order(
     session: AsyncSession, context: AuditContext, principal: Principal, order_id: uuid.UUID
 ) -> Order:
-    require_orders_scope(principal)
     order = await get_order(session, principal, order_id, lock=True)
-    role = await session.scalar(
-        select(Membership.role).where(Membership.org_id == order.buyer_org_id, Membership.user_id == principal.user_id)
-    )
-    if role not in BUYER_ROLES or principal.api_key_org_id not in (None, order.buyer_org_id):
-        # The buyer's auditors see the order but never act on it.
-        raise forbidden("only the buyer's owners, admins and members cancel its order")
-    if order.status not in ("pending_approval", "awaiting_payment"):
-        raise conflict(f"the order is {order.status} and can no longer be cancelled", "order-final")
+    # The buyer's auditors see the order but never act on it.
+    role = await access.role_in(session, principal, order.buyer_org_id)
+    access.check_role(principal, role, "orders.cancel", "cancelling the buyer's order")
+    if (status := status_at(order, utcnow())) not in OPEN_ORDER_STATUSES:
+        raise conflict(f"the order is {status} and can no longer be cancelled", "order-final")
     order.status = "cancelled"
     await session.flush()
     await audit.record(
@@ -402,10 +486,9 @@ async def entitlement_for_order(session: AsyncSession, order_id: uuid.UUID) -> u
 async def transparency(session: AsyncSession, principal: Principal | None, slug: str) -> dict[str, Any]:
     """How many access requests a product had, how many were approved, and how fast they were decided."""
     product, _, _ = await product_for_reading(session, principal, slug)
-    await expire_due_requests(session)
     rows = (
         await session.execute(
-            select(Order.status, Order.created_at, Order.decided_at)
+            select(status_now(utcnow()).label("status"), Order.created_at, Order.decided_at)
             .join(Offer, Offer.id == Order.offer_id)
             .where(Order.product_id == product.id, Offer.approval == "manual")
         )

@@ -635,7 +635,10 @@ async def test_entitlement_keeps_the_terms_it_was_granted_with(
     assert stored_after["terms_digest"] == stored["terms_digest"]
     assert (stored_after["downloads_limit"], stored_after["bytes_limit"]) == (5, 5000)
 
-    # New orders get the new offer: a purpose it no longer offers is refused, and approval is now manual.
+    # New orders get the new offer (once the first entitlement has ended): a purpose it no longer offers is
+    # refused, and approval is now manual.
+    ended = await client.post(f"{path}/revoke", json={"reason": "renewal"}, headers=market.provider.headers)
+    assert ended.status_code == 200, ended.text
     refused = await post_order(client, market.buyer, offer["id"], market.buyer_org, "pretraining")
     assert assert_problem(refused, 422, "purpose-not-permitted")["permitted_purposes"] == ["research"]
     fresh = await order_ok(client, market.buyer, offer["id"], market.buyer_org, "research")

@@ -205,9 +205,11 @@ async def test_ten_concurrent_retries_make_one_order(
     assert replay.json()["id"] == order_id
     assert await row_counts(db) == before
 
-    # Keys belong to their user: a colleague using the same key places a new order.
+    # Keys belong to their user: a colleague using the same key places a new order (of another offer: the org
+    # already holds an entitlement under this one).
     colleague = await add_member(client, people, market.buyer, market.buyer_org, "member")
-    theirs = await post_order(client, colleague, offer["id"], market.buyer_org, key=key)
+    other = await make_offer(client, market.provider, market.product)
+    theirs = await post_order(client, colleague, other["id"], market.buyer_org, key=key)
     assert theirs.status_code == 201, theirs.text
     assert theirs.json()["id"] != order_id
 
@@ -278,8 +280,15 @@ async def test_manual_approval_flow(
     assert_problem(await client.post(reject, json={"reason": "late"}, headers=market.provider.headers), 409)
     assert await entitlements_of(db, request["id"]) == 1
 
+    # While the entitlement is current, the org cannot order the offer again; it names the entitlement.
+    twice = assert_problem(
+        await post_order(client, market.buyer, free["id"], market.buyer_org), 409, "already-entitled"
+    )
+    assert twice["entitlement_id"] == approved.json()["entitlement_id"]
+
     # A rejection carries its reason (up to 500 characters) to the buyer and grants nothing.
-    second = await order_ok(client, market.buyer, free["id"], market.buyer_org)
+    another = await make_offer(client, market.provider, market.product, approval="manual")
+    second = await order_ok(client, market.buyer, another["id"], market.buyer_org)
     rejected = await client.post(
         f"/api/v1/orders/{second['id']}/reject", json={"reason": "y" * 500}, headers=market.provider.headers
     )
@@ -464,7 +473,7 @@ async def test_requests_and_entitlements_expire(
     seen = await client.get(f"/api/v1/orders/{first['id']}", headers=market.buyer.headers)
     assert seen.status_code == 200
     assert seen.json()["status"] == "expired"
-    assert await order_status(db, first["id"]) == "expired"
+    assert await order_status(db, first["id"]) == "pending_approval"  # reads never write: the sweep records it
     assert_problem(
         await client.post(f"/api/v1/orders/{first['id']}/approve", json={}, headers=market.provider.headers),
         409,
@@ -486,8 +495,9 @@ async def test_requests_and_entitlements_expire(
 
     # Entitlements past their term: expired when read, and by the sweep.
     automatic = await make_offer(client, market.provider, market.product, term_days=30)
+    another = await make_offer(client, market.provider, market.product, term_days=30)
     read_one = await order_ok(client, market.buyer, automatic["id"], market.buyer_org)
-    swept_one = await order_ok(client, market.buyer, automatic["id"], market.buyer_org)
+    swept_one = await order_ok(client, market.buyer, another["id"], market.buyer_org)
     for order in (read_one, swept_one):
         await db.execute(
             "UPDATE entitlements SET valid_from = now() - interval '31 days', valid_until = now() - interval '1 day' "
@@ -498,6 +508,13 @@ async def test_requests_and_entitlements_expire(
     assert entitlement.status_code == 200
     assert entitlement.json()["status"] == "expired"
     assert entitlement.json()["status_reason"] == "term ended"
+    assert (
+        await db.fetchval("SELECT status FROM entitlements WHERE id = $1", uuid.UUID(read_one["entitlement_id"]))
+        == "active"
+    )  # reads never write
+    # Ended, it no longer stands in the way of a new order of the same offer.
+    renewed = await order_ok(client, market.buyer, automatic["id"], market.buyer_org)
+    assert renewed["entitlement_id"] != read_one["entitlement_id"]
     await run_sweep(settings)
     assert (
         await db.fetchval("SELECT status FROM entitlements WHERE id = $1", uuid.UUID(swept_one["entitlement_id"]))
@@ -555,7 +572,7 @@ async def test_unpaid_orders_expire_and_free_their_offer(
     assert await entitlements_of(db, unpaid["id"]) == 0
     shown = await client.get(f"/api/v1/orders/{unpaid['id']}", headers=market.buyer.headers)
     assert shown.json()["status"] == "expired"
-    assert await order_status(db, unpaid["id"]) == "expired"
+    assert await order_status(db, unpaid["id"]) == "awaiting_payment"  # reads never write: the sweep records it
     # No open order holds the offer any more.
     assert (await client.patch(offer_url, json=reprice, headers=market.provider.headers)).status_code == 200
 
@@ -686,8 +703,8 @@ async def test_order_and_entitlement_actions_need_the_orders_scope_and_a_role_th
 
 
 async def test_order_and_entitlement_lists_page_through_everything(client: Client, market: Market) -> None:
-    offer = await make_offer(client, market.provider, market.product)
-    placed = {(await order_ok(client, market.buyer, offer["id"], market.buyer_org))["id"] for _ in range(5)}
+    offers = [await make_offer(client, market.provider, market.product) for _ in range(5)]
+    placed = {(await order_ok(client, market.buyer, offer["id"], market.buyer_org))["id"] for offer in offers}
 
     async def walk(path: str) -> list[str]:
         seen: list[str] = []
