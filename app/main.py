@@ -79,6 +79,11 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
         pool_timeout=settings.db_pool_timeout_seconds,
     )
     sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+    # Background upkeep (audit checkpoints, the storage janitor) may run statements longer than a request's
+    # deadline: its own small pool, with a connect deadline only.
+    upkeep_engine = create_engine(
+        settings.database_url, pool_size=1, connect_timeout=settings.db_connect_timeout_seconds
+    )
     store = ObjectStore(settings)
     me_cache = MeCache(settings.database_url)
 
@@ -86,8 +91,11 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         tasks = [
             asyncio.create_task(_ensure_bucket(store, settings), name="ensure-bucket"),
-            asyncio.create_task(run_checkpointer(settings, sessionmaker, store, keyring), name="audit-checkpoints"),
-            asyncio.create_task(run_janitor(settings, engine, store), name="storage-janitor"),
+            asyncio.create_task(
+                run_checkpointer(settings, async_sessionmaker(upkeep_engine, expire_on_commit=False), store, keyring),
+                name="audit-checkpoints",
+            ),
+            asyncio.create_task(run_janitor(settings, upkeep_engine, store), name="storage-janitor"),
             asyncio.create_task(me_cache.run(), name="me-cache-listener"),
         ]
         try:
@@ -97,6 +105,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await engine.dispose()
+            await upkeep_engine.dispose()
 
     api = Router(
         path=API_PREFIX,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
 
 from sqlalchemy import ColumnElement, and_, case, literal, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,7 +34,7 @@ def status_now(now: dt.datetime) -> ColumnElement[str]:
     return case((due, literal("expired")), else_=Entitlement.status)
 
 
-async def expire_due(session: AsyncSession, ids: Sequence[uuid.UUID] | None = None) -> int:
+async def expire_due(session: AsyncSession) -> int:
     """Record entitlements past their term as expired (the periodic sweep). Reads do not wait for it: they compute
     expiry (``status_at``), and grants refuse an entitlement past its term."""
     query = (
@@ -44,8 +43,6 @@ async def expire_due(session: AsyncSession, ids: Sequence[uuid.UUID] | None = No
         .values(status="expired", status_reason="term ended")
         .returning(Entitlement.id, Entitlement.buyer_org_id)
     )
-    if ids is not None:
-        query = query.where(Entitlement.id.in_(ids))
     expired = (await session.execute(query)).all()
     for entitlement_id, org_id in expired:
         await audit.record(

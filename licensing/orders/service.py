@@ -479,10 +479,6 @@ async def cancel_order(
     return order
 
 
-async def entitlement_for_order(session: AsyncSession, order_id: uuid.UUID) -> uuid.UUID | None:
-    return await session.scalar(select(Entitlement.id).where(Entitlement.order_id == order_id))
-
-
 async def transparency(session: AsyncSession, principal: Principal | None, slug: str) -> dict[str, Any]:
     """How many access requests a product had, how many were approved, and how fast they were decided."""
     product, _, _ = await product_for_reading(session, principal, slug)
