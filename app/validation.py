@@ -81,6 +81,18 @@ def _query_closed_sets(request: Request[Any, Any, Any]) -> tuple[tuple[str, tupl
     return found
 
 
+def no_nul_in_query(request: Request[Any, Any, Any]) -> None:
+    """400 for a NUL character in the query: no text anywhere holds one, and a streamed answer (an export) would
+    otherwise meet the database's refusal only after its headers went out."""
+    if any("\x00" in name or "\x00" in value for name, value in request.query_params.multi_items()):
+        raise ProblemError(
+            400,
+            "invalid-text",
+            "Invalid text",
+            "text in the request contains the NUL character (U+0000), which is not accepted anywhere; remove it",
+        )
+
+
 def known_query_values(request: Request[Any, Any, Any]) -> None:
     """422 for a value outside a query parameter's closed set, naming the parameter and the values it takes."""
     for name, allowed in _query_closed_sets(request):
@@ -127,6 +139,7 @@ def _check_moment(field: str, moment: dt.datetime | dt.date) -> None:
 
 async def check_request(request: Request[Any, Any, Any]) -> None:
     """Runs before every handler's parameters are parsed."""
+    no_nul_in_query(request)
     known_query_values(request)
     dates_in_range(request)
     await form_as_json(request)

@@ -306,6 +306,25 @@ def requests(w: World) -> dict[tuple[str, str], Request]:
             f"/api/v1/downloads/{NOBODY}/content", concerns_p=False
         ),
         ("GET", "/api/v1/usage"): Request("/api/v1/usage", concerns_p=False),
+        ("GET", "/api/v1/notifications"): Request("/api/v1/notifications", params={"org": w.p}),
+        ("POST", "/api/v1/webhooks"): Request(
+            "/api/v1/webhooks", {"org": w.p, "url": "http://127.0.0.1/hook", "events": ["order.created"]}
+        ),
+        ("GET", "/api/v1/webhooks"): Request("/api/v1/webhooks", params={"org": w.p}),
+        ("GET", "/api/v1/webhooks/{webhook_id}"): Request(f"/api/v1/webhooks/{NOBODY}", concerns_p=False),
+        ("DELETE", "/api/v1/webhooks/{webhook_id}"): Request(f"/api/v1/webhooks/{NOBODY}", concerns_p=False),
+        ("POST", "/api/v1/webhooks/{webhook_id}/enable"): Request(
+            f"/api/v1/webhooks/{NOBODY}/enable", concerns_p=False
+        ),
+        ("GET", "/api/v1/webhooks/{webhook_id}/deliveries"): Request(
+            f"/api/v1/webhooks/{NOBODY}/deliveries", concerns_p=False
+        ),
+        ("GET", "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}"): Request(
+            f"/api/v1/webhooks/{NOBODY}/deliveries/{NOBODY}", concerns_p=False
+        ),
+        ("POST", "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"): Request(
+            f"/api/v1/webhooks/{NOBODY}/deliveries/{NOBODY}/redeliver", concerns_p=False
+        ),
         ("GET", "/.well-known/jwks.json"): Request("/.well-known/jwks.json", concerns_p=False),
         ("GET", "/healthz"): Request("/healthz", concerns_p=False),
         ("GET", "/readyz"): Request("/readyz", concerns_p=False),
