@@ -23,7 +23,7 @@ from litestar.testing import AsyncTestClient
 from app.accounts.access import API_KEY_SCOPES, RULES, platform_allows, refusal
 from app.auth.guards import OPEN_TO_AUDITORS, requires
 from app.auth.principal import Principal
-from tests.conftest import Account, Servers, grant_platform_role, make_org, sign_up
+from tests.conftest import METRICS_HEADERS, Account, Servers, grant_platform_role, make_org, sign_up
 from tests.licensing.helpers import market
 from tests.licensing.test_licensing import make_offer, post_order, staff_connection
 
@@ -328,7 +328,8 @@ def requests(w: World) -> dict[tuple[str, str], Request]:
         ("GET", "/.well-known/jwks.json"): Request("/.well-known/jwks.json", concerns_p=False),
         ("GET", "/healthz"): Request("/healthz", concerns_p=False),
         ("GET", "/readyz"): Request("/readyz", concerns_p=False),
-        ("GET", "/metrics"): Request("/metrics", concerns_p=False),
+        # /metrics checks its own scrape token (the same for every caller) after the table's "public" rule.
+        ("GET", "/metrics"): Request("/metrics", concerns_p=False, headers=METRICS_HEADERS),
     }
 
 

@@ -22,8 +22,9 @@ Client = AsyncTestClient[Litestar]
 
 MANY = 50
 # Placing a free order fulfilled at once: the replay check, the org and role, the offer with its product, licence
-# and current entitlement, the order, its audit event, the entitlement, its audit event.
-POST_ORDER = 7
+# and current entitlement, the order, its audit event, the entitlement, its audit event; then its two events
+# (order.created, order.fulfilled), each: the orgs' slugs, the inbox entries, the webhook endpoints that want it.
+POST_ORDER = 13
 
 # Statements per page, whatever its length (1 or 50 items).
 EXPECTED = {
