@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from app.auth.keys import load_keyring
+from app.settings import Settings
 from tests.conftest import Servers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -30,8 +32,12 @@ def free_port() -> int:
 
 
 def external_env(servers: Servers, data_dir: Path) -> dict[str, str]:
-    """The environment of a serve on this run's PostgreSQL database and S3 bucket."""
+    """The environment of a serve on this run's PostgreSQL database and S3 bucket, signing with the test app's key
+    (a key of its own would sign audit checkpoints that the test app's verification does not know)."""
+    keys = Settings(data_dir=servers.data_dir)
+    load_keyring(keys)  # creates the development key when the test app has not yet
     return {
+        "CORPORA_SIGNING_KEY_FILES": str(servers.data_dir / "keys" / "signing-ed25519.pem"),
         "CORPORA_DATABASE_URL": servers.database_url,
         "CORPORA_S3_ENDPOINT": servers.s3_endpoint,
         "CORPORA_S3_ACCESS_KEY": servers.s3_access_key,
