@@ -164,6 +164,15 @@ def _validation_errors(extra: Any) -> list[FieldProblem]:
     return problems
 
 
+def nul_in_text() -> ProblemError:
+    return ProblemError(
+        400,
+        "invalid-text",
+        "Invalid text",
+        "text in the request contains the NUL character (U+0000), which is not accepted anywhere; remove it",
+    )
+
+
 def handle_problem(request: Request[Any, Any, Any], exc: ProblemError) -> Response[Any]:
     return problem_response(
         exc.status,
@@ -301,13 +310,7 @@ def handle_dbapi(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[A
         return problem_response(409, "frozen", "Frozen", str(exc.orig).split("\n")[0], request=request)
     if sqlstate in NUL_SQLSTATES:
         # The statement failed, so the transaction rolls back: nothing was changed.
-        return problem_response(
-            400,
-            "invalid-text",
-            "Invalid text",
-            "text in the request contains the NUL character (U+0000), which is not accepted anywhere; remove it",
-            request=request,
-        )
+        return handle_problem(request, nul_in_text())
     return handle_internal(request, exc)
 
 

@@ -30,7 +30,7 @@ from litestar import Request
 from litestar.params import ParameterKwarg
 from litestar.typing import FieldDefinition
 
-from app.errors import FieldProblem, ProblemError, invalid
+from app.errors import FieldProblem, ProblemError, invalid, nul_in_text
 
 MAX_JSON_DEPTH = 32
 MAX_STRING_CHARS = 500_000  # the longest text a field takes: a licence's full text
@@ -85,12 +85,7 @@ def no_nul_in_query(request: Request[Any, Any, Any]) -> None:
     """400 for a NUL character in the query: no text anywhere holds one, and a streamed answer (an export) would
     otherwise meet the database's refusal only after its headers went out."""
     if any("\x00" in name or "\x00" in value for name, value in request.query_params.multi_items()):
-        raise ProblemError(
-            400,
-            "invalid-text",
-            "Invalid text",
-            "text in the request contains the NUL character (U+0000), which is not accepted anywhere; remove it",
-        )
+        raise nul_in_text()
 
 
 def known_query_values(request: Request[Any, Any, Any]) -> None:

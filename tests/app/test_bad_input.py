@@ -333,6 +333,10 @@ CASES = [
     ),
     Case("nul-in-path", "GET", "/api/v1/orgs/a%00b", status=400, type_="invalid-text", auth=True),
     Case("nul-in-query", "GET", "/api/v1/products?org=a%00b", status=400, type_="invalid-text"),
+    # A streamed answer refuses it before its headers go out, not mid-stream.
+    Case(
+        "nul-in-export-query", "GET", "/api/v1/audit/export?action=a%00b", status=400, type_="invalid-text", auth=True
+    ),
     # Wrong media type.
     Case(
         "form-encoded",
