@@ -52,6 +52,7 @@ class LicenceController(Controller):
         status_code=201,
         security=BEARER,
         guards=[requires("catalog.write")],
+        responses=problems({409: "The organisation already has a licence of that name"}),
     )
     async def create(
         self, session: Session, audit_context: Audit, principal: Caller, data: JSONBody[LicenceIn]
