@@ -267,15 +267,29 @@ class ObjectStore:
 
         await self._run(remove)
 
-    async def sha256_of(self, key: str, chunk_size: int = 4 * 1024 * 1024) -> tuple[int, str]:
-        """Stream the object as stored (never content-decoded) and return (bytes read, lower-case hex SHA-256).
+    async def sha256_of(self, key: str, chunk_size: int = 4 * 1024 * 1024) -> tuple[int, str] | None:
+        """Stream the object as stored (never content-decoded) and return (bytes read, lower-case hex SHA-256),
+        or ``None`` when there is no such object.
 
         Each chunk is hashed in a second thread while the next one is read (``hashlib`` releases the GIL),
-        so reading and hashing overlap.
+        so reading and hashing overlap. An object of one chunk is hashed in place (no thread).
         """
 
-        def digest() -> tuple[int, str]:
-            response = self.client.get_object(self.bucket, key)
+        def digest() -> tuple[int, str] | None:
+            try:
+                response = self.client.get_object(self.bucket, key)
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                    return None
+                raise
+            length = response.headers.get("Content-Length")
+            if length is not None and int(length) <= chunk_size:
+                try:
+                    data = response.read(decode_content=False)
+                finally:
+                    response.close()
+                    response.release_conn()
+                return len(data), hashlib.sha256(data).hexdigest()
             hasher = hashlib.sha256()
             size = 0
             hashing: Future[None] | None = None

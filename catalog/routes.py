@@ -266,6 +266,7 @@ class ProductController(Controller):
         summary="Change a product's description, classification or listing",
         security=BEARER,
         guards=[requires("catalog.write")],
+        responses=problems({409: "A product is listed once one of its versions is published (`no-published-version`)"}),
     )
     async def update(
         self,
@@ -286,6 +287,7 @@ class ProductController(Controller):
         status_code=201,
         security=BEARER,
         guards=[requires("catalog.write")],
+        responses=problems({409: "That version already exists; versions are never reused (`version-exists`)"}),
     )
     async def create_version(
         self, session: Session, audit_context: Audit, principal: Caller, slug: FromPath[str], data: JSONBody[VersionIn]
@@ -316,6 +318,7 @@ class ProductController(Controller):
         summary="Change a draft version's changelog, licence or provenance",
         security=BEARER,
         guards=[requires("catalog.write")],
+        responses=problems({409: "The version is not a draft (`version-frozen`): published versions never change"}),
     )
     async def update_version(
         self,
@@ -338,6 +341,9 @@ class ProductController(Controller):
         status_code=201,
         security=BEARER,
         guards=[requires("catalog.write")],
+        responses=problems(
+            {409: "The path is in the version already (`path-exists`), or the version is frozen (`version-frozen`)"}
+        ),
     )
     async def plan_file(
         self,
@@ -371,6 +377,9 @@ class ProductController(Controller):
         status_code=200,
         security=BEARER,
         guards=[requires("catalog.write")],
+        responses=problems(
+            {409: "Nothing uploaded yet (`upload-missing`), or the version is not a draft (`version-frozen`)"}
+        ),
     )
     async def complete_file(
         self,
@@ -398,6 +407,7 @@ class ProductController(Controller):
         status_code=204,
         security=BEARER,
         guards=[requires("catalog.write")],
+        responses=problems({409: "The version is not a draft (`version-frozen`): published versions never change"}),
     )
     async def delete_file(
         self,
@@ -418,6 +428,7 @@ class ProductController(Controller):
         status_code=200,
         security=BEARER,
         guards=[requires("catalog.write")],
+        responses=problems({409: "The version is not a draft, or it lacks a verified file, a licence or provenance"}),
     )
     async def publish(
         self,
@@ -442,6 +453,7 @@ class ProductController(Controller):
         status_code=200,
         security=BEARER,
         guards=[requires("versions.review")],
+        responses=problems({409: "The version is not in review (`not-in-review`)"}),
     )
     async def review(
         self,
@@ -463,6 +475,7 @@ class ProductController(Controller):
         status_code=200,
         security=BEARER,
         guards=[requires("catalog.write")],
+        responses=problems({409: "The version cannot become deprecated from its state (`invalid-transition`)"}),
     )
     async def deprecate(
         self,
@@ -484,6 +497,7 @@ class ProductController(Controller):
         status_code=200,
         security=BEARER,
         guards=[requires("versions.withdraw")],
+        responses=problems({409: "The version cannot become withdrawn from its state (`invalid-transition`)"}),
     )
     async def withdraw(
         self,

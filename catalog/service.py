@@ -263,13 +263,15 @@ async def version_for_reading(
 
 
 async def version_for_writing(
-    session: AsyncSession, principal: Principal, slug: str, version: str
+    session: AsyncSession, principal: Principal, slug: str, version: str, *, shared: bool = False
 ) -> tuple[Product, ProductVersion]:
+    """The version, locked against concurrent changes of its state. ``shared``: the caller only adds or changes
+    the version's files, which may happen side by side but never while the version is being frozen."""
     product, _ = await product_for_writing(session, principal, slug)
     row = await session.scalar(
         select(ProductVersion)
         .where(ProductVersion.product_id == product.id, ProductVersion.version == version)
-        .with_for_update()
+        .with_for_update(read=shared)
     )
     if row is None:
         raise not_found(f"version {version} of '{slug}'")

@@ -14,6 +14,7 @@ import uuid
 
 from sqlalchemy import exists, select
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import service as audit
@@ -148,7 +149,7 @@ async def plan_upload(
     the parts the object store already has. When the org already stores the content in a verified file, the
     plan says so (``stored``) and the file can be completed without sending its bytes again.
     """
-    product, row = await version_for_writing(session, principal, slug, version)
+    product, row = await version_for_writing(session, principal, slug, version, shared=True)
     require_draft(row)
     path = check_path(path)
     media_type = check_media_type(media_type)
@@ -165,7 +166,10 @@ async def plan_upload(
         file.part_size = part_size_for(size)
         file.upload_id = await store.create_multipart(staging_key(file.id), media_type)
     session.add(file)
-    await session.flush()
+    try:
+        await session.flush()
+    except IntegrityError:  # the same path, registered concurrently
+        raise conflict(f"'{path}' is already in version {version}", "path-exists") from None
     await audit.record(
         session,
         context,
@@ -213,7 +217,7 @@ async def complete_upload(
     *,
     parts: list[tuple[int, str]] | None,
 ) -> VersionFile:
-    product, row = await version_for_writing(session, principal, slug, version)
+    product, row = await version_for_writing(session, principal, slug, version, shared=True)
     file = await session.scalar(
         select(VersionFile).where(VersionFile.id == file_id, VersionFile.version_id == row.id).with_for_update()
     )
@@ -242,11 +246,17 @@ async def complete_upload(
                     "Upload incomplete",
                     f"the object store refused to assemble the parts ({exc}); upload every part, then complete",
                 ) from None
-    stored_size = await store.size_of(key)
-    if stored_size is None:
+    staged: tuple[int, str] | None
+    assembled = await store.size_of(key) if file.upload_id is not None else None
+    if assembled is not None and assembled != file.size:
+        staged = (assembled, "")  # assembled at the wrong size: refused without reading it
+    else:
+        staged = await store.sha256_of(key)
+    if staged is None:
         raise ProblemError(
             409, "upload-missing", "Nothing uploaded yet", "upload the bytes to the URL of the plan, then complete"
         )
+    stored_size, digest = staged
     if stored_size != file.size:
         raise await _reject(
             session,
@@ -261,7 +271,6 @@ async def complete_upload(
                 f"declared {file.size} bytes but {stored_size} were uploaded; the upload was discarded",
             ),
         )
-    _, digest = await store.sha256_of(key)
     if digest != file.sha256:
         raise await _reject(
             session,
@@ -284,9 +293,11 @@ async def _completes_from_store(
     session: AsyncSession, store: ObjectStore, org_id: uuid.UUID, file: VersionFile
 ) -> bool:
     """Nothing was uploaded, and the org already stores this content (its blob is in the object store)."""
+    if not await _org_stores(session, org_id, file):
+        return False
     if file.upload_id is None and await store.size_of(staging_key(file.id)) is not None:
         return False
-    if not await _org_stores(session, org_id, file) or await store.size_of(blob_key(file.sha256)) != file.size:
+    if await store.size_of(blob_key(file.sha256)) != file.size:
         return False
     if file.upload_id is not None:
         await store.abort_multipart(staging_key(file.id), file.upload_id)
@@ -337,7 +348,7 @@ async def delete_file(
     file_id: uuid.UUID,
 ) -> None:
     """Remove a file from a draft version (its blob stays for other versions; the janitor sweeps orphans)."""
-    product, row = await version_for_writing(session, principal, slug, version)
+    product, row = await version_for_writing(session, principal, slug, version, shared=True)
     require_draft(row)
     file = await session.scalar(select(VersionFile).where(VersionFile.id == file_id, VersionFile.version_id == row.id))
     if file is None:

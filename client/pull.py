@@ -9,7 +9,8 @@ manifest (one metered grant per file, charged together), then downloads the file
   the grant it was started with while that grant's window lasts. Expired URLs are renewed with
   ``POST /downloads/refresh``, which charges nothing.
 - Receipts (Ed25519 JWS, the proof of lawful acquisition) are kept beside the data, in
-  ``DIR/.corpora/receipts/<download_id>.jws``, indexed by ``DIR/.corpora/receipts.json``.
+  ``DIR/.corpora/receipts/<download_id>.jws``, indexed by ``DIR/.corpora/receipts.json`` (and, until a run
+  ends, by its journal ``receipts.journal``).
 - Presigned URLs go straight to the object store, without the API token; proxy URLs (``CORPORA_DOWNLOAD_MODE=
   proxy``) are the API's own and carry it.
 
@@ -362,16 +363,41 @@ class State:
         self.dir = out / STATE_DIR
         self.receipts = self.dir / "receipts"
         self.index = self.dir / "receipts.json"
+        # Each grant and completion is appended here as one line the moment it happens, so an interrupted run
+        # loses nothing; ``save`` folds the journal into the index. Rewriting the whole index per file would
+        # cost time quadratic in the number of files.
+        self.journal = self.dir / "receipts.journal"
         self.lock = threading.Lock()
         self.downloads: dict[str, dict[str, Any]] = {}
         self.verified: dict[str, list[Any]] = {}
+        self._open: dict[tuple[str, ...], dict[str, Any]] | None = None  # uncompleted grants, built on first use
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
             data = json.loads(self.index.read_text())
             if isinstance(data, dict):
                 self.downloads = {str(d["download_id"]): d for d in data.get("downloads") or []}
                 self.verified = dict(data.get("verified") or {})
+        with contextlib.suppress(OSError):
+            for line in self.journal.read_text().splitlines():
+                with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
+                    self._apply(json.loads(line))
+
+    def _apply(self, change: dict[str, Any]) -> None:
+        if "grant" in change:
+            entry = change["grant"]
+            self.downloads[str(entry["download_id"])] = {**self.downloads.get(str(entry["download_id"]), {}), **entry}
+        else:
+            self.downloads[change["completed"]]["completed_at"] = change["at"]
+            self.verified[change["path"]] = change["verified"]
+
+    def _append(self, change: dict[str, Any]) -> None:
+        """Apply ``change`` and journal it (the caller holds the lock)."""
+        self._apply(change)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self.journal.open("a") as journal:
+            journal.write(json.dumps(change, sort_keys=True) + "\n")
 
     def save(self) -> None:
+        """Write the whole index and empty the journal (the caller holds the lock)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         data = {
             "version": 1,
@@ -381,6 +407,7 @@ class State:
         temporary = self.index.with_name(f".receipts.{os.getpid()}.{threading.get_ident()}.tmp")
         temporary.write_text(json.dumps(data, indent=1, sort_keys=True))
         temporary.replace(self.index)
+        self.journal.unlink(missing_ok=True)
 
     def record_grant(self, item: dict[str, Any], entitlement_id: str, purpose: str) -> None:
         """Keep the receipt of a grant (new or refreshed) and index it, before any byte is downloaded; a receipt
@@ -397,34 +424,30 @@ class State:
             receipt = self.receipts / f"{item['download_id']}.jws"
             if not receipt.exists():
                 receipt.write_text(item["receipt"] + "\n")
-            entry = self.downloads.get(str(item["download_id"]), {})
-            entry.update(
-                {
-                    "download_id": str(item["download_id"]),
-                    "product": item["product"],
-                    "version": item["version"],
-                    "path": item["path"],
-                    "size": item["size"],
-                    "sha256": item["sha256"],
-                    "manifest_digest": item["manifest_digest"],
-                    "entitlement_id": entitlement_id,
-                    "purpose": purpose,
-                    "mode": item["mode"],
-                    "window_ends_at": item["window_ends_at"],
-                    "receipt": f"receipts/{item['download_id']}.jws",
-                }
-            )
-            entry.setdefault("granted_at", _now().isoformat())
-            entry.setdefault("completed_at", None)
-            self.downloads[str(item["download_id"])] = entry
-            self.save()
+            earlier = self.downloads.get(str(item["download_id"]), {})
+            entry = {
+                "download_id": str(item["download_id"]),
+                "product": item["product"],
+                "version": item["version"],
+                "path": item["path"],
+                "size": item["size"],
+                "sha256": item["sha256"],
+                "manifest_digest": item["manifest_digest"],
+                "entitlement_id": entitlement_id,
+                "purpose": purpose,
+                "mode": item["mode"],
+                "window_ends_at": item["window_ends_at"],
+                "receipt": f"receipts/{item['download_id']}.jws",
+                "granted_at": earlier.get("granted_at") or _now().isoformat(),
+                "completed_at": earlier.get("completed_at"),
+            }
+            self._append({"grant": entry})
 
     def complete(self, download_id: str, path: str, file: Path, sha256: str) -> None:
         stat = file.stat()
         with self.lock:
-            self.downloads[download_id]["completed_at"] = _now().isoformat()
-            self.verified[path] = [stat.st_size, stat.st_mtime_ns, sha256]
-            self.save()
+            verified = [stat.st_size, stat.st_mtime_ns, sha256]
+            self._append({"completed": download_id, "at": _now().isoformat(), "path": path, "verified": verified})
 
     def mark_verified(self, path: str, file: Path, sha256: str) -> None:
         stat = file.stat()
@@ -462,16 +485,17 @@ class State:
         self, slug: str, version: str, path: str, sha256: str, entitlement_id: str, purpose: str
     ) -> str | None:
         """A grant of an earlier run for this file, not completed and still in its window."""
+        if self._open is None:
+            self._open = {}
+            for entry in sorted(self.downloads.values(), key=lambda d: str(d.get("granted_at"))):
+                if not entry.get("completed_at"):
+                    key = (entry["product"], entry["version"], entry["path"], entry["sha256"])
+                    self._open[(*key, entry["entitlement_id"], entry["purpose"])] = entry  # the latest wins
+        latest = self._open.get((slug, version, path, sha256, entitlement_id, purpose))
         soon = _now() + URL_MARGIN
-        for entry in sorted(self.downloads.values(), key=lambda d: str(d.get("granted_at")), reverse=True):
-            if (
-                (entry["product"], entry["version"], entry["path"], entry["sha256"]) == (slug, version, path, sha256)
-                and (entry["entitlement_id"], entry["purpose"]) == (entitlement_id, purpose)
-                and not entry.get("completed_at")
-                and (_when(entry.get("window_ends_at")) or soon) > soon
-            ):
-                return str(entry["download_id"])
-        return None
+        if latest is None or (_when(latest.get("window_ends_at")) or soon) <= soon:
+            return None
+        return str(latest["download_id"])
 
 
 # --- progress -----------------------------------------------------------------------------------------------
@@ -870,6 +894,8 @@ def pull(
             downloader.run(transfers, parallel)
         finally:
             downloader.close()
+            with state.lock:
+                state.save()
     finally:
         progress.close()
         client.close()

@@ -27,6 +27,7 @@ from app.deps import BEARER, Audit, Caller, Session
 from app.errors import ProblemError
 from app.metrics import BYTES_SERVED, GRANTS, REFRESHES, REFUSALS
 from app.objectstore import ObjectStore
+from app.openapi import problems
 from app.settings import Settings
 from catalog.search import Use
 from catalog.uploads import blob_key
@@ -203,6 +204,7 @@ async def _refresh(
     tags=["downloads"],
     security=BEARER,
     guards=[requires("downloads.grant")],
+    responses=problems({429: "The entitlement's quota has no room for this file (`quota-exceeded`)"}),
 )
 async def create_download(
     request: Request[Any, Any, Any],
@@ -239,6 +241,7 @@ async def create_download(
     tags=["downloads"],
     security=BEARER,
     guards=[requires("downloads.grant")],
+    responses=problems({429: "The entitlement's quota has no room for these files (`quota-exceeded`)"}),
 )
 async def create_manifest(
     request: Request[Any, Any, Any],
@@ -378,6 +381,7 @@ async def download_content(
     tags=["downloads"],
     security=BEARER,
     guards=[requires("downloads.grant")],
+    responses=problems({429: "The entitlement's quota has no room for this file (`quota-exceeded`)"}),
 )
 async def file_redirect(
     request: Request[Any, Any, Any],

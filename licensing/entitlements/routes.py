@@ -17,6 +17,7 @@ from app.accounts.models import Organization
 from app.auth.guards import requires
 from app.db import utcnow
 from app.deps import BEARER, Audit, Caller, Limit, Session
+from app.openapi import problems
 from catalog.models import Product
 from licensing.entitlements import service
 from licensing.entitlements.models import Entitlement, EntitlementStatus, status_at
@@ -110,6 +111,7 @@ class EntitlementController(Controller):
         summary="Revoke an entitlement with a reason",
         status_code=200,
         guards=[requires("entitlements.change")],
+        responses=problems({409: "The entitlement cannot make that transition from its status (`invalid-transition`)"}),
     )
     async def revoke(
         self,
@@ -129,6 +131,7 @@ class EntitlementController(Controller):
         summary="Suspend an entitlement with a reason",
         status_code=200,
         guards=[requires("entitlements.change")],
+        responses=problems({409: "The entitlement cannot make that transition from its status (`invalid-transition`)"}),
     )
     async def suspend(
         self,
@@ -148,6 +151,7 @@ class EntitlementController(Controller):
         summary="Reinstate a suspended entitlement",
         status_code=200,
         guards=[requires("entitlements.change")],
+        responses=problems({409: "The entitlement cannot make that transition from its status (`invalid-transition`)"}),
     )
     async def reinstate(
         self,

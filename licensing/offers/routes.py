@@ -12,6 +12,7 @@ from litestar.types import ControllerRouterHandler
 
 from app.auth.guards import requires
 from app.deps import BEARER, Audit, Caller, Limit, OptionalCaller, Session
+from app.openapi import problems
 from licensing.offers import service
 from licensing.offers.models import Offer
 from licensing.offers.schemas import OfferIn, OfferOut, OfferPage, OfferPatch, PriceOut, QuotaOut, TransparencyOut
@@ -48,6 +49,7 @@ class OfferController(Controller):
         status_code=201,
         security=BEARER,
         guards=[requires("catalog.write")],
+        responses=problems({409: "The offer conflicts with the product's state or another offer"}),
     )
     async def create(
         self, session: Session, audit_context: Audit, principal: Caller, slug: FromPath[str], data: JSONBody[OfferIn]
@@ -75,6 +77,7 @@ class OfferController(Controller):
         summary="Change an offer for future orders (granted entitlements keep their terms)",
         security=BEARER,
         guards=[requires("catalog.write")],
+        responses=problems({409: "The offer conflicts with the product's state or another offer"}),
     )
     async def update(
         self,

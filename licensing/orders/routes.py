@@ -99,7 +99,12 @@ class OrderController(Controller):
         responses={
             400: ResponseSpec(
                 Problem, description="Idempotency-Key missing or malformed", media_type=PROBLEM_MEDIA_TYPE
-            )
+            ),
+            409: ResponseSpec(
+                Problem,
+                description="The product is not published, or a current entitlement to the offer exists",
+                media_type=PROBLEM_MEDIA_TYPE,
+            ),
         },
     )
     async def create(
@@ -173,6 +178,7 @@ class OrderController(Controller):
         summary="Approve an access request (the provider's owners and admins)",
         status_code=200,
         guards=[requires("orders.decide")],
+        responses=problems({409: "The order is not pending approval (`order-not-pending`)"}),
     )
     async def approve(
         self,
@@ -192,6 +198,7 @@ class OrderController(Controller):
         summary="Reject an access request with a reason (at most 500 characters)",
         status_code=200,
         guards=[requires("orders.decide")],
+        responses=problems({409: "The order is not pending approval (`order-not-pending`)"}),
     )
     async def reject(
         self,
@@ -211,6 +218,7 @@ class OrderController(Controller):
         summary="Cancel an order not yet fulfilled (the buyer)",
         status_code=200,
         guards=[requires("orders.cancel")],
+        responses=problems({409: "The order is final and can no longer be cancelled (`order-final`)"}),
     )
     async def cancel(
         self, session: Session, audit_context: Audit, principal: Caller, order_id: FromPath[uuid.UUID]
@@ -222,6 +230,7 @@ class OrderController(Controller):
         summary="Confirm payment of an order (platform admins)",
         status_code=200,
         guards=[requires("orders.confirm_payment")],
+        responses=problems({409: "The order is not awaiting payment (`order-not-awaiting-payment`)"}),
     )
     async def confirm_payment(
         self,

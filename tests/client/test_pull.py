@@ -329,3 +329,46 @@ def test_help_explains_with_an_example(capsys: pytest.CaptureFixture[str]) -> No
     assert "--include GLOB" in text
     args = build_parser().parse_args(["pull", "p@1.0.0", "--purpose", "research", "--out", "d", "--include", "a/*"])
     assert (args.target, args.include, args.parallel, args.api) == ("p@1.0.0", ["a/*"], 4, None)
+
+
+async def test_a_killed_pull_loses_no_grant(
+    shop: Market, client: AsyncTestClient[Any], db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Each grant and completion reaches the disk when it happens: a process killed before the run ends (no
+    index written) leaves state from which the next run renews the open grant instead of buying it again."""
+    m = shop
+    body = {
+        "entitlement_id": m.entitlement_id,
+        "product": m.product,
+        "version": "1.0.0",
+        "purpose": "research",
+        "include": ["data/a.txt", "data/b.txt"],
+    }
+    response = await client.post("/api/v1/downloads/manifest", json=body, headers=m.buyer.headers)
+    assert response.status_code == 201, response.text
+    items = {i["path"]: i for i in response.json()["items"]}
+    jwks = (await client.get("/.well-known/jwks.json")).json()
+    verifier = pull_module.ReceiptVerifier(lambda: jwks)
+    out = tmp_path / "corpus"
+    state = pull_module.State(out, verifier)
+    for item in items.values():
+        state.record_grant(item, m.entitlement_id, "research")
+    done = out / "data/a.txt"
+    done.parent.mkdir(parents=True)
+    done.write_bytes(m.files["data/a.txt"])
+    state.complete(str(items["data/a.txt"]["download_id"]), "data/a.txt", done, items["data/a.txt"]["sha256"])
+    del state  # killed: nothing more is written
+
+    assert not (out / ".corpora/receipts.json").exists()
+    after = pull_module.State(out, verifier)
+    b = items["data/b.txt"]
+    assert after.reusable(m.product, "1.0.0", "data/b.txt", b["sha256"], m.entitlement_id, "research") == str(
+        b["download_id"]
+    )
+    assert after.is_complete("data/a.txt", done, len(m.files["data/a.txt"]), items["data/a.txt"]["sha256"])
+    assert after.downloads[str(items["data/a.txt"]["download_id"])]["completed_at"]
+    with after.lock:
+        after.save()
+    assert not (out / ".corpora/receipts.journal").exists()
+    index = json.loads((out / ".corpora/receipts.json").read_text())
+    assert sorted(d["path"] for d in index["downloads"]) == ["data/a.txt", "data/b.txt"]
