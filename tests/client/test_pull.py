@@ -24,6 +24,7 @@ from app.cli import build_parser
 from app.settings import Settings
 from client import pull as pull_module
 from client.pull import CHUNK, PullReport, Refusal, explain, pull
+from client.receipts import ReceiptVerifier
 from tests.conftest import Servers, asyncpg_dsn
 from tests.licensing.helpers import Market, market
 from tests.licensing.test_proxy_delivery import LiveServer, content_of, live_server
@@ -348,7 +349,7 @@ async def test_a_killed_pull_loses_no_grant(
     assert response.status_code == 201, response.text
     items = {i["path"]: i for i in response.json()["items"]}
     jwks = (await client.get("/.well-known/jwks.json")).json()
-    verifier = pull_module.ReceiptVerifier(lambda: jwks)
+    verifier = ReceiptVerifier(lambda: jwks)
     out = tmp_path / "corpus"
     state = pull_module.State(out, verifier)
     for item in items.values():
