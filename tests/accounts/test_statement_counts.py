@@ -185,7 +185,7 @@ async def test_list_pages_cost_a_fixed_number_of_statements(
 async def _add_models(db: asyncpg.Connection, org: str, n: int) -> None:
     """Manifests as the API stores them (their training chains are not what this test counts)."""
     for index in range(n):
-        document = {
+        document: dict[str, Any] = {
             "id": str(uuid.uuid4()),
             "org": org,
             "name": f"model-{index}",
