@@ -7,6 +7,7 @@ from litestar.types import ControllerRouterHandler
 from licensing.downloads import routes as downloads
 from licensing.entitlements import routes as entitlements
 from licensing.licences import routes as licences
+from licensing.models import routes as models
 from licensing.offers import routes as offers
 from licensing.orders import routes as orders
 
@@ -16,4 +17,5 @@ route_handlers: list[ControllerRouterHandler] = [
     *orders.route_handlers,
     *entitlements.route_handlers,
     *downloads.route_handlers,
+    *models.route_handlers,
 ]

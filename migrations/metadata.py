@@ -9,6 +9,7 @@ from catalog import models as catalog_models
 from licensing.downloads import models as downloads_models
 from licensing.entitlements import models as entitlements_models
 from licensing.licences import models as licences_models
+from licensing.models import models as model_manifests_models
 from licensing.offers import models as offers_models
 from licensing.orders import models as orders_models
 
@@ -29,6 +30,7 @@ __all__ = [
     "entitlements_models",
     "include_name",
     "licences_models",
+    "model_manifests_models",
     "notifications_models",
     "offers_models",
     "orders_models",

@@ -87,6 +87,9 @@ RULES: dict[str, Rule] = {
     "entitlements.change": _rule(ADMINS, ("orders:write",), ("admin",)),
     "downloads.grant": _rule(WRITERS, ("downloads",)),
     "usage.read": _rule(EVERY_ROLE, ("usage:read", "downloads")),
+    # model manifests: an organisation's writers record what trained its models; members and staff read them
+    "models.create": _rule(WRITERS, ("orders:write",)),
+    "models.read": _rule(EVERY_ROLE, ("orders:read", "orders:write", "audit:read"), ("admin", "auditor")),
     # the audit trail: organisation owners and auditors for their org, platform admins and auditors for all
     "audit.read": _rule(("owner", "auditor"), ("audit:read",), ("admin", "auditor")),
     "audit.platform": _rule(scopes=("audit:read",), platform=("admin", "auditor"), platform_only=True),

@@ -306,6 +306,27 @@ def requests(w: World) -> dict[tuple[str, str], Request]:
             f"/api/v1/downloads/{NOBODY}/content", concerns_p=False
         ),
         ("GET", "/api/v1/usage"): Request("/api/v1/usage", concerns_p=False),
+        ("POST", "/api/v1/models"): Request(
+            "/api/v1/models",
+            {  # recorded once if a file of it was downloaded by then (then 409), else 422 never-downloaded
+                "org": w.p,
+                "name": "m",
+                "version": "1",
+                "training": [
+                    {
+                        "entitlement_id": w.bought_entitlement,
+                        "product": w.other_product,
+                        "version": "1.0.0",
+                        "use": "research",
+                    }
+                ],
+            },
+        ),
+        ("GET", "/api/v1/models"): Request("/api/v1/models", params={"org": w.p}),
+        ("GET", "/api/v1/models/{model_id}"): Request(f"/api/v1/models/{NOBODY}", concerns_p=False),
+        ("GET", "/api/v1/models/{model_id}/summary"): Request(f"/api/v1/models/{NOBODY}/summary", concerns_p=False),
+        ("GET", "/api/v1/models/{model_id}/notice"): Request(f"/api/v1/models/{NOBODY}/notice", concerns_p=False),
+        ("GET", "/api/v1/models/{model_id}/tc260.csv"): Request(f"/api/v1/models/{NOBODY}/tc260.csv", concerns_p=False),
         ("GET", "/api/v1/notifications"): Request("/api/v1/notifications", params={"org": w.p}),
         ("POST", "/api/v1/webhooks"): Request(
             "/api/v1/webhooks", {"org": w.p, "url": "http://127.0.0.1/hook", "events": ["order.created"]}

@@ -4,6 +4,7 @@ at 50 items. Reads write nothing (no UPDATE, INSERT or DELETE among their statem
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from typing import Any
 
@@ -38,6 +39,7 @@ EXPECTED = {
     "members": 2,  # the organisation and the caller's role, the page
     "api keys": 1,
     "reviews": 1,
+    "models": 1,
 }
 
 
@@ -91,6 +93,8 @@ async def test_list_pages_cost_a_fixed_number_of_statements(
         headers=one_buyer.headers,
     )
     await _add_members(db, many_org, MANY - 1)
+    await _add_models(db, one_org, 1)
+    await _add_models(db, many_org, MANY)
 
     def h(account: Account) -> dict[str, str]:
         return account.headers
@@ -136,6 +140,10 @@ async def test_list_pages_cost_a_fixed_number_of_statements(
             ("/api/v1/reviews", {"headers": h(reviewer), "params": {"limit": 1}}),
             ("/api/v1/reviews", {"headers": h(reviewer), "params": {"limit": MANY}}),
         ),
+        "models": (
+            ("/api/v1/models", {"headers": h(one_buyer)}),
+            ("/api/v1/models", {"headers": h(many_buyer)}),
+        ),
     }
     async with counting_client(settings) as counter:
         measured: dict[str, tuple[int, int]] = {}
@@ -172,6 +180,33 @@ async def test_list_pages_cost_a_fixed_number_of_statements(
         )
         assert placed.status_code == 201, placed.text
         assert placed_count == POST_ORDER, counter.statements
+
+
+async def _add_models(db: asyncpg.Connection, org: str, n: int) -> None:
+    """Manifests as the API stores them (their training chains are not what this test counts)."""
+    for index in range(n):
+        document: dict[str, Any] = {
+            "id": str(uuid.uuid4()),
+            "org": org,
+            "name": f"model-{index}",
+            "version": "1",
+            "description": "",
+            "territory": None,
+            "sme": False,
+            "manifest_digest": "sha256:" + "0" * 64,
+            "verdict": {"allowed": True, "conflicts": [], "duties": {}, "reasons": []},
+            "items": [],
+            "created_at": "2026-01-01T00:00:00Z",
+        }
+        await db.execute(
+            "INSERT INTO model_manifests (id, org_id, name, version, document, manifest_digest, created_by)"
+            " SELECT $1::uuid, id, $2, '1', $3::jsonb, $4, 'system' FROM organizations WHERE slug = $5",
+            document["id"],
+            document["name"],
+            json.dumps(document),
+            document["manifest_digest"],
+            org,
+        )
 
 
 async def _add_members(db: asyncpg.Connection, org: str, n: int) -> None:
