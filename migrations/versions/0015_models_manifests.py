@@ -1,6 +1,6 @@
 """Model manifests: which corpus versions, entitlements and uses trained a model.
 
-Revision ID: 0015_models
+Revision ID: 0015
 Revises: 0014
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0015_models"
+revision: str = "0015"
 down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
