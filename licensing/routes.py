@@ -9,6 +9,7 @@ from licensing.entitlements import routes as entitlements
 from licensing.licences import routes as licences
 from licensing.offers import routes as offers
 from licensing.orders import routes as orders
+from licensing.takedowns import routes as takedowns
 
 route_handlers: list[ControllerRouterHandler] = [
     *licences.route_handlers,
@@ -16,4 +17,5 @@ route_handlers: list[ControllerRouterHandler] = [
     *orders.route_handlers,
     *entitlements.route_handlers,
     *downloads.route_handlers,
+    *takedowns.route_handlers,
 ]

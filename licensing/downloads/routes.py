@@ -27,6 +27,7 @@ from app.deps import BEARER, Audit, Caller, Session
 from app.errors import ProblemError
 from app.metrics import BYTES_SERVED, GRANTS, REFRESHES, REFUSALS
 from app.objectstore import ObjectStore
+from app.openapi import problems
 from app.settings import Settings
 from catalog.search import Use
 from catalog.uploads import blob_key
@@ -91,6 +92,10 @@ class ClosingStream(Stream):
             media_type=get_enum_string_value(self.media_type or media_type or MediaType.TEXT),
             status_code=self.status_code or status_code,
         )
+
+
+# RFC 7725: content withdrawn by an upheld takedown.
+TAKEN_DOWN = problems({451: "The content was taken down after a rights holder's complaint (`taken-down`)"})
 
 
 def _url_seconds(settings: Settings) -> int:
@@ -203,6 +208,7 @@ async def _refresh(
     tags=["downloads"],
     security=BEARER,
     guards=[requires("downloads.grant")],
+    responses=TAKEN_DOWN,
 )
 async def create_download(
     request: Request[Any, Any, Any],
@@ -239,6 +245,7 @@ async def create_download(
     tags=["downloads"],
     security=BEARER,
     guards=[requires("downloads.grant")],
+    responses=TAKEN_DOWN,
 )
 async def create_manifest(
     request: Request[Any, Any, Any],
@@ -274,6 +281,7 @@ async def create_manifest(
     tags=["downloads"],
     security=BEARER,
     guards=[requires("downloads.grant")],
+    responses=TAKEN_DOWN,
 )
 async def refresh_downloads(
     request: Request[Any, Any, Any],
@@ -294,6 +302,7 @@ async def refresh_downloads(
     tags=["downloads"],
     security=BEARER,
     guards=[requires("downloads.grant")],
+    responses=TAKEN_DOWN,
 )
 async def refresh_download(
     request: Request[Any, Any, Any],
@@ -314,6 +323,7 @@ async def refresh_download(
     tags=["downloads"],
     security=BEARER,
     guards=[requires("downloads.grant")],
+    responses=TAKEN_DOWN,
 )
 async def download_content(
     session: Session,
@@ -378,6 +388,7 @@ async def download_content(
     tags=["downloads"],
     security=BEARER,
     guards=[requires("downloads.grant")],
+    responses=TAKEN_DOWN,
 )
 async def file_redirect(
     request: Request[Any, Any, Any],
