@@ -8,7 +8,7 @@ import uuid
 
 from sqlalchemy import CheckConstraint, ColumnElement, ForeignKey, Index, String, Text, exists, or_
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import InstrumentedAttribute, Mapped, mapped_column
 
 from app.db import Base, server_now, sql_in, uuid_pk
 
@@ -100,7 +100,10 @@ class Attestation(Base):
     attested_at: Mapped[dt.datetime] = server_now()
 
 
-def withdrawn(sha256: ColumnElement[str] | str, product_org_id: ColumnElement[uuid.UUID]) -> ColumnElement[bool]:
+def withdrawn(
+    sha256: ColumnElement[str] | InstrumentedAttribute[str] | str,
+    product_org_id: ColumnElement[uuid.UUID] | InstrumentedAttribute[uuid.UUID],
+) -> ColumnElement[bool]:
     """Whether the content ``sha256`` is withdrawn from the products of ``product_org_id``."""
     return exists().where(
         WithdrawnContent.sha256 == sha256,

@@ -68,12 +68,13 @@ async def _digests(
     if not data.paths and not data.sha256:
         if version is None:
             raise invalid("version", "name a version, or paths or sha256 digests of the product")
-        held = await session.scalars(
-            select(distinct(VersionFile.sha256)).where(
-                VersionFile.version_id == version.id, VersionFile.status == "verified"
+        digests = sorted(
+            await session.scalars(
+                select(distinct(VersionFile.sha256)).where(
+                    VersionFile.version_id == version.id, VersionFile.status == "verified"
+                )
             )
         )
-        digests = sorted(held)
         if not digests:
             raise invalid("version", f"version {version.version} has no verified files")
         return digests
@@ -341,7 +342,7 @@ async def attest(
 # --- reading ----------------------------------------------------------------------------------------------
 
 
-def _listing(principal: Principal) -> Select[Any]:
+def _listing(principal: Principal) -> Select[*tuple[Any, ...]]:
     """Visible takedowns with their product's, provider's and version's names, whether the caller sees them as
     the provider (or platform staff) and whether as the claimant."""
     staff = access.platform_allows(principal, "takedowns.read")
@@ -407,10 +408,10 @@ async def _answers(session: AsyncSession, principal: Principal, rows: Sequence[A
                 if as_provider or as_claimant
                 else None,
                 received_at=takedown.received_at,
-                decision=takedown.decision,  # type: ignore[arg-type]
+                decision=takedown.decision,
                 decision_reason=takedown.decision_reason,
                 decided_at=takedown.decided_at,
-                reach=takedown.reach,  # type: ignore[arg-type]
+                reach=takedown.reach,
                 affected=[out for out, _, own in entries if as_provider or own],
                 attestations=AttestationsOut(required=len(orgs), received=len(attested)),
             )
