@@ -70,9 +70,9 @@ async def _digests(
             raise invalid("version", "name a version, or paths or sha256 digests of the product")
         digests = sorted(
             await session.scalars(
-                select(distinct(VersionFile.sha256)).where(
-                    VersionFile.version_id == version.id, VersionFile.status == "verified"
-                )
+                select(VersionFile.sha256)
+                .distinct()
+                .where(VersionFile.version_id == version.id, VersionFile.status == "verified")
             )
         )
         if not digests:
