@@ -216,9 +216,15 @@ async def test_a_platform_admins_decision_withdraws_the_content_from_every_produ
     other = await market(proxy_client, db, files={"elsewhere/a.bin": content})
     admin = await grant_platform_role(proxy_client, db, await sign_up(proxy_client), "admin")
     takedown_id = await file_takedown(proxy_client, await sign_up(proxy_client), claim(m, paths=["a.bin"]))
+    queue = await proxy_client.get("/api/v1/takedowns", params={"status": "received"}, headers=admin.headers)
+    assert takedown_id in [t["id"] for t in queue.json()["items"]]
     decided = await decide(proxy_client, admin, takedown_id, "uphold")
     assert decided.status_code == 200, decided.text
     assert decided.json()["reach"] == "platform"
+    upheld = await proxy_client.get("/api/v1/takedowns", params={"status": "upheld"}, headers=admin.headers)
+    assert takedown_id in [t["id"] for t in upheld.json()["items"]]
+    queue = await proxy_client.get("/api/v1/takedowns", params={"status": "received"}, headers=admin.headers)
+    assert takedown_id not in [t["id"] for t in queue.json()["items"]]
     assert_problem(await grant(proxy_client, other, "elsewhere/a.bin"), 451, "taken-down")
 
 
