@@ -267,6 +267,22 @@ class ObjectStore:
 
         await self._run(remove)
 
+    async def hold(self, key: str) -> bool:
+        """Put the object under legal hold (no version of it can be deleted until the hold is lifted); False when
+        the bucket has no object lock, or the object is missing."""
+
+        def enable() -> bool:
+            try:
+                self.client.enable_object_legal_hold(self.bucket, key)
+            except S3Error as exc:
+                if exc.code in ("InvalidRequest", "NoSuchKey", "ObjectLockConfigurationNotFoundError"):
+                    return False
+                raise
+            return bool(self.client.is_object_legal_hold_enabled(self.bucket, key))
+
+        held: bool = await self._run(enable)
+        return held
+
     async def sha256_of(self, key: str, chunk_size: int = 4 * 1024 * 1024) -> tuple[int, str] | None:
         """Stream the object as stored (never content-decoded) and return (bytes read, lower-case hex SHA-256),
         or ``None`` when there is no such object.

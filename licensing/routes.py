@@ -10,6 +10,7 @@ from licensing.licences import routes as licences
 from licensing.models import routes as models
 from licensing.offers import routes as offers
 from licensing.orders import routes as orders
+from licensing.takedowns import routes as takedowns
 
 route_handlers: list[ControllerRouterHandler] = [
     *licences.route_handlers,
@@ -18,4 +19,5 @@ route_handlers: list[ControllerRouterHandler] = [
     *entitlements.route_handlers,
     *downloads.route_handlers,
     *models.route_handlers,
+    *takedowns.route_handlers,
 ]

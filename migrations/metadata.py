@@ -12,6 +12,7 @@ from licensing.licences import models as licences_models
 from licensing.models import models as model_manifests_models
 from licensing.offers import models as offers_models
 from licensing.orders import models as orders_models
+from licensing.takedowns import models as takedowns_models
 
 target_metadata = Base.metadata
 
@@ -34,5 +35,6 @@ __all__ = [
     "notifications_models",
     "offers_models",
     "orders_models",
+    "takedowns_models",
     "target_metadata",
 ]

@@ -94,6 +94,12 @@ RULES: dict[str, Rule] = {
     "audit.read": _rule(("owner", "auditor"), ("audit:read",), ("admin", "auditor")),
     "audit.platform": _rule(scopes=("audit:read",), platform=("admin", "auditor"), platform_only=True),
     "reviews.read": _rule(platform=("reviewer", "admin"), platform_only=True, interactive=True),
+    # takedowns: anyone signed in complains; the provider's owners and admins (or a platform admin) decide; the
+    # owners and admins of an org that had downloaded withdrawn content attest its deletion
+    "takedowns.create": _rule(EVERY_ROLE),
+    "takedowns.read": _rule(EVERY_ROLE, (), ("admin", "auditor")),
+    "takedowns.decide": _rule(ADMINS, ("catalog:write",), ("admin",)),
+    "takedowns.attest": _rule(ADMINS, ("orders:write",)),
     # an organisation's inbox and its webhooks
     "notifications.read": _rule(EVERY_ROLE),
     "webhooks.manage": _rule(ADMINS, ("org:admin",)),

@@ -52,3 +52,17 @@ class QuotaEvent(msgspec.Struct):
     used: int
     limit: int
     threshold: float
+
+
+class TakedownEvent(msgspec.Struct):
+    """takedown.received: to the provider org; takedown.upheld: to the provider and every org that had downloaded
+    the withdrawn content (asked to attest its deletion with ``POST /takedowns/{id}/attest``)."""
+
+    takedown_id: str
+    status: str
+    product: str
+    provider_org: str
+    version: str | None
+    sha256: list[str]
+    reason: str
+    attestation_requested: bool = False

@@ -30,6 +30,7 @@ from catalog.models import Product, ProductVersion, VersionFile
 from licensing import notices
 from licensing.downloads.models import DownloadGrant
 from licensing.entitlements.models import CURRENT_STATUSES, Entitlement
+from licensing.takedowns.models import withdrawn
 
 # A grant's URL may be refreshed, and its transfer resumed, for this long without a new charge.
 GRANT_WINDOW = dt.timedelta(hours=24)
@@ -51,6 +52,7 @@ class Refused(ProblemError):
             "purpose-not-permitted": "Purpose not permitted",
             "version-not-covered": "Version not covered",
             "version-withdrawn": "Version withdrawn",
+            "taken-down": "Unavailable for legal reasons",
         }
         super().__init__(status, reason, titles.get(reason, "Download refused"), detail, extra=extra)
         self.reason = reason
@@ -62,6 +64,7 @@ class FileRef:
     path: str
     size: int
     sha256: str
+    taken_down: bool  # withdrawn by an upheld takedown
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -197,6 +200,7 @@ def _target_query(*, some_paths: bool) -> Select[Any]:
             VersionFile.path,
             VersionFile.size,
             VersionFile.sha256,
+            withdrawn(VersionFile.sha256, Product.org_id),
         )
         .join(Product, Product.id == Entitlement.product_id)
         .outerjoin(
@@ -257,7 +261,7 @@ async def resolve_target(
             permitted_purposes=list(entitlement.purposes),
         )
     assert manifest_digest is not None  # released versions have their manifest
-    files = [FileRef(*row[-4:]) for row in rows if row[-4] is not None]
+    files = [FileRef(*row[-5:]) for row in rows if row[-5] is not None]
     return Target(entitlement, buyer_org, slug, version, version_id, manifest_digest, files)
 
 
@@ -428,6 +432,17 @@ def sign_receipt(
     return jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": RECEIPT_TYPE})
 
 
+def _taken_down(paths: Sequence[str], slug: str, version: str) -> Refused:
+    """451 (RFC 7725): an upheld takedown withdrew this content."""
+    return Refused(
+        451,
+        "taken-down",
+        f"{', '.join(repr(p) for p in paths[:5])} of {slug}@{version} was taken down after a rights holder's "
+        "complaint and is no longer delivered",
+        paths=list(paths),
+    )
+
+
 def _url_expiry(mode: str, now: dt.datetime, url_seconds: int, window_ends_at: dt.datetime) -> dt.datetime:
     """When the grant's URL stops working: a presigned URL after ``url_seconds``; the proxy URL, which needs
     the caller's bearer token as well, when the grant's window ends."""
@@ -463,10 +478,18 @@ async def grant(
         if missing:
             raise not_found(f"file '{missing[0]}' in {slug}@{version}")
         files = [by_path[p] for p in dict.fromkeys(paths)]
+        taken_down = [f.path for f in files if f.taken_down]
+        if taken_down:
+            raise _taken_down(taken_down, slug, version)
     elif patterns is not None:
         files = [f for f in files if any(fnmatch.fnmatchcase(f.path, p) for p in patterns)]
     if not files:
         raise not_found(f"files matching {list(patterns or [])} in {slug}@{version}")
+    # A version's lawful files stay available when some of its content was taken down.
+    lawful = [f for f in files if not f.taken_down]
+    if not lawful:
+        raise _taken_down([f.path for f in files], slug, version)
+    files = lawful
     now = utcnow()
     rows = [
         DownloadGrant(
@@ -559,7 +582,8 @@ async def refresh(
 async def grant_for_content(
     session: AsyncSession, principal: Principal, download_id: uuid.UUID, *, lock: bool = False
 ) -> DownloadGrant:
-    """The caller's grant, re-checked now: revocation, expiry and withdrawal cut proxied transfers and refreshes."""
+    """The caller's grant, re-checked now: revocation, expiry, withdrawal and takedowns cut proxied transfers and
+    refreshes (so no presigned URL is issued for taken-down content again)."""
     query = select(DownloadGrant).where(DownloadGrant.id == download_id, DownloadGrant.user_id == principal.user_id)
     row = await session.scalar(query.with_for_update() if lock else query)
     if row is None:
@@ -573,9 +597,17 @@ async def grant_for_content(
     _check_active(entitlement, now)
     if row.window_ends_at <= now:
         raise Refused(403, "grant-expired", "this download's window has ended; request a new grant")
-    state = await session.scalar(select(ProductVersion.state).where(ProductVersion.id == row.version_id))
+    state, taken_down = (
+        await session.execute(
+            select(ProductVersion.state, withdrawn(row.sha256, Product.org_id))
+            .join(Product, Product.id == ProductVersion.product_id)
+            .where(ProductVersion.id == row.version_id)
+        )
+    ).one()
     if state == "withdrawn":
         raise Refused(403, "version-withdrawn", "the version was withdrawn; its files are no longer delivered")
+    if taken_down:
+        raise Refused(451, "taken-down", f"'{row.path}' was taken down and is no longer delivered", paths=[row.path])
     return row
 
 

@@ -94,6 +94,15 @@ class ClosingStream(Stream):
         )
 
 
+# RFC 7725: content withdrawn by an upheld takedown.
+_TAKEN_DOWN = "The content was taken down after a rights holder's complaint (`taken-down`)"
+TAKEN_DOWN = problems({451: _TAKEN_DOWN})
+# A grant also charges the quota: a full quota is its own refusal.
+GRANT_REFUSALS = problems(
+    {451: _TAKEN_DOWN, 429: "The entitlement's quota has no room for what was asked (`quota-exceeded`)"}
+)
+
+
 def _url_seconds(settings: Settings) -> int:
     return min(settings.presign_ttl_seconds, 3600)
 
@@ -204,7 +213,7 @@ async def _refresh(
     tags=["downloads"],
     security=BEARER,
     guards=[requires("downloads.grant")],
-    responses=problems({429: "The entitlement's quota has no room for this file (`quota-exceeded`)"}),
+    responses=GRANT_REFUSALS,
 )
 async def create_download(
     request: Request[Any, Any, Any],
@@ -241,7 +250,7 @@ async def create_download(
     tags=["downloads"],
     security=BEARER,
     guards=[requires("downloads.grant")],
-    responses=problems({429: "The entitlement's quota has no room for these files (`quota-exceeded`)"}),
+    responses=GRANT_REFUSALS,
 )
 async def create_manifest(
     request: Request[Any, Any, Any],
@@ -277,6 +286,7 @@ async def create_manifest(
     tags=["downloads"],
     security=BEARER,
     guards=[requires("downloads.grant")],
+    responses=TAKEN_DOWN,
 )
 async def refresh_downloads(
     request: Request[Any, Any, Any],
@@ -297,6 +307,7 @@ async def refresh_downloads(
     tags=["downloads"],
     security=BEARER,
     guards=[requires("downloads.grant")],
+    responses=TAKEN_DOWN,
 )
 async def refresh_download(
     request: Request[Any, Any, Any],
@@ -317,6 +328,7 @@ async def refresh_download(
     tags=["downloads"],
     security=BEARER,
     guards=[requires("downloads.grant")],
+    responses=TAKEN_DOWN,
 )
 async def download_content(
     session: Session,
@@ -381,7 +393,7 @@ async def download_content(
     tags=["downloads"],
     security=BEARER,
     guards=[requires("downloads.grant")],
-    responses=problems({429: "The entitlement's quota has no room for this file (`quota-exceeded`)"}),
+    responses=GRANT_REFUSALS,
 )
 async def file_redirect(
     request: Request[Any, Any, Any],

@@ -327,6 +327,20 @@ def requests(w: World) -> dict[tuple[str, str], Request]:
         ("GET", "/api/v1/models/{model_id}/summary"): Request(f"/api/v1/models/{NOBODY}/summary", concerns_p=False),
         ("GET", "/api/v1/models/{model_id}/notice"): Request(f"/api/v1/models/{NOBODY}/notice", concerns_p=False),
         ("GET", "/api/v1/models/{model_id}/tc260.csv"): Request(f"/api/v1/models/{NOBODY}/tc260.csv", concerns_p=False),
+        # An unknown product: allowed callers get 404, and nothing is filed.
+        ("POST", "/api/v1/takedowns"): Request(
+            "/api/v1/takedowns",
+            {"product": "no-such-product", "reason": "r", "claimant": {"name": "n", "email": "n@example.com"}},
+            concerns_p=False,
+        ),
+        ("GET", "/api/v1/takedowns"): Request("/api/v1/takedowns", params={"org": w.p}),
+        ("GET", "/api/v1/takedowns/{takedown_id}"): Request(f"/api/v1/takedowns/{NOBODY}", concerns_p=False),
+        ("POST", "/api/v1/takedowns/{takedown_id}/decide"): Request(
+            f"/api/v1/takedowns/{NOBODY}/decide", {"decision": "dismiss", "reason": "r"}, concerns_p=False
+        ),
+        ("POST", "/api/v1/takedowns/{takedown_id}/attest"): Request(
+            f"/api/v1/takedowns/{NOBODY}/attest", {"org": w.p, "statement": "deleted"}
+        ),
         ("GET", "/api/v1/notifications"): Request("/api/v1/notifications", params={"org": w.p}),
         ("POST", "/api/v1/webhooks"): Request(
             "/api/v1/webhooks", {"org": w.p, "url": "http://127.0.0.1/hook", "events": ["order.created"]}
