@@ -267,6 +267,8 @@ def dependency_unavailable(exc: BaseException | None) -> bool:
         return False
     if isinstance(exc, ObjectStoreUnavailable | PoolTimeoutError | OSError | asyncpg.InterfaceError):
         return True  # OSError: refused, reset, timed out (TimeoutError); asyncpg: the connection is gone
+    if isinstance(exc, asyncpg.TargetServerAttributeNotMatched):
+        return True  # a multi-host URL found no writable node: a failover is under way
     if isinstance(exc, asyncpg.PostgresError):
         return _unavailable_sqlstate(exc.sqlstate)
     if isinstance(exc, DBAPIError):

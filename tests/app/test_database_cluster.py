@@ -141,3 +141,25 @@ async def test_catalogue_search_reads_the_replica_within_its_staleness_bound(
             assert {slug, stalled} <= await _search(client, owner.headers, org)
     finally:
         await on_replica.close()
+
+
+@pytest.mark.parametrize("down", [False, True], ids=["standby-only", "standby-and-a-node-down"])
+async def test_no_writable_node_is_a_503_with_retry_after(
+    cluster: tuple[Node, Node], servers: Servers, down: bool
+) -> None:
+    """Mid-failover every node may be read-only or down: the API answers 503 with Retry-After, never 500."""
+    _, replica = cluster
+    ports = [replica.port, *free_port_pairs(1)] if down else [replica.port]
+    settings = Settings(
+        database_url=multi_host_url(*ports),
+        s3_endpoint=servers.s3_endpoint,
+        s3_access_key=servers.s3_access_key,
+        s3_secret_key=servers.s3_secret_key,
+        s3_bucket=servers.s3_bucket,
+        data_dir=servers.data_dir,
+    )
+    async with AsyncTestClient(app=create_app(settings), base_url="http://testserver.local") as client:
+        body = {"grant_type": "password", "username": "someone@example.com", "password": "whatever it is"}
+        for response in (await client.post("/api/v1/auth/token", json=body), await client.get("/readyz")):
+            assert response.status_code == 503, response.text
+            assert response.headers["retry-after"]
