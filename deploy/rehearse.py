@@ -459,8 +459,10 @@ class Workload:
     async def request(self, op: str, method: str, path: str, **kwargs: Any) -> httpx.Response | None:
         """One request, as a load balancer sends it: to the next API, or to another one when a connection is
         refused (nothing was sent, so nothing can have happened). None when no API answered."""
+        first = self.next_api
+        self.next_api += 1
         for attempt in range(len(self.apis)):
-            base = self.apis[(self.next_api + attempt) % len(self.apis)]
+            base = self.apis[(first + attempt) % len(self.apis)]
             try:
                 response = await self.http.request(method, base + path, **kwargs)
             except httpx.ConnectError:
@@ -474,8 +476,6 @@ class Workload:
             except httpx.TransportError:
                 self.outcomes.append(Outcome(time.monotonic(), op, "transport"))
                 return None
-            finally:
-                self.next_api += 1
             self.outcomes.append(Outcome(time.monotonic(), op, str(response.status_code)))
             return response
         return None
