@@ -28,7 +28,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import random
 import secrets
 import shutil
 import signal
@@ -39,6 +38,7 @@ import time
 import traceback
 import urllib.request
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +55,12 @@ from tests.tcp_proxy import TcpProxy, Upstream  # noqa: E402
 
 BIN = Path(sys.executable).parent
 S3_KEY, S3_SECRET, BUCKET = "rehearsal", "rehearsal-secret-key", "corpora"
-PASSWORD = "rehearsal password 2026"
+PASSWORD = "rehearsal password 2026"  # noqa: S105 - accounts of a throwaway rehearsal
 PARTITION_SECONDS = 10
 STEADY_SECONDS = 6  # workload before the first fault and after each heal
 FAULT_OBSERVE_SECONDS = 12  # workload while a fault lasts (the partition lasts PARTITION_SECONDS)
 CLIENT_TIMEOUT = 30.0
+CHOICE = secrets.SystemRandom()  # which operation, buyer and file next
 S3_ATTEMPTS = 10
 SMALL_QUOTA = 5  # one entitlement with a quota the workload exhausts on purpose
 
@@ -115,7 +116,7 @@ def http_ok(url: str, timeout: float = 2) -> bool:
         with urllib.request.urlopen(url, timeout=timeout):  # noqa: S310 - loopback endpoints started here
             return True
     except urllib.error.HTTPError as exc:
-        return exc.code < 500 or exc.code == 503 and "patroni" not in url
+        return exc.code < 500 or (exc.code == 503 and "patroni" not in url)
     except OSError:
         return False
 
@@ -272,10 +273,10 @@ class Topology:
 
     def members(self) -> list[dict[str, Any]]:
         for port in self.patroni_rest:
-            with contextlib.suppress(OSError, ValueError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/cluster", timeout=2) as response:  # noqa: S310
-                    members: list[dict[str, Any]] = json.load(response).get("members", [])
-                    return members
+            url = f"http://127.0.0.1:{port}/cluster"
+            with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url, timeout=2) as response:
+                members: list[dict[str, Any]] = json.load(response).get("members", [])
+                return members
         return []
 
     def leader(self) -> dict[str, Any] | None:
@@ -301,8 +302,15 @@ class Topology:
         self.add(
             Proc(
                 "master",
-                [weed, "master", *local, f"-port={self.master_port}", f"-mdir={self.root / 'master'}"]
-                + ["-defaultReplication=001", "-volumeSizeLimitMB=64"],
+                [
+                    weed,
+                    "master",
+                    *local,
+                    f"-port={self.master_port}",
+                    f"-mdir={self.root / 'master'}",
+                    "-defaultReplication=001",
+                    "-volumeSizeLimitMB=64",
+                ],
                 self.root / "master.log",
             )
         )
@@ -313,8 +321,17 @@ class Topology:
                 self.add(
                     Proc(
                         f"volume{index}",
-                        [weed, "volume", *local, f"-port={port}", f"-dir={self.root / f'volume{index}'}"]
-                        + [f"-mserver=127.0.0.1:{self.master_port}", "-max=30", "-dataCenter=dc1", "-rack=rack1"],
+                        [
+                            weed,
+                            "volume",
+                            *local,
+                            f"-port={port}",
+                            f"-dir={self.root / f'volume{index}'}",
+                            f"-mserver=127.0.0.1:{self.master_port}",
+                            "-max=30",
+                            "-dataCenter=dc1",
+                            "-rack=rack1",
+                        ],
                         self.root / f"volume{index}.log",
                     )
                 )
@@ -323,8 +340,15 @@ class Topology:
         self.add(
             Proc(
                 "filer",
-                [weed, "filer", *local, f"-port={self.filer_port}", f"-master=127.0.0.1:{self.master_port}"]
-                + [f"-defaultStoreDir={self.root / 'filer'}", "-defaultReplicaPlacement=001"],
+                [
+                    weed,
+                    "filer",
+                    *local,
+                    f"-port={self.filer_port}",
+                    f"-master=127.0.0.1:{self.master_port}",
+                    f"-defaultStoreDir={self.root / 'filer'}",
+                    "-defaultReplicaPlacement=001",
+                ],
                 self.root / "filer.log",
                 cwd=self.root / "filer",
             )
@@ -343,8 +367,16 @@ class Topology:
         self.add(
             Proc(
                 "s3",
-                [weed, "s3", "-ip.bind=127.0.0.1", f"-port={self.s3_port}", f"-filer=127.0.0.1:{self.filer_port}"]
-                + [f"-config={self.root / 's3.json'}", "-port.iceberg=0", "-port.lance=0"],
+                [
+                    weed,
+                    "s3",
+                    "-ip.bind=127.0.0.1",
+                    f"-port={self.s3_port}",
+                    f"-filer=127.0.0.1:{self.filer_port}",
+                    f"-config={self.root / 's3.json'}",
+                    "-port.iceberg=0",
+                    "-port.lance=0",
+                ],
                 self.root / "s3.log",
             )
         )
@@ -632,7 +664,7 @@ class Workload:
 
     async def order(self) -> None:
         """A new buyer org orders; the same Idempotency-Key is sent again until the order is acknowledged."""
-        buyer = random.choice(self.buyers)
+        buyer = CHOICE.choice(self.buyers)
         org = f"buyer-{secrets.token_hex(5)}"
         body = {"slug": org, "name": f"Org {org}", "kind": "buyer"}
         created = await self.request("org", "POST", "/api/v1/orgs", json=body, headers=self.auth(buyer.token))
@@ -656,7 +688,7 @@ class Workload:
             await asyncio.sleep(0.5)
 
     async def download(self, buyer: Buyer) -> None:
-        path = random.choice(list(self.files))
+        path = CHOICE.choice(list(self.files))
         body = {
             "entitlement_id": buyer.entitlement,
             "product": self.product,
@@ -703,19 +735,26 @@ class Workload:
         await self.upload(self.provider_token, base, f"more/{secrets.token_hex(6)}.txt", os.urandom(4096), setup=False)
 
     async def sign_in_op(self) -> None:
-        buyer = random.choice(self.buyers)
+        buyer = CHOICE.choice(self.buyers)
         token = await self.sign_in(buyer.email)
         if token:
             buyer.token = token
 
     async def run_client(self) -> None:
-        ops = (
-            [self.sign_in_op, self.order, self.upload_more]
-            + [lambda: self.download(random.choice(self.buyers))] * 3
-            + [lambda: self.download(self.small)]
-        )  # type: ignore[arg-type]
+        assert self.small is not None
+        small = self.small
+
+        async def download_any() -> None:
+            await self.download(CHOICE.choice(self.buyers))
+
+        async def download_small() -> None:
+            await self.download(small)
+
+        # downloads weigh most: a grant, then the bytes through the object store or the API, checked
+        ops: list[Callable[[], Awaitable[None]]] = [self.sign_in_op, self.order, self.upload_more]
+        ops += [download_any] * 3 + [download_small]
         while not self.stop.is_set():
-            await random.choice(ops)()
+            await CHOICE.choice(ops)()
             await asyncio.sleep(0.05)
 
 
@@ -775,7 +814,7 @@ FAULTS = [
 
 
 def failure(outcome: Outcome) -> bool:
-    return not outcome.status.isdigit() or int(outcome.status) >= 500  # noqa: PLR2004
+    return not outcome.status.isdigit() or int(outcome.status) >= 500
 
 
 def window_report(outcomes: list[Outcome], start: float, end: float) -> dict[str, Any]:
@@ -827,12 +866,11 @@ async def check_invariants(topology: Topology, workload: Workload) -> dict[str, 
     finally:
         await db.close()
     env = topology.service_env(topology.root / "verify", topology.api_ports[0], "presigned")
-    verify = subprocess.run(
-        [str(BIN / "corpora"), "audit", "verify"], env=env, capture_output=True, text=True, check=False
+    verify = await asyncio.to_thread(
+        subprocess.run, [str(BIN / "corpora"), "audit", "verify"], env=env, capture_output=True, text=True, check=False
     )
     if verify.returncode != 0:
         log(f"corpora audit verify failed: {verify.stdout[-2000:]} {verify.stderr[-2000:]}")
-    statuses = Counter(o.status for o in workload.outcomes)
     return {
         "no_acknowledged_order_lost": orders == len(workload.acked["orders"]),
         "no_acknowledged_grant_lost": grants == len(workload.acked["grants"]),
