@@ -91,8 +91,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-        job_worker = start_worker_process(args.job_concurrency)
-        stops.append(lambda: stop_worker_process(job_worker))
+        if args.job_concurrency > 0:  # 0: jobs run in separate `corpora worker` processes
+            job_worker = start_worker_process(args.job_concurrency)
+            stops.append(lambda: stop_worker_process(job_worker))
         print(
             f"Corpora on http://{runtime.settings.host}:{runtime.settings.port} "
             f"({runtime.settings.workers} workers); API docs at /schema",
@@ -321,7 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (CORPORA_PORT, default 8000)")
     serve.add_argument("--workers", type=int, help="server worker processes (CORPORA_WORKERS, default 2)")
     serve.add_argument(
-        "--job-concurrency", type=int, default=4, metavar="N", help="jobs the worker beside the API runs at once (4)"
+        "--job-concurrency",
+        type=int,
+        default=4,
+        metavar="N",
+        help="jobs the worker beside the API runs at once (4); 0: no worker beside the API",
     )
     serve.set_defaults(handler=cmd_serve)
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from litestar.datastructures import State
 from sqlalchemy import DateTime, MetaData, func
 from sqlalchemy.dialects.postgresql import UUID
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -42,12 +42,51 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+DEFAULT_PORT = 5432
+HOSTS_PLACEHOLDER = "hosts.invalid"
+
+
+def parse_url(url: str) -> URL:
+    """An operator's PostgreSQL URL, with one host or several.
+
+    Several hosts are written as libpq writes them, ``postgresql://u@h1:5432,h2:5432/db``, or as SQLAlchemy does,
+    ``postgresql://u@/db?host=h1:5432&host=h2:5432``; either comes back in SQLAlchemy's form, which its asyncpg
+    dialect connects with. With ``?target_session_attrs=read-write`` a connection goes to the host that is
+    writable at that moment, so after a failover new connections find the new primary by themselves."""
+    scheme, sep, rest = url.partition("://")
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    userinfo, at, hostlist = rest[:end].rpartition("@")
+    hosts = hostlist.split(",")
+    if not sep or len(hosts) < 2:  # one host, or hosts in the query already
+        parsed = make_url(url)
+        listed = parsed.query.get("host")
+        if isinstance(listed, tuple):  # asyncpg needs every host's port
+            parsed = parsed.update_query_dict({"host": [h if ":" in h else f"{h}:{DEFAULT_PORT}" for h in listed]})
+        return parsed
+    path_and_query = rest[end:]
+    path, _, query = path_and_query.partition("?")
+    host_params = "&".join(f"host={h if ':' in h else f'{h}:{DEFAULT_PORT}'}" for h in hosts)
+    return make_url(f"{scheme}://{userinfo}{at}{path or '/'}?{host_params}{'&' + query if query else ''}")
+
+
 def async_url(url: str) -> str:
     """``postgresql://…`` as given by operators, with the asyncpg driver the service uses."""
-    parsed = make_url(url)
+    parsed = parse_url(url)
     if parsed.drivername in {"postgresql", "postgres", "postgresql+psycopg", "postgresql+psycopg2"}:
         parsed = parsed.set(drivername="postgresql+asyncpg")
     return parsed.render_as_string(hide_password=False)
+
+
+def libpq_url(url: str) -> str:
+    """The same URL as libpq (psycopg) and ``asyncpg.connect`` read it: several hosts as ``h1:p1,h2:p2``."""
+    parsed = parse_url(url).set(drivername="postgresql")
+    hosts = parsed.query.get("host")
+    if not isinstance(hosts, tuple):
+        return parsed.render_as_string(hide_password=False)
+    query = {k: v for k, v in parsed.query.items() if k != "host"}
+    # The host list goes where libpq expects it (URL.set would quote its commas and colons).
+    rendered = parsed.set(host=HOSTS_PLACEHOLDER, port=None, query=query).render_as_string(hide_password=False)
+    return rendered.replace(HOSTS_PLACEHOLDER, ",".join(hosts), 1)
 
 
 def create_engine(

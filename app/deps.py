@@ -13,6 +13,8 @@ from app.auth.principal import Principal
 
 # Declared as ``session: Session``, ``principal: Caller``, ``audit_context: Audit`` in handlers.
 Session = NamedDependency[AsyncSession]
+# Endpoints that only read and may lag by a bounded time (app/replica.py) declare ``read_session: ReadSession``.
+ReadSession = NamedDependency[AsyncSession]
 Caller = NamedDependency[Principal]
 OptionalCaller = NamedDependency[Principal | None]
 Audit = NamedDependency[AuditContext]

@@ -32,7 +32,10 @@ NUL_SQLSTATES = frozenset({"22021", "22P05"})
 # The database is going away, restarting, in crash recovery, out of resources, or cancelled a statement at
 # its deadline (statement_timeout): all mean "try again shortly", never a server error. Class 08 (connection
 # exceptions) counts whole.
-UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57014", "53000", "53100", "53200", "53300", "53400"})
+# 25006: the node this connection reached is read-only now (demoted by a failover that is under way).
+UNAVAILABLE_SQLSTATES = frozenset(
+    {"25006", "57P01", "57P02", "57P03", "57014", "53000", "53100", "53200", "53300", "53400"}
+)
 
 
 # nginx's "client closed request": the client went away before it could be answered.
@@ -264,6 +267,8 @@ def dependency_unavailable(exc: BaseException | None) -> bool:
         return False
     if isinstance(exc, ObjectStoreUnavailable | PoolTimeoutError | OSError | asyncpg.InterfaceError):
         return True  # OSError: refused, reset, timed out (TimeoutError); asyncpg: the connection is gone
+    if isinstance(exc, asyncpg.TargetServerAttributeNotMatched):
+        return True  # a multi-host URL found no writable node: a failover is under way
     if isinstance(exc, asyncpg.PostgresError):
         return _unavailable_sqlstate(exc.sqlstate)
     if isinstance(exc, DBAPIError):

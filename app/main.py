@@ -34,6 +34,7 @@ from app.notifications import routes as notifications_routes
 from app.objectstore import ObjectStore, ObjectStoreUnavailable
 from app.openapi import document_problems
 from app.process import die_with_parent
+from app.replica import ReadRouting, provide_read_session
 from app.settings import Settings
 from app.validation import check_request
 from app.wiring import load_tasks
@@ -84,6 +85,18 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
     upkeep_engine = create_engine(
         settings.database_url, pool_size=1, connect_timeout=settings.db_connect_timeout_seconds
     )
+    read_engine = (
+        create_engine(
+            settings.database_read_url,
+            pool_size=settings.db_pool_size,
+            connect_timeout=settings.db_connect_timeout_seconds,
+            statement_timeout=settings.db_statement_timeout_seconds,
+            pool_timeout=settings.db_pool_timeout_seconds,
+        )
+        if settings.database_read_url
+        else None
+    )
+    read_routing = ReadRouting(sessionmaker, read_engine, settings.database_read_max_lag_seconds)
     store = ObjectStore(settings)
     me_cache = MeCache(settings.database_url)
 
@@ -97,6 +110,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             ),
             asyncio.create_task(run_janitor(settings, upkeep_engine, store), name="storage-janitor"),
             asyncio.create_task(me_cache.run(), name="me-cache-listener"),
+            asyncio.create_task(read_routing.run(), name="read-replica-staleness"),
         ]
         try:
             yield
@@ -106,6 +120,8 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             await asyncio.gather(*tasks, return_exceptions=True)
             await engine.dispose()
             await upkeep_engine.dispose()
+            if read_engine is not None:
+                await read_engine.dispose()
 
     api = Router(
         path=API_PREFIX,
@@ -127,6 +143,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
                 "keyring": keyring,
                 "engine": engine,
                 "sessionmaker": sessionmaker,
+                "read_routing": read_routing,
                 "object_store": store,
                 "me_cache": me_cache,
                 "charge_turn": asyncio.Lock(),  # see licensing.downloads.grants.grant
@@ -149,6 +166,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
         ],
         dependencies={
             "session": Provide(provide_session),
+            "read_session": Provide(provide_read_session),
             "principal": Provide(provide_principal, sync_to_thread=False),
             "optional_principal": Provide(provide_optional_principal, sync_to_thread=False),
             "audit_context": Provide(provide_audit_context, sync_to_thread=False),

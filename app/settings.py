@@ -48,6 +48,10 @@ class Settings:
     """Everything the service is configured with. ``None`` for database or S3 means "embedded"."""
 
     database_url: str | None = None
+    # A read replica for read-only endpoints (catalogue search); used while it lags the primary by at most
+    # database_read_max_lag_seconds, else those reads go to the primary.
+    database_read_url: str | None = None
+    database_read_max_lag_seconds: int = 5
     s3_endpoint: str | None = None
     s3_access_key: str = "corpora"
     s3_secret_key: str = "corpora-dev-secret-key"  # noqa: S105 - embedded development default only
@@ -134,6 +138,8 @@ class Settings:
         values: dict[str, object] = {}
         if (url := get("DATABASE_URL")) is not None:
             values["database_url"] = url
+        if (read_url := get("DATABASE_READ_URL")) is not None:
+            values["database_read_url"] = read_url
         if (endpoint := get("S3_ENDPOINT")) is not None:
             values["s3_endpoint"] = endpoint
         for name, field in [
@@ -175,6 +181,7 @@ class Settings:
             ("AUDIT_CHECKPOINT_EVERY_SECONDS", "audit_checkpoint_every_seconds", 1, 24 * 3600),
             ("AUDIT_RETENTION_DAYS", "audit_retention_days", 0, 36500),
             ("DB_POOL_SIZE", "db_pool_size", 1, 200),
+            ("DATABASE_READ_MAX_LAG_SECONDS", "database_read_max_lag_seconds", 2, 3600),
             ("JANITOR_MAX_AGE_SECONDS", "janitor_max_age_seconds", 60, 365 * 24 * 3600),
             ("JANITOR_EVERY_SECONDS", "janitor_every_seconds", 0, 7 * 24 * 3600),
             ("HEADER_TIMEOUT_SECONDS", "header_timeout_seconds", 1, 60),
@@ -231,6 +238,7 @@ class Settings:
             "CORPORA_AUDIT_CHECKPOINT_EVERY_SECONDS": str(self.audit_checkpoint_every_seconds),
             "CORPORA_AUDIT_RETENTION_DAYS": str(self.audit_retention_days),
             "CORPORA_DB_POOL_SIZE": str(self.db_pool_size),
+            "CORPORA_DATABASE_READ_MAX_LAG_SECONDS": str(self.database_read_max_lag_seconds),
             "CORPORA_JANITOR_MAX_AGE_SECONDS": str(self.janitor_max_age_seconds),
             "CORPORA_JANITOR_EVERY_SECONDS": str(self.janitor_every_seconds),
             "CORPORA_EGRESS_ALLOW_PRIVATE": str(self.egress_allow_private).lower(),
@@ -248,6 +256,8 @@ class Settings:
         }
         if self.database_url is not None:
             env["CORPORA_DATABASE_URL"] = self.database_url
+        if self.database_read_url is not None:
+            env["CORPORA_DATABASE_READ_URL"] = self.database_read_url
         if self.s3_endpoint is not None:
             env["CORPORA_S3_ENDPOINT"] = self.s3_endpoint
         if self.payment_webhook_secret is not None:

@@ -14,7 +14,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.guards import requires
-from app.deps import Audit, Caller, Limit, OptionalCaller, Session
+from app.deps import Audit, Caller, Limit, OptionalCaller, ReadSession, Session
 from app.errors import PROBLEM_MEDIA_TYPE, Problem, invalid, not_found
 from app.openapi import problems
 from app.settings import Settings
@@ -198,7 +198,7 @@ class ProductController(Controller):
     )
     async def list_products(
         self,
-        session: Session,
+        read_session: ReadSession,
         optional_principal: OptionalCaller,
         q: Annotated[
             str | None,
@@ -226,9 +226,10 @@ class ProductController(Controller):
         ``latest_version`` (the newest published version, or null). Facets count
         the products matching the whole query per industry, modality, language, access and provider; for a
         query that matches very many products they are estimated (header ``Corpora-Facets: estimated``).
-        ``next_cursor`` pages on; products listed meanwhile never shift later pages."""
+        ``next_cursor`` pages on; products listed meanwhile never shift later pages. Read from the read replica
+        when one is configured, so at most its staleness bound (5 s by default) behind the primary."""
         result = await search.search_products(
-            session,
+            read_session,
             optional_principal,
             search.SearchQuery(
                 q=q,
@@ -242,7 +243,7 @@ class ProductController(Controller):
                 limit=limit,
             ),
         )
-        latest = await service.latest_versions(session, [product.id for product, _ in result.products])
+        latest = await service.latest_versions(read_session, [product.id for product, _ in result.products])
         page = ProductPage(
             items=[
                 product_out(product, org_slug, latest_version=latest.get(product.id))

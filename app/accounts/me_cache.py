@@ -23,12 +23,11 @@ from collections.abc import Iterable
 
 import asyncpg
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from app.accounts.models import Membership, User
 from app.accounts.schemas import OrgRoleOut
-from app.db import async_url
+from app.db import libpq_url
 
 log = logging.getLogger("corpora.accounts")
 
@@ -53,7 +52,7 @@ class MeEntry:
 
 class MeCache:
     def __init__(self, database_url: str) -> None:
-        self._dsn = make_url(async_url(database_url)).set(drivername="postgresql").render_as_string(False)
+        self._dsn = libpq_url(database_url)
         self._entries: dict[uuid.UUID, MeEntry] = {}
         self._generation = 0
         self._listening = False

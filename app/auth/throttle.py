@@ -13,7 +13,7 @@ import datetime as dt
 import math
 from collections.abc import Sequence
 
-from sqlalchemy import case, delete, func, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
@@ -77,7 +77,17 @@ async def count_attempt(
 async def forgive(
     session: AsyncSession | AsyncConnection, counters: Sequence[Counter], *, reset: Sequence[str] = ()
 ) -> None:
-    """Take back one counted attempt (it succeeded, or was never made); clear the ``reset`` keys."""
+    """Take back one counted attempt (it succeeded, or was never made); clear the ``reset`` keys.
+
+    The rows are locked first in key order, the order ``count_attempt`` takes them in: this runs inside the
+    request's transaction, and taking them in another order deadlocks with a concurrent attempt of the same
+    account."""
+    await session.execute(
+        select(LoginThrottle.key)
+        .where(LoginThrottle.key.in_(sorted({c.key for c in counters} | set(reset))))
+        .order_by(LoginThrottle.key)
+        .with_for_update()
+    )
     keys = [c.key for c in counters if c.key not in reset]
     if keys:
         await session.execute(

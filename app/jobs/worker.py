@@ -19,11 +19,10 @@ import procrastinate
 from procrastinate.app import WorkerOptions
 from procrastinate.job_context import JobContext
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from app.auth.keys import KeyRing, load_keyring
-from app.db import create_engine
+from app.db import create_engine, libpq_url
 from app.egress import Egress
 from app.jobs.registry import REGISTRY, JobDeps, JobSpec
 from app.objectstore import ObjectStore
@@ -35,8 +34,8 @@ STALLED_AFTER = 60.0  # seconds without a heartbeat (workers beat every 10 s) be
 
 
 def conninfo(database_url: str) -> str:
-    """The service's database URL as libpq (psycopg) understands it."""
-    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    """The service's database URL as libpq (psycopg) understands it, one host or several."""
+    return libpq_url(database_url)
 
 
 def _task(spec: JobSpec, deps: JobDeps, errors: list[BaseException] | None) -> Any:
