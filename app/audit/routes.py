@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import pagination
 from app.audit import checkpoints, queries
+from app.audit.proof_routes import bundle, consistency, inclusion
 from app.audit.schemas import (
     AuditEventOut,
     AuditEventPage,
@@ -360,4 +361,7 @@ async def list_checkpoints(state: State, cursor: FromQuery[str | None] = None, l
     return CheckpointPage(items=items, next_cursor=next_cursor)
 
 
-router = Router(path="/audit", route_handlers=[list_events, export_events, verify, list_checkpoints])
+router = Router(
+    path="/audit",
+    route_handlers=[list_events, export_events, verify, list_checkpoints, inclusion, consistency, bundle],
+)
