@@ -18,6 +18,7 @@ import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from litestar.testing import AsyncTestClient
 
+from tests.catalog.helpers import make_product
 from tests.conftest import Account, Servers, asyncpg_dsn, grant_platform_role, make_org, sign_up
 
 INCLUSION = "/api/v1/audit/proofs/inclusion"
@@ -267,3 +268,25 @@ async def test_bundles_never_hold_another_organisations_events(
     seqs = {e["seq"] for e in audited.json()["events"]}
     assert seqs
     assert seqs <= b_events
+
+
+async def test_events_export_and_bundles_filter_by_product(client: AsyncTestClient[Any], world: dict[str, Any]) -> None:
+    owner: Account = world["a"]
+    slug = await make_product(client, owner, world["org_a"])
+    listed = await client.get(
+        "/api/v1/audit/events", params={"org": world["org_a"], "product": slug}, headers=owner.headers
+    )
+    assert listed.status_code == 200, listed.text
+    items = listed.json()["items"]
+    assert [e["action"] for e in items] == ["product.created"]
+    exported = await client.get("/api/v1/audit/export", params={"product": slug}, headers=owner.headers)
+    assert exported.status_code == 200, exported.text
+    assert [json.loads(line)["seq"] for line in exported.text.splitlines()] == [items[0]["seq"]]
+    bundled = await client.get(BUNDLE, params={"product": slug}, headers=owner.headers)
+    assert [e["seq"] for e in bundled.json()["events"]] == [items[0]["seq"]]
+    missing = await client.get("/api/v1/audit/export", params={"product": "no-such-product-x"}, headers=owner.headers)
+    assert missing.status_code == 404
+    # B's owner does not read A's product events through the filter.
+    other = await client.get("/api/v1/audit/events", params={"product": slug}, headers=world["b"].headers)
+    assert other.status_code == 200
+    assert other.json()["items"] == []
