@@ -113,7 +113,7 @@ def _verify_events(events: list[BundleEvent], size: int, root: bytes) -> int:
     sha256 = hashlib.sha256
     fromhex = bytes.fromhex
     known: dict[tuple[int, int], tuple[bytes, list[str], int]] = {}
-    last_seq, last_hash = 0, ""
+    last_seq, last_hash = 0, "0" * 64  # the first event links to the genesis: 32 zero bytes
     for event in events:
         seq = event.seq
         if seq <= last_seq:

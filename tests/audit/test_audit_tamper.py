@@ -646,3 +646,29 @@ async def test_cli_verify_answers_like_the_endpoint(private: Private) -> None:
     anchored = await audit_cli.verify(private.settings, checkpoint=True)
     assert anchored["ok"] is True
     assert anchored["checkpoint_written"] == checkpoints.checkpoint_key(await _head(private))
+
+
+async def test_an_altered_leaf_hash_stored_subtree_or_frontier_is_detected(private: Private) -> None:
+    async with private.sessionmaker() as session:
+        head = int((await session.execute(text("SELECT seq FROM audit_head"))).scalar_one())
+    if head < 64:
+        await _append(private.sessionmaker, 64 - head)
+    async with tampering(private) as (connection, session):
+        await connection.execute(text("UPDATE audit_events SET leaf_hash = sha256('x') WHERE seq = 12"))
+        report = await verify_chain(session)
+    assert report.ok is False
+    assert report.first_bad_event == 12, report
+    assert "leaf hash" in (report.problem or "")
+
+    async with tampering(private) as (connection, session):
+        await connection.execute(text("UPDATE audit_tree_nodes SET hash = sha256('x') WHERE level = 6 AND idx = 0"))
+        report = await verify_chain(session)
+    assert report.ok is False
+    assert report.first_bad_event == 1, report
+    assert "subtree of events 1..64" in (report.problem or "")
+
+    async with tampering(private) as (connection, session):
+        await connection.execute(text("UPDATE audit_head SET frontier = substr(frontier, 33) || sha256('x')"))
+        report = await verify_chain(session)
+    assert report.ok is False
+    assert "frontier" in (report.problem or "")
