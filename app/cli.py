@@ -222,6 +222,24 @@ def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if report["ok"] else 2
 
 
+def cmd_audit_verify_bundle(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from app.audit.bundle_format import verify_bundle
+
+    try:
+        data = Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    report = verify_bundle(data)
+    print(json.dumps(dataclasses.asdict(report), indent=2))
+    if not report.ok:
+        where = f"event {report.first_bad_event}: " if report.first_bad_event is not None else ""
+        print(f"bundle does not verify: {where}{report.problem}", file=sys.stderr)
+    return 0 if report.ok else 2
+
+
 def cmd_janitor(args: argparse.Namespace, settings: Settings) -> int:
     import datetime as dt
 
@@ -373,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="recompute the hash chain and compare it with the signed checkpoints (exit 2 if broken)",
     )
     verify.set_defaults(handler=cmd_audit_verify)
+    verify_bundle = audit.add_parser(
+        "verify-bundle",
+        help="check an evidence bundle offline, with no server (exit 2 naming the first bad event)",
+    )
+    verify_bundle.add_argument("file", help="the JSON bundle from GET /api/v1/audit/bundle")
+    verify_bundle.set_defaults(handler=cmd_audit_verify_bundle)
 
     janitor = commands.add_parser(
         "janitor",

@@ -35,6 +35,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _audit_proofs import bench_bundle_verify, bench_inclusion
+
+from app.audit.merkle import TreeBuilder, leaf_hash
 from app.audit.service import (
     AuditContext,
     canonical,
@@ -213,6 +216,9 @@ async def grow_chain(url: str, events: int, batch: int = 20_000) -> int:
         head = await connection.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1")
         head_seq: int = head["seq"]
         prev: bytes = head["hash"]
+        tree = TreeBuilder()
+        for (leaf,) in await connection.fetch("SELECT leaf_hash FROM audit_events ORDER BY seq"):
+            tree.push(leaf)
         start = time.perf_counter()
         while head_seq < events:
             count = min(batch, events - head_seq)
@@ -223,6 +229,7 @@ async def grow_chain(url: str, events: int, batch: int = 20_000) -> int:
                 [encode_details(f["details"]) for f in fields],  # type: ignore[arg-type]
             )
             rows = []
+            nodes = []
             now = dt.datetime.now(dt.UTC)
             for k, (f, details) in enumerate(zip(fields, stored, strict=True)):
                 seq = head_seq + 1 + k
@@ -241,6 +248,8 @@ async def grow_chain(url: str, events: int, batch: int = 20_000) -> int:
                     details_json=details,
                 )
                 digest = hashlib.sha256(prev + encoded).digest()
+                leaf = leaf_hash(encoded)
+                nodes.extend(tree.push(leaf))
                 rows.append(
                     (
                         seq,
@@ -255,13 +264,20 @@ async def grow_chain(url: str, events: int, batch: int = 20_000) -> int:
                         details,
                         prev,
                         digest,
+                        leaf,
                     )
                 )
                 prev = digest
             async with connection.transaction():
                 await connection.copy_records_to_table("audit_events", records=rows)
+                await connection.copy_records_to_table("audit_tree_nodes", records=nodes)
                 head_seq += count
-                await connection.execute("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1", head_seq, prev)
+                await connection.execute(
+                    "UPDATE audit_head SET seq = $1, hash = $2, frontier = $3 WHERE id = 1",
+                    head_seq,
+                    prev,
+                    b"".join(tree.frontier),
+                )
         print(f"  chain grown to {head_seq} events in {time.perf_counter() - start:.1f}s", flush=True)
         await connection.execute("VACUUM ANALYZE audit_events")
     finally:
@@ -324,8 +340,10 @@ async def main(args: argparse.Namespace) -> int:
             f"(client CPU {cpu:.2f}s = {total / cpu:,.0f} events per CPU-second)",
             flush=True,
         )
+        bundle_ok = await bench_bundle_verify(url, args.bundle_events)
+        proofs_ok = await bench_inclusion(await fresh_database(args.database_url, Path(tmp)), args.proof_events)
         print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    ok = chained_rate >= APPEND_TARGET and rate >= VERIFY_TARGET
+    ok = chained_rate >= APPEND_TARGET and rate >= VERIFY_TARGET and bundle_ok and proofs_ok
     print("targets met" if ok else "targets MISSED")
     return 0 if ok else 1
 
@@ -347,6 +365,15 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--verify-events", type=int, default=200_000, help="chain length to verify (default 200000)")
     parser.add_argument("--batch", type=int, default=20_000, help="verification keyset batch size (default 20000)")
+    parser.add_argument(
+        "--bundle-events", type=int, default=100_000, help="events in the verified evidence bundle (default 100000)"
+    )
+    parser.add_argument(
+        "--proof-events",
+        type=int,
+        default=10_000_000,
+        help="size of the seeded log inclusion proofs are timed in (default 10000000)",
+    )
     return parser.parse_args()
 
 

@@ -92,6 +92,8 @@ RULES: dict[str, Rule] = {
     "models.read": _rule(EVERY_ROLE, ("orders:read", "orders:write", "audit:read"), ("admin", "auditor")),
     # the audit trail: organisation owners and auditors for their org, platform admins and auditors for all
     "audit.read": _rule(("owner", "auditor"), ("audit:read",), ("admin", "auditor")),
+    "audit.prove": _rule(("owner", "auditor"), ("audit:read",), ("admin", "auditor")),
+    "audit.bundle": _rule(("owner", "auditor"), ("audit:read",), ("admin", "auditor")),
     "audit.platform": _rule(scopes=("audit:read",), platform=("admin", "auditor"), platform_only=True),
     "reviews.read": _rule(platform=("reviewer", "admin"), platform_only=True, interactive=True),
     # takedowns: anyone signed in complains; the provider's owners and admins (or a platform admin) decide; the

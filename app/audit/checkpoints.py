@@ -1,7 +1,8 @@
 """Signed checkpoints of the audit chain head, written to the object store.
 
 A checkpoint is an Ed25519 JWS (``alg: EdDSA``, ``kid`` of the signing key, ``typ`` below) over
-``{"seq", "hash", "issued_at", "iss"}`` of the chain head, stored at
+``{"seq", "hash", "head_hash", "tree_size", "root_hash", "issued_at", "iss"}``: the chain head (``hash`` and
+``head_hash`` are the same value) and the Merkle tree of the same events (``tree_size == seq``), stored at
 ``audit/checkpoints/<seq, zero-padded to 20 digits>.jws``. Because the database never holds the signing
 key's output alone, a rewrite or truncation of the ``audit_events`` table is detected by comparing the
 recomputed chain with these objects.
@@ -33,6 +34,7 @@ from minio.error import S3Error
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.audit.merkle import root_from_frontier
 from app.audit.models import AuditHead
 from app.audit.service import verify_chain
 from app.auth.keys import ALGORITHM, KeyRing
@@ -71,6 +73,11 @@ class Checkpoint:
     kid: str
     key: str
     jws: str
+    root_hash: bytes | None = None  # None for checkpoints signed before the log had a tree
+
+    @property
+    def tree_size(self) -> int | None:
+        return self.seq if self.root_hash is not None else None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -88,9 +95,19 @@ def _timestamp(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def sign_checkpoint(keyring: KeyRing, issuer: str, seq: int, head_hash: bytes, issued_at: dt.datetime) -> str:
+def sign_checkpoint(
+    keyring: KeyRing,
+    issuer: str,
+    seq: int,
+    head_hash: bytes,
+    issued_at: dt.datetime,
+    root_hash: bytes | None = None,
+) -> str:
+    """The compact JWS of a checkpoint; without ``root_hash``, of the chain alone (as before the tree)."""
     key = keyring.active
-    payload = {"seq": seq, "hash": head_hash.hex(), "issued_at": _timestamp(issued_at), "iss": issuer}
+    payload: dict[str, Any] = {"seq": seq, "hash": head_hash.hex(), "issued_at": _timestamp(issued_at), "iss": issuer}
+    if root_hash is not None:
+        payload |= {"head_hash": head_hash.hex(), "tree_size": seq, "root_hash": root_hash.hex()}
     return jwt.encode(payload, key.private, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": JWS_TYPE})
 
 
@@ -129,7 +146,21 @@ def parse_checkpoint(keyring: KeyRing, issuer: str, key: str, token: str) -> Che
         raise CheckpointInvalid("issued_at is not a string")
     if key != checkpoint_key(seq):
         raise CheckpointInvalid(f"stored as {key} but signed for event {seq}")
-    return Checkpoint(seq=seq, hash=bytes.fromhex(digest), issued_at=issued_at, kid=kid, key=key, jws=token)
+    root = claims.get("root_hash")
+    if root is not None or "tree_size" in claims:
+        if claims.get("tree_size") != seq or claims.get("head_hash") != digest:
+            raise CheckpointInvalid("tree_size and head_hash must repeat seq and hash")
+        if not isinstance(root, str) or not re.fullmatch(r"[0-9a-f]{64}", root):
+            raise CheckpointInvalid("root_hash is not 64 lowercase hex digits")
+    return Checkpoint(
+        seq=seq,
+        hash=bytes.fromhex(digest),
+        issued_at=issued_at,
+        kid=kid,
+        key=key,
+        jws=token,
+        root_hash=bytes.fromhex(root) if isinstance(root, str) else None,
+    )
 
 
 async def _in_thread(fn: Any) -> Any:
@@ -208,6 +239,7 @@ async def read_checkpoints(
 @dataclasses.dataclass(slots=True)
 class StoredCheckpoints:
     signed: dict[int, bytes]  # seq -> hash, from every valid version
+    roots: dict[int, bytes]  # tree_size -> root_hash, from every valid version that signs the tree
     bad: list[BadCheckpoint]
     deleted: list[str]  # keys hidden behind a delete marker
     found: int  # versions read
@@ -218,9 +250,14 @@ async def load_checkpoints(store: ObjectStore, keyring: KeyRing, issuer: str) ->
     stored, deleted = await list_stored_checkpoints(store)
     good, bad = await read_checkpoints(store, keyring, issuer, stored)
     signed: dict[int, bytes] = {}
+    roots: dict[int, bytes] = {}
     conflicting: dict[int, Checkpoint] = {}
     for checkpoint in good:
         if signed.setdefault(checkpoint.seq, checkpoint.hash) != checkpoint.hash:
+            conflicting[checkpoint.seq] = checkpoint
+        if checkpoint.root_hash is not None and roots.setdefault(checkpoint.seq, checkpoint.root_hash) != (
+            checkpoint.root_hash
+        ):
             conflicting[checkpoint.seq] = checkpoint
     # Each version carries our signature: the chain was rewritten, then checkpointed again over the old object.
     bad += [
@@ -231,7 +268,7 @@ async def load_checkpoints(store: ObjectStore, keyring: KeyRing, issuer: str) ->
         )
         for c in conflicting.values()
     ]
-    return StoredCheckpoints(signed, bad, deleted, found=len(stored))
+    return StoredCheckpoints(signed, roots, bad, deleted, found=len(stored))
 
 
 async def verify(session: AsyncSession, store: ObjectStore, keyring: KeyRing, settings: Settings) -> dict[str, Any]:
@@ -241,7 +278,7 @@ async def verify(session: AsyncSession, store: ObjectStore, keyring: KeyRing, se
     """
     stored = await load_checkpoints(store, keyring, settings.jwt_issuer)
     started = time.perf_counter()
-    report = dataclasses.asdict(await verify_chain(session, stored.signed))
+    report = dataclasses.asdict(await verify_chain(session, stored.signed, roots=stored.roots))
     report["seconds"] = round(time.perf_counter() - started, 3)
     report["checkpoints_found"] = stored.found
     report["bad_checkpoints"] = [{"key": b.key, "problem": b.problem} for b in stored.bad]
@@ -275,12 +312,26 @@ async def _read_pointer(store: ObjectStore) -> _Pointer | None:
         return None
 
 
+def sign_head(keyring: KeyRing, issuer: str, seq: int, head_hash: bytes, frontier: bytes) -> Checkpoint:
+    """A checkpoint of the head ``seq`` (chain ``head_hash``, tree ``frontier``) signed now, not stored."""
+    now = utcnow()
+    root = root_from_frontier(frontier)
+    token = sign_checkpoint(keyring, issuer, seq, head_hash, now, root)
+    key = checkpoint_key(seq)
+    return Checkpoint(
+        seq=seq, hash=head_hash, issued_at=_timestamp(now), kid=keyring.active.kid, key=key, jws=token, root_hash=root
+    )
+
+
 async def _write(session: AsyncSession, store: ObjectStore, keyring: KeyRing, settings: Settings) -> Checkpoint | None:
-    head = (await session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one_or_none()
+    head = (
+        await session.execute(select(AuditHead.seq, AuditHead.hash, AuditHead.frontier).where(AuditHead.id == 1))
+    ).one_or_none()
     if head is None or head.seq < 1:
         return None
     now = utcnow()
-    token = sign_checkpoint(keyring, settings.jwt_issuer, head.seq, head.hash, now)
+    root = root_from_frontier(head.frontier)
+    token = sign_checkpoint(keyring, settings.jwt_issuer, head.seq, head.hash, now, root)
     key = checkpoint_key(head.seq)
     days = settings.audit_retention_days
     await store.put_bytes(key, token.encode(), MEDIA_TYPE, retain_until=now + dt.timedelta(days=days) if days else None)
@@ -294,6 +345,7 @@ async def _write(session: AsyncSession, store: ObjectStore, keyring: KeyRing, se
         kid=keyring.active.kid,
         key=key,
         jws=token,
+        root_hash=root,
     )
 
 

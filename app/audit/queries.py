@@ -8,14 +8,14 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import ColumnElement, Select, and_, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import access
 from app.accounts.models import Membership, Organization
 from app.audit.models import AuditEvent, AuditHead
 from app.auth.principal import Principal
-from app.errors import forbidden
+from app.errors import forbidden, not_found
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,6 +60,41 @@ class EventFilter:
     actor: str | None = None
     since: dt.datetime | None = None  # inclusive
     until: dt.datetime | None = None  # exclusive
+    product: str | None = None  # the slug of a product the events concern
+
+
+async def check_product(session: AsyncSession, slug: str | None) -> str | None:
+    """``slug`` if such a product exists; 404 otherwise."""
+    if slug is not None and await session.scalar(text("SELECT 1 FROM products WHERE slug = :slug"), {"slug": slug}):
+        return slug
+    if slug is not None:
+        raise not_found("product")
+    return None
+
+
+def conditions(filters: EventFilter) -> list[ColumnElement[bool]]:
+    """The WHERE clauses of ``filters`` on ``AuditEvent``."""
+    clauses: list[ColumnElement[bool]] = []
+    org_ids = filters.scope.org_ids
+    if org_ids is not None:
+        clauses.append(AuditEvent.org_id == org_ids[0] if len(org_ids) == 1 else AuditEvent.org_id.in_(org_ids))
+    if filters.action is not None:
+        clauses.append(AuditEvent.action == filters.action)
+    if filters.actor is not None:
+        clauses.append(AuditEvent.actor == filters.actor)
+    if filters.since is not None:
+        clauses.append(AuditEvent.occurred_at >= filters.since)
+    if filters.until is not None:
+        clauses.append(AuditEvent.occurred_at < filters.until)
+    if filters.product is not None:
+        # The product's own events, and the offers, orders, entitlements and grants that name it.
+        clauses.append(
+            or_(
+                AuditEvent.details["product"].astext == filters.product,
+                and_(AuditEvent.target_type == "product", AuditEvent.target_id == filters.product),
+            )
+        )
+    return clauses
 
 
 EVENT_COLUMNS = (
@@ -79,19 +114,9 @@ EVENT_COLUMNS = (
 
 
 def _filtered(filters: EventFilter) -> Select[Any]:
-    query = select(*EVENT_COLUMNS).outerjoin(Organization, Organization.id == AuditEvent.org_id)
-    org_ids = filters.scope.org_ids
-    if org_ids is not None:
-        query = query.where(AuditEvent.org_id == org_ids[0] if len(org_ids) == 1 else AuditEvent.org_id.in_(org_ids))
-    if filters.action is not None:
-        query = query.where(AuditEvent.action == filters.action)
-    if filters.actor is not None:
-        query = query.where(AuditEvent.actor == filters.actor)
-    if filters.since is not None:
-        query = query.where(AuditEvent.occurred_at >= filters.since)
-    if filters.until is not None:
-        query = query.where(AuditEvent.occurred_at < filters.until)
-    return query
+    return (
+        select(*EVENT_COLUMNS).outerjoin(Organization, Organization.id == AuditEvent.org_id).where(*conditions(filters))
+    )
 
 
 async def list_events(

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import pagination
 from app.audit import checkpoints, queries
+from app.audit.proof_routes import bundle, consistency, inclusion
 from app.audit.schemas import (
     AuditEventOut,
     AuditEventPage,
@@ -61,6 +62,10 @@ OrgSlug = Annotated[
     str | None, QueryParameter(description="only this organisation's events (its slug); 404 if not visible")
 ]
 Action = Annotated[str | None, QueryParameter(description='only this action, e.g. "org.created"')]
+ProductSlug = Annotated[
+    str | None,
+    QueryParameter(description="only events naming this product (its slug): its own, its offers, orders and grants"),
+]
 Actor = Annotated[str | None, QueryParameter(description='only this actor, e.g. "user:<id>" or "api_key:<id>"')]
 Since = Annotated[dt.datetime | None, QueryParameter(description="events at or after this time (ISO 8601)")]
 Until = Annotated[dt.datetime | None, QueryParameter(description="events before this time (ISO 8601)")]
@@ -81,7 +86,10 @@ VISIBILITY_ERRORS: dict[int, ResponseSpec] = {
         "The caller reads no audit events: neither a platform auditor or admin, nor an owner or auditor of an "
         "organisation (or of the one named by `org`); or an API key without the audit:read scope"
     ),
-    404: _problem("The organisation named by `org` does not exist or the caller does not belong to it"),
+    404: _problem(
+        "The organisation named by `org` does not exist or the caller does not belong to it, or no product is "
+        "named `product`"
+    ),
 }
 PLATFORM_ERRORS: dict[int, ResponseSpec] = {
     401: UNAUTHORIZED,
@@ -142,9 +150,17 @@ async def _filters(
     actor: str | None,
     since: dt.datetime | None,
     until: dt.datetime | None,
+    product: str | None = None,
 ) -> queries.EventFilter:
     scope = await queries.visible_scope(session, principal, org)
-    return queries.EventFilter(scope=scope, action=action, actor=actor, since=_utc(since), until=_utc(until))
+    return queries.EventFilter(
+        scope=scope,
+        action=action,
+        actor=actor,
+        since=_utc(since),
+        until=_utc(until),
+        product=await queries.check_product(session, product),
+    )
 
 
 @get(
@@ -168,11 +184,12 @@ async def list_events(
     actor: Actor = None,
     since: Since = None,
     until: Until = None,
+    product: ProductSlug = None,
     order: FromQuery[Literal["desc", "asc"]] = "desc",
     cursor: FromQuery[str | None] = None,
     limit: Limit = 50,
 ) -> AuditEventPage:
-    filters = await _filters(session, principal, org, action, actor, since, until)
+    filters = await _filters(session, principal, org, action, actor, since, until, product)
     descending = order == "desc"
     rows = await queries.list_events(
         session, filters, after=_decode_cursor(cursor, order), limit=limit + 1, descending=descending
@@ -276,8 +293,9 @@ async def export_events(
     actor: Actor = None,
     since: Since = None,
     until: Until = None,
+    product: ProductSlug = None,
 ) -> Stream:
-    filters = await _filters(session, principal, org, action, actor, since, until)
+    filters = await _filters(session, principal, org, action, actor, since, until, product)
     up_to = await queries.head_seq(session)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     return Stream(
@@ -360,4 +378,7 @@ async def list_checkpoints(state: State, cursor: FromQuery[str | None] = None, l
     return CheckpointPage(items=items, next_cursor=next_cursor)
 
 
-router = Router(path="/audit", route_handlers=[list_events, export_events, verify, list_checkpoints])
+router = Router(
+    path="/audit",
+    route_handlers=[list_events, export_events, verify, list_checkpoints, inclusion, consistency, bundle],
+)

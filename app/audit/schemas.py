@@ -80,3 +80,64 @@ class CheckpointOut(msgspec.Struct):
 class CheckpointPage(msgspec.Struct):
     items: list[CheckpointOut]
     next_cursor: str | None
+
+
+class InclusionProofOut(msgspec.Struct):
+    """RFC 9162 §2.1.3: the audit path of one leaf."""
+
+    leaf_index: Annotated[int, msgspec.Meta(description="the event's seq - 1")]
+    tree_size: int
+    leaf_hash: Annotated[str, msgspec.Meta(description="hex sha256(0x00 || canonical event)")]
+    audit_path: Annotated[list[str], msgspec.Meta(description="hex hashes, the leaf's sibling first")]
+
+
+class ConsistencyProofOut(msgspec.Struct):
+    """RFC 9162 §2.1.4: the tree of ``first`` leaves is a prefix of the tree of ``second`` leaves."""
+
+    first: int
+    second: int
+    proof: Annotated[list[str], msgspec.Meta(description="hex hashes in RFC 9162 order")]
+
+
+class BundleEventOut(msgspec.Struct):
+    """An event exactly as it was hashed, with its hashes and inclusion proof."""
+
+    seq: int
+    occurred_at: Annotated[str, msgspec.Meta(description="UTC, microseconds, as hashed: YYYY-MM-DDTHH:MM:SS.ffffffZ")]
+    actor: str
+    org_id: str | None
+    action: str
+    target_type: str | None
+    target_id: str | None
+    request_id: str | None
+    client_addr: str | None
+    details: Annotated[dict[str, Any], msgspec.Meta(description="as PostgreSQL renders it: these bytes are hashed")]
+    prev_hash: str
+    hash: str
+    leaf_hash: str
+    audit_path: list[str]
+
+
+class BundleCheckpointOut(msgspec.Struct):
+    seq: int
+    head_hash: str
+    tree_size: int
+    root_hash: str
+    issued_at: str
+    kid: str
+    jws: Annotated[str, msgspec.Meta(description="compact JWS (EdDSA) over seq, head_hash, tree_size, root_hash")]
+
+
+class EvidenceBundleOut(msgspec.Struct):
+    """``corpora-evidence-bundle/1``: verifiable offline with ``corpora audit verify-bundle``."""
+
+    format: Annotated[str, msgspec.Meta(description='"corpora-evidence-bundle/1"')]
+    issuer: str
+    generated_at: str
+    org: str | None
+    product: str | None
+    since: str | None
+    until: str | None
+    checkpoint: BundleCheckpointOut
+    jwks: dict[str, Any]
+    events: list[BundleEventOut]

@@ -30,7 +30,9 @@ import msgspec
 from sqlalchemy import BigInteger, Integer, Text, bindparam, cast, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.audit.merkle import TreeBuilder
 from app.audit.models import AuditEvent, AuditHead, AuditPending
+from app.audit.proofs import stored_nodes
 
 GENESIS_HASH = bytes(32)
 VERIFY_BATCH = 20_000
@@ -103,12 +105,13 @@ CHAIN_COLUMNS = (
     cast(AuditEvent.details, Text).label("details"),
     AuditEvent.prev_hash,
     AuditEvent.hash,
+    AuditEvent.leaf_hash,
 )
 
 
 def row_hash(row: Sequence[Any]) -> bytes:
     """The hash a row of ``CHAIN_COLUMNS`` should carry, from its own ``prev_hash`` and content."""
-    seq, occurred, actor, org, action, ttype, tid, rid, addr, details, prev_hash, _ = row
+    seq, occurred, actor, org, action, ttype, tid, rid, addr, details, prev_hash = row[:11]
     encoded = _encode((seq, occurred, actor, org, action, ttype, tid, rid, addr, _Raw(details)))
     return _sha256(prev_hash + encoded).digest()
 
@@ -186,6 +189,9 @@ class ChainReport:
     problem: str | None
     checkpoints_checked: int = 0
     last_checkpoint_seq: int | None = None
+    tree_size: int = 0
+    root_hash: str | None = None
+    roots_checked: int = 0
 
 
 _CHAIN_QUERY = (
@@ -217,20 +223,29 @@ async def chain_rows(session: AsyncSession, *, after: int, until: int, batch: in
 
 
 async def verify_chain(
-    session: AsyncSession, checkpoints: Mapping[int, bytes] | None = None, *, batch: int = VERIFY_BATCH
+    session: AsyncSession,
+    checkpoints: Mapping[int, bytes] | None = None,
+    *,
+    batch: int = VERIFY_BATCH,
+    roots: Mapping[int, bytes] | None = None,
 ) -> ChainReport:
-    """Recompute the chain from the genesis and compare it with signed checkpoints (``seq → hash``).
+    """Recompute the chain and the Merkle tree from the genesis; compare them with signed checkpoints (``seq →
+    hash``) and signed tree roots (``tree_size → root_hash``).
 
-    Detects a modified row (hash mismatch), a deleted row (sequence gap), reordered rows (broken links or
-    hashes), a truncated tail (the head row, or a checkpoint beyond the last event) and a consistent
-    rewrite (the recomputed chain no longer matches a signed checkpoint).
+    Detects a modified row (hash or leaf hash mismatch), a deleted row (sequence gap), reordered rows (broken
+    links or hashes), a truncated tail (the head row, or a checkpoint beyond the last event), a consistent
+    rewrite (the recomputed chain or tree no longer matches a signed checkpoint), and a stored tree node or
+    frontier that differs from the recomputed tree (proofs served from it would not verify).
 
     Only events up to the head read at the start are checked, so appends running concurrently neither
     disturb nor slow the check. Read the checkpoints *before* calling this: every checkpoint then covers
     an event that was committed before the head was read.
     """
     checkpoints = dict(checkpoints or {})
-    head = (await session.execute(select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1))).one_or_none()
+    roots = dict(roots or {})
+    head = (
+        await session.execute(select(AuditHead.seq, AuditHead.hash, AuditHead.frontier).where(AuditHead.id == 1))
+    ).one_or_none()
     if head is None:
         return ChainReport(False, 0, 0, None, 1, "the chain head row is missing")
     head_seq: int = head.seq
@@ -239,7 +254,9 @@ async def verify_chain(
     prev = GENESIS_HASH
     checked = 0
     compared = 0
-    good_checkpoint = 0  # the last signed checkpoint the recomputed chain matched
+    roots_compared = 0
+    good_checkpoint = 0  # the last signed checkpoint the recomputed chain and tree matched
+    tree = TreeBuilder()
 
     def report(first_bad: int | None, problem: str | None) -> ChainReport:
         return ChainReport(
@@ -251,29 +268,41 @@ async def verify_chain(
             problem=problem,
             checkpoints_checked=compared,
             last_checkpoint_seq=good_checkpoint or None,
+            tree_size=tree.size,
+            root_hash=tree.root().hex() if problem is None else None,
+            roots_checked=roots_compared,
         )
 
     encode = _encode
     raw = _Raw
     sha256 = _sha256
     signed_at = checkpoints.get
+    root_at = roots.get
+    push = tree.push
     after = 0
     while after < head_seq:
         rows = await chain_rows(session, after=after, until=head_seq, batch=batch)
         if not rows:
             break
-        for seq, occurred, actor, org, action, ttype, tid, rid, addr, details, prev_hash, stored in rows:
+        completed: list[tuple[int, int, bytes, int]] = []  # stored subtrees this batch completes, with their seq
+        for seq, occurred, actor, org, action, ttype, tid, rid, addr, details, prev_hash, stored, leaf in rows:
             if seq != expected:
                 return report(expected, f"event {expected} is missing (the next present is {seq})")
-            own = sha256(prev_hash + encode((seq, occurred, actor, org, action, ttype, tid, rid, addr, raw(details))))
-            if own.digest() != stored:
+            encoded = encode((seq, occurred, actor, org, action, ttype, tid, rid, addr, raw(details)))
+            if sha256(prev_hash + encoded).digest() != stored:
                 return report(seq, f"event {seq} was altered: its content does not match its hash")
             if prev_hash != prev:
                 # The row is self-consistent, so the one before it was rewritten with a new hash.
                 return report(seq - 1, f"event {seq} does not link to event {seq - 1}: event {seq - 1} was altered")
-            if (signed := signed_at(seq)) is not None:
+            if sha256(b"\x00" + encoded).digest() != leaf:
+                return report(seq, f"event {seq} was altered: its content does not match its Merkle leaf hash")
+            completed.extend((level, idx, digest, seq) for level, idx, digest in push(leaf))
+            signed, signed_root = signed_at(seq), root_at(seq)
+            if signed is not None or signed_root is not None:
                 compared += 1
-                if signed != stored:
+                roots_compared += signed_root is not None
+                rewritten = signed is not None and signed != stored
+                if rewritten or (signed_root is not None and signed_root != tree.root()):
                     return report(
                         good_checkpoint + 1,
                         f"event {seq} differs from the signed checkpoint at that position: events "
@@ -283,13 +312,25 @@ async def verify_chain(
             prev = stored
             checked += 1
             expected += 1
+        if completed:
+            found = await stored_nodes(session, [(level, idx) for level, idx, _, _ in completed])
+            for level, idx, digest, seq in completed:
+                if found.get((level, idx)) != digest:
+                    first = (idx << level) + 1
+                    return report(
+                        first,
+                        f"the stored Merkle subtree of events {first}..{seq} does not match the events: "
+                        "proofs served from it would not verify",
+                    )
         after = expected - 1
     last = expected - 1
     if last < head_seq:
         return report(last + 1, f"the chain head records {head_seq} events but the log ends at event {last}")
     if checked and head.hash != prev:
         return report(last, f"the chain head's hash does not match event {last}")
-    beyond = [seq for seq in checkpoints if seq > last]
+    if head.frontier != b"".join(tree.frontier):
+        return report(last, "the chain head's Merkle frontier does not match the events")
+    beyond = [seq for seq in (*checkpoints, *roots) if seq > last]
     if beyond:
         return report(
             last + 1,

@@ -205,6 +205,11 @@ def requests(w: World) -> dict[tuple[str, str], Request]:
         ("GET", "/api/v1/audit/export"): Request("/api/v1/audit/export", params={"org": w.p}),
         ("GET", "/api/v1/audit/verify"): Request("/api/v1/audit/verify", concerns_p=False),
         ("GET", "/api/v1/audit/checkpoints"): Request("/api/v1/audit/checkpoints", concerns_p=False),
+        ("GET", "/api/v1/audit/proofs/inclusion"): Request("/api/v1/audit/proofs/inclusion", params={"seq": "1"}),
+        ("GET", "/api/v1/audit/proofs/consistency"): Request(
+            "/api/v1/audit/proofs/consistency", params={"first": "1", "second": "2", "org": w.p}
+        ),
+        ("GET", "/api/v1/audit/bundle"): Request("/api/v1/audit/bundle", params={"org": w.p}),
         ("GET", "/api/v1/reviews"): Request("/api/v1/reviews", concerns_p=False),
         ("GET", "/api/v1/products"): Request("/api/v1/products", concerns_p=False),
         ("POST", "/api/v1/products"): Request(

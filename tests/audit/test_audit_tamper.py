@@ -115,10 +115,34 @@ async def tampering(private: Private) -> AsyncIterator[tuple[AsyncConnection, As
         transaction = await connection.begin()
         try:
             await connection.execute(text("ALTER TABLE audit_events DISABLE TRIGGER ALL"))
+            await connection.execute(text("ALTER TABLE audit_tree_nodes DISABLE TRIGGER ALL"))
             async with AsyncSession(bind=connection) as session:
                 yield connection, session
         finally:
             await transaction.rollback()
+
+
+REBUILD_TREE = """
+DO $$
+DECLARE
+    v_frontier bytea := ''::bytea;
+    v_event record;
+BEGIN
+    UPDATE audit_events SET leaf_hash = sha256('\\x00'::bytea || audit_canonical(seq, occurred_at, actor, org_id,
+        action, target_type, target_id, request_id, client_addr, details));
+    DELETE FROM audit_tree_nodes;
+    FOR v_event IN SELECT seq, leaf_hash FROM audit_events ORDER BY seq LOOP
+        v_frontier := audit_tree_push(v_event.seq - 1, v_frontier, v_event.leaf_hash);
+    END LOOP;
+    UPDATE audit_head SET frontier = v_frontier WHERE id = 1;
+END
+$$
+"""
+
+
+async def rebuild_tree(connection: AsyncConnection) -> None:
+    """Rehash the Merkle tree over the events as they now are, as an attacker with the code would."""
+    await connection.execute(text(REBUILD_TREE))
 
 
 async def truncate_after(connection: AsyncConnection, cut: int) -> None:
@@ -128,6 +152,7 @@ async def truncate_after(connection: AsyncConnection, cut: int) -> None:
         text("UPDATE audit_head SET seq = :cut, hash = (SELECT hash FROM audit_events WHERE seq = :cut)"),
         {"cut": cut},
     )
+    await rebuild_tree(connection)
 
 
 async def head_of(connection: AsyncConnection) -> int:
@@ -295,6 +320,7 @@ async def test_a_consistent_rewrite_is_detected_through_the_checkpoints(private:
             )
             prev = new
         await connection.execute(text("UPDATE audit_head SET hash = :h"), {"h": prev})
+        await rebuild_tree(connection)
         alone = await verify_chain(session)
         report = await checkpoints.verify(session, private.store, private.keyring, private.settings)
     assert alone.ok is True, "a consistent rewrite passes the chain check on its own"
@@ -620,3 +646,29 @@ async def test_cli_verify_answers_like_the_endpoint(private: Private) -> None:
     anchored = await audit_cli.verify(private.settings, checkpoint=True)
     assert anchored["ok"] is True
     assert anchored["checkpoint_written"] == checkpoints.checkpoint_key(await _head(private))
+
+
+async def test_an_altered_leaf_hash_stored_subtree_or_frontier_is_detected(private: Private) -> None:
+    async with private.sessionmaker() as session:
+        head = int((await session.execute(text("SELECT seq FROM audit_head"))).scalar_one())
+    if head < 64:
+        await _append(private.sessionmaker, 64 - head)
+    async with tampering(private) as (connection, session):
+        await connection.execute(text("UPDATE audit_events SET leaf_hash = sha256('x') WHERE seq = 12"))
+        report = await verify_chain(session)
+    assert report.ok is False
+    assert report.first_bad_event == 12, report
+    assert "leaf hash" in (report.problem or "")
+
+    async with tampering(private) as (connection, session):
+        await connection.execute(text("UPDATE audit_tree_nodes SET hash = sha256('x') WHERE level = 6 AND idx = 0"))
+        report = await verify_chain(session)
+    assert report.ok is False
+    assert report.first_bad_event == 1, report
+    assert "subtree of events 1..64" in (report.problem or "")
+
+    async with tampering(private) as (connection, session):
+        await connection.execute(text("UPDATE audit_head SET frontier = substr(frontier, 33) || sha256('x')"))
+        report = await verify_chain(session)
+    assert report.ok is False
+    assert "frontier" in (report.problem or "")

@@ -1,0 +1,292 @@
+"""Proofs of the audit log: RFC 9162 inclusion and consistency proofs checked by a verifier written here (not
+the server's code), evidence bundles that verify offline with the CLI and fail on one altered byte, and other
+organisations' events kept out."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest_asyncio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from litestar.testing import AsyncTestClient
+
+from tests.catalog.helpers import make_product
+from tests.conftest import Account, Servers, asyncpg_dsn, grant_platform_role, make_org, sign_up
+
+INCLUSION = "/api/v1/audit/proofs/inclusion"
+CONSISTENCY = "/api/v1/audit/proofs/consistency"
+BUNDLE = "/api/v1/audit/bundle"
+
+
+# ----------------------------------------------------------------- an independent RFC 9162 §2.1 implementation
+
+
+def _h(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def mth(leaves: list[bytes]) -> bytes:
+    """MTH of a list of leaf hashes, straight from the definition."""
+    if len(leaves) == 1:
+        return leaves[0]
+    k = 1
+    while k * 2 < len(leaves):
+        k *= 2
+    return _h(b"\x01" + mth(leaves[:k]) + mth(leaves[k:]))
+
+
+def path(m: int, leaves: list[bytes]) -> list[bytes]:
+    if len(leaves) == 1:
+        return []
+    k = 1
+    while k * 2 < len(leaves):
+        k *= 2
+    if m < k:
+        return [*path(m, leaves[:k]), mth(leaves[k:])]
+    return [*path(m - k, leaves[k:]), mth(leaves[:k])]
+
+
+def subproof(m: int, leaves: list[bytes], whole: bool) -> list[bytes]:
+    n = len(leaves)
+    if m == n:
+        return [] if whole else [mth(leaves)]
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    if m <= k:
+        return [*subproof(m, leaves[:k], whole), mth(leaves[k:])]
+    return [*subproof(m - k, leaves[k:], False), mth(leaves[:k])]
+
+
+def root_from_path(leaf: bytes, index: int, size: int, audit_path: list[bytes]) -> bytes:
+    """Recompute the root bottom-up from the path, by tracking the leaf's range in the tree."""
+
+    def walk(lo: int, hi: int, items: list[bytes]) -> bytes:
+        if hi - lo == 1:
+            assert not items
+            return leaf
+        k = 1
+        while k * 2 < hi - lo:
+            k *= 2
+        *rest, sibling = items
+        if index < lo + k:
+            return _h(b"\x01" + walk(lo, lo + k, rest) + sibling)
+        return _h(b"\x01" + sibling + walk(lo + k, hi, rest))
+
+    return walk(0, size, audit_path)
+
+
+def b64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def jws_claims(token: str, jwks: dict[str, Any]) -> dict[str, Any]:
+    """Verify an EdDSA compact JWS with the raw Ed25519 key of the JWKS; its claims."""
+    header_b64, payload_b64, signature_b64 = token.split(".")
+    header = json.loads(b64(header_b64))
+    (key,) = [k for k in jwks["keys"] if k["kid"] == header["kid"]]
+    assert header["alg"] == "EdDSA"
+    Ed25519PublicKey.from_public_bytes(b64(key["x"])).verify(b64(signature_b64), f"{header_b64}.{payload_b64}".encode())
+    claims: dict[str, Any] = json.loads(b64(payload_b64))
+    return claims
+
+
+# ----------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def world(client: AsyncTestClient[Any], servers: Servers) -> dict[str, Any]:
+    owner_a, owner_b, auditor = [await sign_up(client) for _ in range(3)]
+    connection = await asyncpg.connect(asyncpg_dsn(servers.database_url))
+    try:
+        auditor = await grant_platform_role(client, connection, auditor, "auditor")
+    finally:
+        await connection.close()
+    org_a = await make_org(client, owner_a)
+    org_b = await make_org(client, owner_b)
+    for owner, org in ((owner_a, org_a), (owner_b, org_b), (owner_a, org_a)):
+        invited = await client.post(
+            f"/api/v1/orgs/{org}/members",
+            json={"email": (await sign_up(client)).email, "role": "member"},
+            headers=owner.headers,
+        )
+        assert invited.status_code == 201, invited.text
+    return {"a": owner_a, "b": owner_b, "auditor": auditor, "org_a": org_a, "org_b": org_b}
+
+
+async def leaf_hashes(servers: Servers) -> list[bytes]:
+    connection = await asyncpg.connect(asyncpg_dsn(servers.database_url))
+    try:
+        rows = await connection.fetch("SELECT seq, leaf_hash FROM audit_events ORDER BY seq")
+    finally:
+        await connection.close()
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1))
+    return [bytes(r["leaf_hash"]) for r in rows]
+
+
+async def events_of(client: AsyncTestClient[Any], who: Account, org: str) -> list[dict[str, Any]]:
+    response = await client.get("/api/v1/audit/events", params={"org": org, "limit": 500}, headers=who.headers)
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+# ------------------------------------------------------------------------------------------------- tests
+
+
+async def test_inclusion_proofs_verify_against_the_tree_recomputed_here(
+    client: AsyncTestClient[Any], servers: Servers, world: dict[str, Any]
+) -> None:
+    owner: Account = world["a"]
+    leaves = await leaf_hashes(servers)
+    size = len(leaves)
+    for event in await events_of(client, owner, world["org_a"]):
+        seq = event["seq"]
+        for tree_size in {seq, (seq + size) // 2, size}:
+            response = await client.get(INCLUSION, params={"seq": seq, "tree_size": tree_size}, headers=owner.headers)
+            assert response.status_code == 200, response.text
+            proof = response.json()
+            assert proof["leaf_index"] == seq - 1
+            assert proof["tree_size"] == tree_size
+            assert bytes.fromhex(proof["leaf_hash"]) == leaves[seq - 1]
+            audit_path = [bytes.fromhex(h) for h in proof["audit_path"]]
+            assert audit_path == path(seq - 1, leaves[:tree_size])
+            assert root_from_path(leaves[seq - 1], seq - 1, tree_size, audit_path) == mth(leaves[:tree_size])
+
+    # Another organisation's event is not proven to this caller; sizes beyond the log are refused.
+    other = (await events_of(client, world["b"], world["org_b"]))[0]["seq"]
+    assert (await client.get(INCLUSION, params={"seq": other}, headers=owner.headers)).status_code == 404
+    mine = (await events_of(client, owner, world["org_a"]))[0]["seq"]
+    too_big = await client.get(INCLUSION, params={"seq": mine, "tree_size": 10**9}, headers=owner.headers)
+    assert too_big.status_code == 422, too_big.text
+    beyond = await client.get(INCLUSION, params={"seq": mine, "tree_size": mine - 1 or 1}, headers=owner.headers)
+    assert beyond.status_code == (200 if mine == 1 else 422)
+
+
+async def test_consistency_proofs_match_the_definition(
+    client: AsyncTestClient[Any], servers: Servers, world: dict[str, Any]
+) -> None:
+    leaves = await leaf_hashes(servers)
+    size = len(leaves)
+    for first, second in [(1, size), (size // 3 or 1, size), (7, 8), (64, size), (size // 2 or 1, size - 1), (5, 5)]:
+        if not 1 <= first <= second <= size:
+            continue
+        response = await client.get(CONSISTENCY, params={"first": first, "second": second}, headers=world["a"].headers)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["first"], body["second"]) == (first, second)
+        assert [bytes.fromhex(h) for h in body["proof"]] == subproof(first, leaves[:second], True)
+    refused = await client.get(CONSISTENCY, params={"first": 3, "second": 2}, headers=world["a"].headers)
+    assert refused.status_code == 422
+
+
+def _verify_bundle_cli(path: Path) -> subprocess.CompletedProcess[str]:
+    """``corpora audit verify-bundle`` in a process with no server settings at all."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORPORA_")}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "audit", "verify-bundle", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_a_bundle_verifies_offline_and_one_altered_byte_fails_it(
+    client: AsyncTestClient[Any], servers: Servers, world: dict[str, Any], tmp_path: Path
+) -> None:
+    owner: Account = world["a"]
+    response = await client.get(BUNDLE, params={"org": world["org_a"]}, headers=owner.headers)
+    assert response.status_code == 200, response.text
+    raw = response.content
+    bundle = json.loads(raw)
+    assert bundle["format"] == "corpora-evidence-bundle/1"
+
+    # Checked here too, independently: the signature, the tree it names, each event's hashes and proof.
+    checkpoint = bundle["checkpoint"]
+    claims = jws_claims(checkpoint["jws"], bundle["jwks"])
+    assert (claims["tree_size"], claims["root_hash"]) == (checkpoint["tree_size"], checkpoint["root_hash"])
+    leaves = await leaf_hashes(servers)
+    assert mth(leaves[: checkpoint["tree_size"]]).hex() == checkpoint["root_hash"]
+    org_ids = {e["org_id"] for e in bundle["events"]}
+    assert len(org_ids) == 1
+    mine = {e["seq"] for e in await events_of(client, owner, world["org_a"])}
+    assert {e["seq"] for e in bundle["events"]} == {s for s in mine if s <= checkpoint["tree_size"]}
+    for event in bundle["events"]:
+        leaf = bytes.fromhex(event["leaf_hash"])
+        audit_path = [bytes.fromhex(h) for h in event["audit_path"]]
+        root = root_from_path(leaf, event["seq"] - 1, checkpoint["tree_size"], audit_path)
+        assert root.hex() == checkpoint["root_hash"]
+
+    good = tmp_path / "bundle.json"
+    good.write_bytes(raw)
+    verified = _verify_bundle_cli(good)
+    assert verified.returncode == 0, verified.stderr
+    assert json.loads(verified.stdout)["ok"] is True
+
+    # One byte of one event's details changed (a digit of the member count, or a letter of a role).
+    target = bundle["events"][len(bundle["events"]) // 2]
+    start = raw.index(b'"seq":%d,' % target["seq"])
+    details_at = raw.index(b'"details":', start) + len(b'"details":')
+    end = raw.index(b',"prev_hash"', details_at)
+    letter = next(i for i in range(details_at, end) if raw[i : i + 1].isalpha())
+    altered = bytearray(raw)
+    altered[letter] = ord("X") if raw[letter : letter + 1] != b"X" else ord("Y")
+    bad = tmp_path / "altered.json"
+    bad.write_bytes(bytes(altered))
+    failed = _verify_bundle_cli(bad)
+    assert failed.returncode != 0
+    assert f"event {target['seq']}" in failed.stderr
+    assert json.loads(failed.stdout)["first_bad_event"] == target["seq"]
+
+
+async def test_bundles_never_hold_another_organisations_events(
+    client: AsyncTestClient[Any], world: dict[str, Any]
+) -> None:
+    owner_a: Account = world["a"]
+    everything = await client.get(BUNDLE, headers=owner_a.headers)
+    assert everything.status_code == 200, everything.text
+    b_events = {e["seq"] for e in await events_of(client, world["b"], world["org_b"])}
+    assert b_events
+    assert not b_events & {e["seq"] for e in everything.json()["events"]}
+    assert (await client.get(BUNDLE, params={"org": world["org_b"]}, headers=owner_a.headers)).status_code == 404
+    unknown = await client.get(BUNDLE, params={"product": "no-such-product-here"}, headers=owner_a.headers)
+    assert unknown.status_code == 404
+
+    # A platform auditor's bundle of org B holds B's events, and only those.
+    audited = await client.get(BUNDLE, params={"org": world["org_b"]}, headers=world["auditor"].headers)
+    assert audited.status_code == 200, audited.text
+    seqs = {e["seq"] for e in audited.json()["events"]}
+    assert seqs
+    assert seqs <= b_events
+
+
+async def test_events_export_and_bundles_filter_by_product(client: AsyncTestClient[Any], world: dict[str, Any]) -> None:
+    owner: Account = world["a"]
+    slug = await make_product(client, owner, world["org_a"])
+    listed = await client.get(
+        "/api/v1/audit/events", params={"org": world["org_a"], "product": slug}, headers=owner.headers
+    )
+    assert listed.status_code == 200, listed.text
+    items = listed.json()["items"]
+    assert [e["action"] for e in items] == ["product.created"]
+    exported = await client.get("/api/v1/audit/export", params={"product": slug}, headers=owner.headers)
+    assert exported.status_code == 200, exported.text
+    assert [json.loads(line)["seq"] for line in exported.text.splitlines()] == [items[0]["seq"]]
+    bundled = await client.get(BUNDLE, params={"product": slug}, headers=owner.headers)
+    assert [e["seq"] for e in bundled.json()["events"]] == [items[0]["seq"]]
+    missing = await client.get("/api/v1/audit/export", params={"product": "no-such-product-x"}, headers=owner.headers)
+    assert missing.status_code == 404
+    # B's owner does not read A's product events through the filter.
+    other = await client.get("/api/v1/audit/events", params={"product": slug}, headers=world["b"].headers)
+    assert other.status_code == 200
+    assert other.json()["items"] == []
