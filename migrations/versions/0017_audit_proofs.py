@@ -7,8 +7,8 @@ dozen stored hashes and two blocks of 64 leaf hashes. The head keeps the tree's 
 complete subtrees at the right edge, largest first), so appending hashes about once per event and the root of
 the current tree is a fold of at most 64 hashes. Existing events are hashed into the tree here.
 
-Revision ID: 0015
-Revises: 0014
+Revision ID: 0017
+Revises: 0016
 """
 
 from collections.abc import Sequence
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0015"
-down_revision: str | None = "0014"
+revision: str = "0017"
+down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
