@@ -8,6 +8,7 @@ TASK_MODULES: list[str] = [
     "app.notifications.tasks",
     "licensing.notices",
     "licensing.sweeps",
+    "catalog.inspection.tasks",
 ]
 
 
