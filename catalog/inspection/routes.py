@@ -66,7 +66,7 @@ class InspectionController(Controller):
         path: FilePath,
         limit: PreviewLimit = service.PREVIEW_LIMIT,
     ) -> PreviewOut:
-        """For any signed-in caller when the product's ``preview`` is true (else 403; the provider's members and
+        """For any signed-in caller when the product's ``preview`` is true (else 404; the provider's members and
         platform staff always); never charged to a quota; recorded as ``version.previewed``."""
         fmt, records = await service.preview(
             session, audit_context, principal, state.object_store, slug, version, path, limit

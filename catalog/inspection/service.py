@@ -121,7 +121,7 @@ async def preview(
     Charged to no quota; recorded as ``version.previewed``."""
     product, _, row, role = await version_for_reading(session, principal, slug, version)
     if not product.preview and role is None and not access.platform_allows(principal, "catalog.read"):
-        raise forbidden(f"the provider of '{slug}' does not offer a preview")
+        raise not_found(f"a preview of '{slug}'")  # the provider offers none: there is nothing to see
     file = await _verified_file(session, row.id, path)
     reader = range_reader(store, blob_key(file.sha256), file.size)
     fmt, records = await anyio.to_thread.run_sync(sampling.first_records, reader, file.path, limit)

@@ -1,6 +1,6 @@
 """Inspection: file profiles, sample reviews and their items, opt-out evidence, the product's ``preview`` flag.
 
-Revision ID: 0015_inspection
+Revision ID: 0015
 Revises: 0014
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0015_inspection"
+revision: str = "0015"
 down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

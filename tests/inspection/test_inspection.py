@@ -30,7 +30,7 @@ from tests.conftest import RunJobs, grant_platform_role, make_org, sign_up
 
 SENTENCES = {
     "en": "The central bank raised interest rates again this quarter, which surprised many market analysts.",
-    "zh": "中央银行本季度再次提高利率，这让许多市场分析师感到非常意外。",
+    "zh": "中央银行本季度再次提高利率，这让许多市场分析师感到非常意外。",  # noqa: RUF001
     "de": "Die Zentralbank hat die Zinsen in diesem Quartal erneut erhöht, was viele Analysten überraschte.",
 }
 LANGUAGE_CYCLE = ["en", "en", "zh", "de"]  # shares 0.5, 0.25, 0.25
@@ -137,16 +137,20 @@ async def test_profile_counts_every_record_of_every_format(client: AsyncTestClie
     assert news["pii"] == expected["pii"]
     fields = {f["name"]: f for f in news["fields"]}
     assert fields["score"] == {"name": "score", "type": "number", "null_rate": expected["score_null_rate"]}
-    assert fields["id"]["type"] == "integer" and fields["id"]["null_rate"] == 0
+    assert fields["id"]["type"] == "integer"
+    assert fields["id"]["null_rate"] == 0
     for language, share in (("en", 0.5), ("zh", 0.25), ("de", 0.25)):
         assert abs(news["languages"].get(language, 0) - share) < 0.05, news["languages"]
     assert news["language_sample"] == 750
-    assert news["tokens"] > 750 and "cl100k_base" in news["tokenizer"] and news["tokens_exact"]
+    assert news["tokens"] > 750
+    assert "cl100k_base" in news["tokenizer"]
+    assert news["tokens_exact"]
     assert news["duplicates"]["near_rate"] >= news["duplicates"]["exact_rate"]
 
     lines = by_path["data/lines.txt.zst"]
     assert (lines["format"], lines["compression"], lines["records"]) == ("text", "zstd", 3)
-    assert lines["pii"]["ip_address"] == 1 and lines["duplicates"]["exact_rate"] == round(1 / 3, 6)
+    assert lines["pii"]["ip_address"] == 1
+    assert lines["duplicates"]["exact_rate"] == round(1 / 3, 6)
     csv = by_path["data/table.csv"]
     assert (csv["format"], csv["records"]) == ("csv", 3)
     assert {f["name"]: (f["type"], f["null_rate"]) for f in csv["fields"]} == {
@@ -190,9 +194,13 @@ async def test_preview_masks_what_the_profile_found(
     assert len(records) == 20
     texts = [r["text"] for r in records]
     raw = [json.loads(line)["text"] for line in jsonl.decode().splitlines()[:20]]
-    assert texts[0].endswith("[email]") and "writer0@example.org" in raw[0]
-    assert "[phone]" in texts[1] and "13800000001" not in texts[1]
-    assert "[cn_resident_id]" in texts[2] and "[bank_card]" in texts[4] and "[ip_address]" in texts[6]
+    assert texts[0].endswith("[email]")
+    assert "writer0@example.org" in raw[0]
+    assert "[phone]" in texts[1]
+    assert "13800000001" not in texts[1]
+    assert "[cn_resident_id]" in texts[2]
+    assert "[bank_card]" in texts[4]
+    assert "[ip_address]" in texts[6]
     assert "[cn_resident_id]" not in texts[3]  # the ID with a wrong check digit is not personal data found
     assert not any("@example.org" in t for t in texts)
     assert (await client.get(url, params={"path": "news.jsonl", "limit": 21}, headers=buyer.headers)).status_code == 422
@@ -202,9 +210,15 @@ async def test_preview_masks_what_the_profile_found(
     )
     assert events == 1
 
-    _, _, closed = await provider_with_files(client, run_jobs, {"a.txt": b"x\n"}, preview=False)
-    owner_closed = await client.get(f"/api/v1/products/{closed}", headers=buyer.headers)
-    assert owner_closed.json()["preview"] is False
+    closed_owner, _, closed = await provider_with_files(client, run_jobs, {"a.txt": b"x\n"}, preview=False)
+    await publish_and_approve(client, db, closed_owner, closed)
+    closed_url = f"/api/v1/products/{closed}/versions/1.0.0/preview"
+    assert (await client.get(closed_url, params={"path": "a.txt"}, headers=buyer.headers)).status_code == 404
+    assert (await client.get(closed_url, params={"path": "a.txt"}, headers=closed_owner.headers)).status_code == 200
+    opened = await client.patch(f"/api/v1/products/{closed}", json={"preview": True}, headers=closed_owner.headers)
+    assert opened.status_code == 200
+    assert opened.json()["preview"] is True
+    assert (await client.get(closed_url, params={"path": "a.txt"}, headers=buyer.headers)).json()["records"] == ["x"]
 
 
 async def publish_and_approve(client: AsyncTestClient[Any], db: asyncpg.Connection, owner: Any, slug: str) -> Any:
@@ -249,7 +263,8 @@ async def test_sample_is_reproducible_judged_and_signed(
     second = await client.post(url, json={"size": 50, "kind": "manual", "seed": 7}, headers=reviewer.headers)
     assert first.status_code == second.status_code == 201, first.text
     assert first.json()["items"] == second.json()["items"]
-    assert first.json()["threshold"] == 0.96 and len(first.json()["items"]) == 50
+    assert first.json()["threshold"] == 0.96
+    assert len(first.json()["items"]) == 50
     assert {i["path"] for i in first.json()["items"]} == set(files)
     other = await client.post(url, json={"size": 50, "kind": "manual", "seed": 8}, headers=reviewer.headers)
     assert other.json()["items"] != first.json()["items"]
@@ -286,13 +301,14 @@ async def test_sample_is_reproducible_judged_and_signed(
     payload = verify_jws(body["record"], jwks)
     assert (payload["sample"], payload["pass_rate"], payload["passed"], payload["seed"]) == (sample_id, 0.98, True, 7)
     assert payload["items"][49]["category"] == "personal_data"
-    header_b64, payload_b64, signature_b64 = body["record"].split(".")
+    header_b64, _, signature_b64 = body["record"].split(".")
     forged = base64.urlsafe_b64encode(json.dumps({**payload, "passed": False}).encode()).rstrip(b"=").decode()
     with pytest.raises(InvalidSignature):
         verify_jws(f"{header_b64}.{forged}.{signature_b64}", jwks)
 
     seen = await client.get(f"/api/v1/samples/{sample_id}", headers=owner.headers)
-    assert seen.status_code == 200 and seen.json()["record"] == body["record"]
+    assert seen.status_code == 200
+    assert seen.json()["record"] == body["record"]
     stranger = await sign_up(client)
     assert (await client.get(f"/api/v1/samples/{sample_id}", headers=stranger.headers)).status_code == 404
     assert (await client.get(f"/api/v1/samples/{uuid.uuid4()}", headers=reviewer.headers)).status_code == 404
@@ -368,8 +384,11 @@ async def test_opt_out_evidence_is_fetched_from_the_source(hooks_client: Any, wo
         "sha256": hashlib.sha256(Site.ROBOTS).hexdigest(),
         "disallows": ["GPTBot"],
     }
-    assert item["tdmrep"]["sha256"] == hashlib.sha256(Site.TDMREP).hexdigest() and item["tdmrep"]["reserved"] is True
-    assert item["reserved_for_ai"] is True and item["warning"] and item["fetched_at"]
+    assert item["tdmrep"]["sha256"] == hashlib.sha256(Site.TDMREP).hexdigest()
+    assert item["tdmrep"]["reserved"] is True
+    assert item["reserved_for_ai"] is True
+    assert item["warning"]
+    assert item["fetched_at"]
     assert item["declared"]["tdm_reservation"] is False
     store = worker.deps.store
     kept = await store.get_bytes(f"evidence/sha256/{item['robots_txt']['sha256'][:2]}/{item['robots_txt']['sha256']}")
