@@ -157,7 +157,7 @@ def open_content(source: IO[bytes], path: str) -> Opened:
     if magic[:2] == b"\x1f\x8b":
         compression, raw = "gzip", gzip.GzipFile(fileobj=source, mode="rb")  # type: ignore[assignment]
     elif magic == b"\x28\xb5\x2f\xfd":
-        compression, raw = "zstd", zstandard.ZstdDecompressor().stream_reader(source, read_size=BLOCK)  # type: ignore[assignment]
+        compression, raw = "zstd", zstandard.ZstdDecompressor().stream_reader(source, read_size=BLOCK)
     if compression is None and (hinted_format == "parquet" or magic == b"PAR1"):
         return Opened("parquet", None, source, None, source)
     counter = _Counting(raw)
@@ -185,6 +185,7 @@ def raw_records(opened: Opened) -> Iterator[Any]:
             if line.strip():
                 yield line
     elif fmt == "json":
+        assert isinstance(opened.stream, io.BufferedReader)
         first = opened.stream.peek(HEAD).lstrip()[:1]
         yield from ijson.items(opened.stream, "item" if first == b"[" else "", use_float=True)
     elif fmt in ("csv", "tsv"):

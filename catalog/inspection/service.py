@@ -86,16 +86,6 @@ async def version_profile(session: AsyncSession, principal: Principal | None, sl
     return ProfileOut(product=slug, version=version, status=overall, files=files, totals=totals)  # type: ignore[arg-type]
 
 
-async def record_fields(session: AsyncSession, version_id: uuid.UUID) -> dict[str, list[dict[str, Any]]]:
-    """The profiled fields of each file of a version (for the Croissant record sets)."""
-    rows = await session.execute(
-        select(VersionFile.path, FileProfileRow.profile)
-        .join(FileProfileRow, FileProfileRow.file_id == VersionFile.id)
-        .where(VersionFile.version_id == version_id, FileProfileRow.finished_at.is_not(None))
-    )
-    return {path: list((profile or {}).get("fields", [])) for path, profile in rows}
-
-
 async def _verified_file(session: AsyncSession, version_id: uuid.UUID, path: str) -> VersionFile:
     file = await session.scalar(
         select(VersionFile).where(

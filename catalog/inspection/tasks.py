@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from typing import IO, cast
 
 import anyio
 import msgspec
 from minio.error import S3Error
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app.db import utcnow
 from app.jobs import JobDeps, job
@@ -24,7 +25,7 @@ from catalog.uploads import blob_key
 log = logging.getLogger("corpora.inspection")
 
 
-def range_reader(store: ObjectStore, key: str, size: int) -> RangeReader:
+def range_reader(store: ObjectStore, key: str, size: int) -> IO[bytes]:
     """A seekable file over the stored object (read in a worker thread, never on the event loop)."""
 
     def fetch(offset: int, length: int) -> bytes:
@@ -35,7 +36,7 @@ def range_reader(store: ObjectStore, key: str, size: int) -> RangeReader:
             response.close()
             response.release_conn()
 
-    return RangeReader(fetch, size)
+    return cast(IO[bytes], RangeReader(fetch, size))
 
 
 @job(PROFILE_TASK)
@@ -63,14 +64,14 @@ async def profile_file(deps: JobDeps, file_id: str) -> None:
         log.warning("profiling %s failed: %s", path, exc)
         async with deps.sessionmaker() as session, session.begin():
             await session.execute(
-                FileProfileRow.__table__.update()
+                update(FileProfileRow)
                 .where(FileProfileRow.file_id == uuid.UUID(file_id))
                 .values(failed_at=utcnow(), error=f"{type(exc).__name__}: {exc}"[:1000])
             )
         return
     async with deps.sessionmaker() as session, session.begin():
         await session.execute(
-            FileProfileRow.__table__.update()
+            update(FileProfileRow)
             .where(FileProfileRow.file_id == uuid.UUID(file_id))
             .values(finished_at=utcnow(), failed_at=None, error=None, profile=msgspec.to_builtins(result))
         )
@@ -111,7 +112,7 @@ async def fetch_opt_out_evidence(deps: JobDeps, evidence_id: str) -> None:
     errors = [f"{what}: {f.error}" for what, f in (("robots.txt", robots), ("tdmrep.json", tdmrep)) if f.error]
     async with deps.sessionmaker() as session, session.begin():
         await session.execute(
-            OptOutEvidence.__table__.update()
+            update(OptOutEvidence)
             .where(OptOutEvidence.id == uuid.UUID(evidence_id))
             .values(
                 fetched_at=utcnow(),

@@ -4,6 +4,7 @@ the masked preview, reproducible signed sample reviews, and opt-out evidence fro
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gzip
 import hashlib
 import http.server
@@ -24,6 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from litestar.testing import AsyncTestClient
 
+from app.main import create_app
 from app.settings import Settings
 from tests.catalog.helpers import make_product, make_version, upload
 from tests.conftest import RunJobs, grant_platform_role, make_org, sign_up
@@ -77,7 +79,7 @@ def corpus() -> tuple[bytes, dict[str, Any]]:
         records.append({"id": i, "text": text, "score": None if i % 4 == 0 else i / 10})
     lines = [json.dumps(r, ensure_ascii=False) for r in records]
     lines += lines[:150]
-    expected = {
+    expected: dict[str, Any] = {
         "records": 750,
         "exact_rate": round(150 / 750, 6),
         "pii": {"email": 0, "phone": 0, "cn_resident_id": 0, "bank_card": 0, "ip_address": 0},
@@ -393,3 +395,53 @@ async def test_opt_out_evidence_is_fetched_from_the_source(hooks_client: Any, wo
     store = worker.deps.store
     kept = await store.get_bytes(f"evidence/sha256/{item['robots_txt']['sha256'][:2]}/{item['robots_txt']['sha256']}")
     assert kept == Site.ROBOTS
+
+
+async def test_croissant_record_sets_come_from_the_profile(client: AsyncTestClient[Any], run_jobs: RunJobs) -> None:
+    files = {"rows.csv": b"a,b\n1,x\n2,y\n", "news.jsonl": b'{"title": "t", "year": 2025}\n'}
+    owner, _, slug = await provider_with_files(client, run_jobs, files)
+    response = await client.get(f"/api/v1/products/{slug}/versions/1.0.0/croissant", headers=owner.headers)
+    assert response.status_code == 200, response.text
+    croissant = response.json()
+    record_sets = {r["@id"]: r for r in croissant["recordSet"]}
+    assert [(f["name"], f["dataType"]) for f in record_sets["rows.csv/records"]["field"]] == [
+        ("a", "sc:Integer"),
+        ("b", "sc:Text"),
+    ]
+    assert [f["source"]["extract"] for f in record_sets["news.jsonl/records"]["field"]] == [
+        {"jsonPath": "$.title"},
+        {"jsonPath": "$.year"},
+    ]
+    mlc = pytest.importorskip("mlcroissant")
+    assert not mlc.Dataset(jsonld=croissant).metadata.ctx.issues.errors
+
+
+async def test_approval_can_require_a_passed_sample(
+    client: AsyncTestClient[Any], app: Any, run_jobs: RunJobs, db: asyncpg.Connection, settings: Settings
+) -> None:
+    strict = create_app(dataclasses.replace(settings, review_requires_sample=True), keyring=app.state.keyring)
+    async with AsyncTestClient(app=strict, base_url="http://testserver.local") as strict_client:
+        owner, _, slug = await provider_with_files(strict_client, run_jobs, {"a.txt": b"one\ntwo\n"})
+        published = await strict_client.post(f"/api/v1/products/{slug}/versions/1.0.0/publish", headers=owner.headers)
+        assert published.json()["state"] == "in_review"
+        reviewer = await grant_platform_role(strict_client, db, await sign_up(strict_client), "reviewer")
+        review = f"/api/v1/products/{slug}/versions/1.0.0/review"
+        approve = {"decision": "approve", "reason": ""}
+        refused = await strict_client.post(review, json=approve, headers=reviewer.headers)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["type"].endswith("sample-required")
+        drawn = await strict_client.post(
+            f"/api/v1/products/{slug}/versions/1.0.0/samples",
+            json={"size": 2, "kind": "technical", "seed": 1},
+            headers=reviewer.headers,
+        )
+        sample_id = drawn.json()["id"]
+        judged = await strict_client.post(
+            f"/api/v1/samples/{sample_id}/verdicts",
+            json={"verdicts": [{"index": 0, "ok": True}, {"index": 1, "ok": True}]},
+            headers=reviewer.headers,
+        )
+        assert judged.json()["passed"] is True
+        approved = await strict_client.post(review, json=approve, headers=reviewer.headers)
+        assert approved.status_code == 200, approved.text
+        assert approved.json()["state"] == "published"
