@@ -35,6 +35,7 @@ NEAR_DUPLICATE_JACCARD = 0.8
 MINHASH_PERMUTATIONS = 64
 SHINGLE_CHARS = 5
 BPE_VOCABULARY = "cl100k_base"
+PII_BATCH = 512  # records scanned for personal data together
 _PARTITIONS = 16
 _SPILL_AT = 4_000_000  # hashes held in memory before they are appended to the partition files
 
@@ -258,12 +259,16 @@ def profile(source: IO[bytes], path: str, stored_bytes: int) -> FileProfile:
     encoder = tokenizer()
     tokens = token_chars = all_chars = 0
     records = invalid = 0
+    pending_pii: list[str] = []
 
     def add(record: Any, key: bytes) -> None:
         nonlocal tokens, token_chars, all_chars, records
         distinct.add(hash(key))
         text = _record_text(record)
-        pii.count_into(text, counts)
+        pending_pii.append(text)
+        if len(pending_pii) >= PII_BATCH:
+            pii.count_into(pending_pii, counts)
+            pending_pii.clear()
         all_chars += len(text)
         if records < EXACT_TOKEN_RECORDS or records % TOKEN_STRIDE == 0:
             tokens += len(encoder.encode_ordinary(text))
@@ -296,6 +301,7 @@ def profile(source: IO[bytes], path: str, stored_bytes: int) -> FileProfile:
         while opened.stream.read(formats.BLOCK):
             pass
 
+    pii.count_into(pending_pii, counts)
     texts = sample.texts()
     if fmt in ("csv", "tsv", "parquet"):
         field_profiles = [FieldProfile(n, k, _rate(nulls, records)) for n, (k, nulls) in arrow_fields.items()]
