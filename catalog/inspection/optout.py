@@ -50,9 +50,11 @@ def origin(url: str) -> str:
 
 
 def disallowed_crawlers(robots: Fetched, url: str) -> list[str]:
-    """The AI crawlers robots.txt keeps away from ``url``. RFC 9309 §2.3.1.3-4: a 4xx means no rules, a 5xx or no
-    answer means everything is disallowed."""
-    if robots.status is None or robots.status >= 500:
+    """The AI crawlers robots.txt keeps away from ``url``. RFC 9309 §2.3.1.3-4: a 4xx means no rules, a 5xx means
+    everything is disallowed. No answer at all (refused by the egress rules, unreachable) is no evidence: none."""
+    if robots.status is None:
+        return []
+    if robots.status >= 500:
         return list(AI_CRAWLERS)
     if not 200 <= robots.status < 300:
         return []

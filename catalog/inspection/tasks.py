@@ -123,7 +123,9 @@ async def fetch_opt_out_evidence(deps: JobDeps, evidence_id: str) -> None:
                 tdmrep_sha256=tdmrep.sha256,
                 tdm_header=(page.header or None) and page.header[:200],
                 tdm_reserved=reserved,
-                reserved_for_ai=bool(reserved) or bool(disallows),
+                reserved_for_ai=None
+                if robots.status is None and reserved is None
+                else bool(reserved) or bool(disallows),
                 error="; ".join(errors)[:1000] or None,
             )
         )

@@ -445,3 +445,30 @@ async def test_approval_can_require_a_passed_sample(
         approved = await strict_client.post(review, json=approve, headers=reviewer.headers)
         assert approved.status_code == 200, approved.text
         assert approved.json()["state"] == "published"
+
+
+async def test_opt_out_fetch_keeps_to_the_egress_rules(
+    client: AsyncTestClient[Any], run_jobs: RunJobs, site: Site
+) -> None:
+    owner = await sign_up(client)
+    org = await make_org(client, owner, "provider")
+    slug = await make_product(client, owner, org)
+    source = {
+        "kind": "public_web_crawl",
+        "name": "Loopback site",
+        "url": f"{site.origin}/articles/1",
+        "opt_out_evidence": {"robots_txt": "allowed", "tdm_reservation": False, "checked_at": "2025-06-30T12:00:00Z"},
+    }
+    provenance = {"sources": [source], "activities": [{"stage": "collect", "description": "crawl"}]}
+    created = await client.post(
+        f"/api/v1/products/{slug}/versions",
+        json={"version": "1.0.0", "changelog": "", "licence_id": "CC-BY-4.0", "provenance": provenance},
+        headers=owner.headers,
+    )
+    assert created.status_code == 201, created.text
+    await run_jobs()
+    response = await client.get(f"/api/v1/products/{slug}/versions/1.0.0/opt-out-evidence", headers=owner.headers)
+    (item,) = response.json()["items"]
+    assert item["robots_txt"] == {"status": None, "sha256": None, "disallows": []}
+    assert item["reserved_for_ai"] is None
+    assert "EgressRefused" in item["error"]
