@@ -39,6 +39,7 @@ from app.settings import Settings
 from app.validation import check_request
 from app.wiring import load_tasks
 from catalog import routes as catalog_routes
+from catalog.inspection import routes as inspection_routes
 from catalog.janitor import run_janitor
 from licensing import routes as licensing_routes
 from licensing.downloads import routes as downloads_routes
@@ -131,6 +132,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             audit_routes.router,
             catalog_routes.ProductController,
             catalog_routes.reviews,
+            *inspection_routes.route_handlers,
             *licensing_routes.route_handlers,
             *notifications_routes.route_handlers,
         ],

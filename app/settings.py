@@ -64,6 +64,8 @@ class Settings:
     data_dir: Path = Path("var")
     signup_open: bool = True
     review_required: bool = True
+    # A version is approved only once a sample review of it passed.
+    review_requires_sample: bool = False
     download_mode: DownloadMode = "presigned"
     presign_ttl_seconds: int = 300
     # Ed25519 PEM files; the first signs, all verify (rotation by ``kid``). Empty: generated in data_dir.
@@ -159,6 +161,7 @@ class Settings:
             ("S3_SECURE", "s3_secure"),
             ("SIGNUP_OPEN", "signup_open"),
             ("REVIEW_REQUIRED", "review_required"),
+            ("REVIEW_REQUIRES_SAMPLE", "review_requires_sample"),
             ("EGRESS_ALLOW_PRIVATE", "egress_allow_private"),
             ("ACCESS_LOG", "access_log"),
             ("METRICS_PUBLIC", "metrics_public"),
@@ -222,6 +225,7 @@ class Settings:
             "CORPORA_DATA_DIR": str(self.data_dir),
             "CORPORA_SIGNUP_OPEN": str(self.signup_open).lower(),
             "CORPORA_REVIEW_REQUIRED": str(self.review_required).lower(),
+            "CORPORA_REVIEW_REQUIRES_SAMPLE": str(self.review_requires_sample).lower(),
             "CORPORA_DOWNLOAD_MODE": self.download_mode,
             "CORPORA_PRESIGN_TTL_SECONDS": str(self.presign_ttl_seconds),
             "CORPORA_JWT_ISSUER": self.jwt_issuer,

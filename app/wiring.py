@@ -9,6 +9,7 @@ TASK_MODULES: list[str] = [
     "licensing.notices",
     "licensing.sweeps",
     "licensing.takedowns.tasks",
+    "catalog.inspection.tasks",
 ]
 
 

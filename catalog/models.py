@@ -88,6 +88,8 @@ class Product(Base):
     tags: Mapped[list[str]] = mapped_column(ARRAY(String(50)))
     access: Mapped[str] = mapped_column(String(10))
     status: Mapped[str] = mapped_column(String(10), default="draft")
+    # Whether any signed-in user may see a masked preview of its files.
+    preview: Mapped[bool] = mapped_column(default=False, server_default="false")
     # Words, and CJK characters and character pairs, of the text fields: search without extensions.
     search_terms: Mapped[list[str]] = mapped_column(ARRAY(Text))
     # "industry:finance", "language:zh-Hans", "org:<uuid>", …: filters intersect with search terms in GIN.

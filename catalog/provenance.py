@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.accounts.models import Organization
 from app.auth.principal import Principal
 from catalog import service
+from catalog.inspection.models import FileProfileRow
 from catalog.models import Product, ProductVersion, VersionFile
 from catalog.provenance_rules import STAGES, as_datetime
 
@@ -118,6 +119,8 @@ class VersionExport:
     version: ProductVersion
     files: Sequence[VersionFile]
     base_url: str
+    # The inspection profile of each profiled file, by path (its format and fields make the record sets).
+    profiles: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def api(self) -> str:
@@ -155,7 +158,13 @@ async def load_version_export(
     files = await service.version_files(session, row.id, status="verified")
     org = await session.scalar(select(Organization).where(Organization.id == product.org_id))
     assert org is not None  # a foreign key
-    return VersionExport(product=product, org=org, version=row, files=files, base_url=base_url)
+    profiled = await session.execute(
+        select(VersionFile.path, FileProfileRow.profile)
+        .join(FileProfileRow, FileProfileRow.file_id == VersionFile.id)
+        .where(VersionFile.version_id == row.id, FileProfileRow.finished_at.is_not(None))
+    )
+    profiles = {path: profile for path, profile in profiled if profile}
+    return VersionExport(product=product, org=org, version=row, files=files, base_url=base_url, profiles=profiles)
 
 
 def licence_url(licence_id: str) -> str | None:
@@ -394,6 +403,38 @@ def _licence(export: VersionExport) -> Any:
     return {"@type": "sc:CreativeWork", "name": licence_id, "url": f"{export.api}/licences/{quote(licence_id)}"}
 
 
+_DATA_TYPES = {
+    "string": "sc:Text",
+    "integer": "sc:Integer",
+    "number": "sc:Float",
+    "boolean": "sc:Boolean",
+    "date": "sc:Date",
+    "datetime": "sc:DateTime",
+}
+
+
+def _record_set(path: str, profile: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A ``cr:RecordSet`` of a profiled tabular or JSON file: one ``cr:Field`` per top-level field."""
+    fmt = profile.get("format")
+    if fmt not in ("jsonl", "json", "csv", "tsv", "parquet") or not profile.get("fields"):
+        return None
+    file_id = quote(path, safe="/")
+    fields = []
+    for field in profile["fields"]:
+        name = str(field["name"])
+        extract = {"column": name} if fmt in ("csv", "tsv", "parquet") else {"jsonPath": f"$.{name}"}
+        fields.append(
+            {
+                "@type": "cr:Field",
+                "@id": f"{file_id}/records/{quote(name, safe='')}",
+                "name": name,
+                "dataType": _DATA_TYPES.get(str(field.get("type")), "sc:Text"),
+                "source": {"fileObject": {"@id": file_id}, "extract": extract},
+            }
+        )
+    return {"@type": "cr:RecordSet", "@id": f"{file_id}/records", "name": f"{path} records", "field": fields}
+
+
 def croissant_document(export: VersionExport) -> dict[str, Any]:
     """The version as Croissant 1.1 JSON-LD with RAI properties; one ``cr:FileObject`` per verified file."""
     product, row, org = export.product, export.version, export.org
@@ -432,6 +473,9 @@ def croissant_document(export: VersionExport) -> dict[str, Any]:
             for f in export.files
         ],
     }
+    record_sets = [_record_set(f.path, export.profiles[f.path]) for f in export.files if f.path in export.profiles]
+    if any(record_sets):
+        doc["recordSet"] = [r for r in record_sets if r]
     licence = _licence(export)
     if licence is not None:
         doc["license"] = licence

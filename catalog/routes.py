@@ -19,6 +19,7 @@ from app.errors import PROBLEM_MEDIA_TYPE, Problem, invalid, not_found
 from app.openapi import problems
 from app.settings import Settings
 from catalog import provenance, search, service, uploads
+from catalog.inspection import service as inspection
 from catalog.models import Product, ProductVersion
 from catalog.schemas import (
     Access,
@@ -95,6 +96,7 @@ def product_out(
         status=product.status,
         created_at=product.created_at,
         updated_at=product.updated_at,
+        preview=product.preview,
         latest_version=latest_version,
     )
     if versions is not None:
@@ -454,13 +456,16 @@ class ProductController(Controller):
         status_code=200,
         security=BEARER,
         guards=[requires("versions.review")],
-        responses=problems({409: "The version is not in review (`not-in-review`)"}),
+        responses=problems(
+            {409: "Not in review; or, with CORPORA_REVIEW_REQUIRES_SAMPLE, approved without a passed sample review"}
+        ),
     )
     async def review(
         self,
         session: Session,
         audit_context: Audit,
         principal: Caller,
+        state: State,
         slug: FromPath[str],
         version: FromPath[str],
         data: JSONBody[ReviewIn],
@@ -468,6 +473,9 @@ class ProductController(Controller):
         row = await service.review_version(
             session, audit_context, principal, slug, version, decision=data.decision, reason=data.reason
         )
+        settings: Settings = state.settings
+        if data.decision == "approve" and settings.review_requires_sample:
+            await inspection.require_passed_sample(session, slug, version)  # raising rolls the approval back
         return await version_out(session, slug, row, show_pending=False)
 
     @post(

@@ -46,6 +46,8 @@ class ProductIn(Strict):
     description: Description = ""
     languages: Languages = msgspec.field(default_factory=list)
     tags: Tags = msgspec.field(default_factory=list)
+    # Any signed-in user may see a masked preview of the files (GET …/preview).
+    preview: bool = False
 
 
 class ProductPatch(Strict):
@@ -59,6 +61,7 @@ class ProductPatch(Strict):
     access: Access | msgspec.UnsetType = msgspec.UNSET
     languages: Languages | msgspec.UnsetType = msgspec.UNSET
     tags: Tags | msgspec.UnsetType = msgspec.UNSET
+    preview: bool | msgspec.UnsetType = msgspec.UNSET
     status: Literal["archived", "published", "draft"] | msgspec.UnsetType = msgspec.UNSET
 
 
@@ -84,6 +87,7 @@ class ProductOut(msgspec.Struct):
     status: str
     created_at: dt.datetime
     updated_at: dt.datetime
+    preview: bool = False
     latest_version: str | None = None
     versions: list[VersionSummary] | None = None
 

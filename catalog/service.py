@@ -28,6 +28,7 @@ from app.notifications.events import VersionEvent
 from app.notifications.models import EventType
 from app.notifications.service import publish
 from catalog import provenance_rules
+from catalog.inspection import triggers
 from catalog.models import SEMVER, Product, ProductVersion, VersionFile
 from catalog.terms import product_terms
 
@@ -245,6 +246,7 @@ async def create_version(
         target_id=f"{slug}@{version}",
         details={"licence_id": licence_id},
     )
+    await triggers.fetch_opt_out_evidence(session, row.id, provenance)
     return row
 
 

@@ -23,6 +23,7 @@ from app.auth.principal import Principal
 from app.db import CommitThenRaise, utcnow
 from app.errors import ProblemError, conflict, invalid, not_found
 from app.objectstore import ObjectRefused, ObjectStore
+from catalog.inspection import triggers
 from catalog.models import Blob, Product, ProductVersion, VersionFile
 from catalog.service import require_draft, version_for_writing
 
@@ -321,6 +322,7 @@ async def _verified(
     await audit.record(
         session, context, "file.verified", org_id=org_id, target_type="file", target_id=file.id, details=details
     )
+    await triggers.profile_when_verified(session, file.version_id)
     return file
 
 

@@ -6,6 +6,7 @@ from app.auth import models as auth_models
 from app.db import Base
 from app.notifications import models as notifications_models
 from catalog import models as catalog_models
+from catalog.inspection import models as inspection_models
 from licensing.downloads import models as downloads_models
 from licensing.entitlements import models as entitlements_models
 from licensing.licences import models as licences_models
@@ -30,6 +31,7 @@ __all__ = [
     "downloads_models",
     "entitlements_models",
     "include_name",
+    "inspection_models",
     "licences_models",
     "model_manifests_models",
     "notifications_models",

@@ -75,6 +75,11 @@ RULES: dict[str, Rule] = {
     "catalog.read": _rule(EVERY_ROLE, (), ("admin", "reviewer", "auditor"), anonymous=True),
     "catalog.write": _rule(WRITERS, ("catalog:write",)),
     "versions.review": _rule(platform=("reviewer", "admin"), platform_only=True, interactive=True),
+    # inspection: any signed-in caller previews a product whose provider offers it; platform reviewers sample
+    "versions.preview": _rule(EVERY_ROLE, ("catalog:read",), ("admin", "reviewer", "auditor")),
+    "samples.draw": _rule(platform=("reviewer", "admin"), platform_only=True, interactive=True),
+    "samples.judge": _rule(platform=("reviewer", "admin"), platform_only=True, interactive=True),
+    "samples.read": _rule(EVERY_ROLE, ("catalog:read",), ("reviewer", "admin", "auditor")),
     "versions.withdraw": _rule(WRITERS, ("catalog:write",), ("admin",)),  # platform admins withdraw anything
     # orders and entitlements
     "orders.read": _rule(EVERY_ROLE, ("orders:read", "orders:write"), ("admin", "auditor")),

@@ -248,6 +248,18 @@ def requests(w: World) -> dict[tuple[str, str], Request]:
             f"{q}/files/data/a.txt", params={"entitlement_id": w.bought_entitlement, "purpose": "research"}
         ),
         ("POST", "/api/v1/products/{slug}/versions/{version}/publish"): Request(f"{v}/publish"),
+        ("GET", "/api/v1/products/{slug}/versions/{version}/profile"): Request(f"{v}/profile", concerns_p=False),
+        ("GET", "/api/v1/products/{slug}/versions/{version}/preview"): Request(f"{v}/preview", params={"path": "x"}),
+        ("GET", "/api/v1/products/{slug}/versions/{version}/opt-out-evidence"): Request(
+            f"{v}/opt-out-evidence", concerns_p=False
+        ),
+        ("POST", "/api/v1/products/{slug}/versions/{version}/samples"): Request(
+            f"{v}/samples", {"size": 1, "kind": "manual"}, concerns_p=False
+        ),
+        ("GET", "/api/v1/samples/{sample_id}"): Request(f"/api/v1/samples/{NOBODY}", concerns_p=False),
+        ("POST", "/api/v1/samples/{sample_id}/verdicts"): Request(
+            f"/api/v1/samples/{NOBODY}/verdicts", {"verdicts": [{"index": 0, "ok": True}]}, concerns_p=False
+        ),
         ("POST", "/api/v1/products/{slug}/versions/{version}/review"): Request(
             f"{v}/review", {"decision": "approve", "reason": ""}, concerns_p=False
         ),

@@ -1,0 +1,109 @@
+"""Drawing a reproducible random sample of a version's records, and reading records from stored files.
+
+The sample is drawn by position: with the record count of each file (from its profile), ``seed`` picks ``size``
+distinct positions among all the version's records (files in path order), so the same seed over the same files
+draws the same records. Each file that holds picked records is then streamed once up to its last pick; JSON Lines
+and text are split into lines without parsing, and only the picked records are decoded.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import hashlib
+import itertools
+import random
+from collections.abc import Callable, Sequence
+from typing import IO, Any
+
+import msgspec
+
+from catalog.inspection import formats, pii
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SourceFile:
+    path: str
+    sha256: str
+    records: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Drawn:
+    index: int  # position in the sample
+    path: str
+    sha256: str
+    record_index: int  # position in its file
+    record: Any
+    record_sha256: str
+
+
+def positions(files: Sequence[SourceFile], size: int, seed: int) -> list[tuple[int, int]]:
+    """(file number, record number in that file) of each sample item, in sample order."""
+    total = sum(f.records for f in files)
+    picks = random.Random(seed).sample(range(total), size)  # noqa: S311 - reproducible by design, not a secret
+    starts = list(itertools.accumulate((f.records for f in files), initial=0))
+    out = []
+    for pick in picks:
+        number = bisect.bisect_right(starts, pick) - 1
+        out.append((number, pick - starts[number]))
+    return out
+
+
+def record_digest(record: Any) -> str:
+    return hashlib.sha256(msgspec.json.encode(record, order="sorted", enc_hook=str)).hexdigest()
+
+
+def read_records(source: IO[bytes], path: str, wanted: set[int]) -> dict[int, Any]:
+    """The decoded records at the positions ``wanted``, streaming the file only up to the last of them."""
+    opened = formats.open_content(source, path)
+    found: dict[int, Any] = {}
+    if not wanted:
+        return found
+    last = max(wanted)
+    for number, raw in enumerate(formats.raw_records(opened)):
+        if number in wanted:
+            found[number] = formats.decode(opened.format, raw)
+        if number >= last:
+            break
+    return found
+
+
+def draw(
+    files: Sequence[SourceFile], size: int, seed: int, open_file: Callable[[SourceFile], IO[bytes]]
+) -> list[Drawn]:
+    places = positions(files, size, seed)
+    by_file: dict[int, set[int]] = {}
+    for number, record_index in places:
+        by_file.setdefault(number, set()).add(record_index)
+    records = {
+        number: read_records(open_file(files[number]), files[number].path, wanted) for number, wanted in by_file.items()
+    }
+    drawn = []
+    for index, (number, record_index) in enumerate(places):
+        record = records[number][record_index]
+        source = files[number]
+        drawn.append(Drawn(index, source.path, source.sha256, record_index, record, record_digest(record)))
+    return drawn
+
+
+def masked(record: Any) -> Any:
+    """The record with personal data masked in every string, keeping its shape."""
+    if isinstance(record, str):
+        return pii.mask(record)
+    if isinstance(record, dict):
+        return {key: masked(value) for key, value in record.items()}
+    if isinstance(record, list):
+        return [masked(value) for value in record]
+    if isinstance(record, int) and not isinstance(record, bool):
+        text = pii.mask(str(record))
+        return record if text == str(record) else text
+    return record
+
+
+def first_records(source: IO[bytes], path: str, limit: int) -> tuple[str, list[Any]]:
+    """The file's format and its first ``limit`` records."""
+    opened = formats.open_content(source, path)
+    return opened.format, [
+        formats.decode(opened.format, r) for r in itertools.islice(formats.raw_records(opened), limit)
+    ]

@@ -1,0 +1,131 @@
+"""The inspection jobs: profiling one stored file, fetching one crawled source's opt-out evidence."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from typing import IO, cast
+
+import anyio
+import msgspec
+from minio.error import S3Error
+from sqlalchemy import select, update
+
+from app.db import utcnow
+from app.jobs import JobDeps, job
+from app.objectstore import ObjectStore, ObjectStoreUnavailable
+from catalog.inspection import optout, profiler
+from catalog.inspection.formats import RangeReader
+from catalog.inspection.models import FileProfileRow, OptOutEvidence
+from catalog.inspection.triggers import OPT_OUT_TASK, PROFILE_TASK
+from catalog.models import VersionFile
+from catalog.uploads import blob_key
+
+log = logging.getLogger("corpora.inspection")
+
+
+def range_reader(store: ObjectStore, key: str, size: int) -> IO[bytes]:
+    """A seekable file over the stored object (read in a worker thread, never on the event loop)."""
+
+    def fetch(offset: int, length: int) -> bytes:
+        response = store.client.get_object(store.bucket, key, offset=offset, length=length)
+        try:
+            return response.read(decode_content=False)
+        finally:
+            response.close()
+            response.release_conn()
+
+    return cast(IO[bytes], RangeReader(fetch, size))
+
+
+@job(PROFILE_TASK)
+async def profile_file(deps: JobDeps, file_id: str) -> None:
+    async with deps.sessionmaker() as session, session.begin():
+        found = (
+            await session.execute(
+                select(FileProfileRow, VersionFile)
+                .join(VersionFile, VersionFile.id == FileProfileRow.file_id)
+                .where(FileProfileRow.file_id == uuid.UUID(file_id))
+                .with_for_update(of=FileProfileRow)
+            )
+        ).one_or_none()
+        if found is None or found[0].finished_at is not None:
+            return  # the file was removed from its draft, or another attempt finished it
+        row, file = found
+        row.started_at, row.failed_at, row.error = utcnow(), None, None
+        path, size, sha256 = file.path, file.size, file.sha256
+    try:
+        reader = range_reader(deps.store, blob_key(sha256), size)
+        result = await anyio.to_thread.run_sync(profiler.profile, reader, path, size)
+    except (ObjectStoreUnavailable, S3Error, OSError):
+        raise  # the store is down or slow: retried with backoff
+    except Exception as exc:  # the content cannot be read as its format claims: record it, do not retry
+        log.warning("profiling %s failed: %s", path, exc)
+        async with deps.sessionmaker() as session, session.begin():
+            await session.execute(
+                update(FileProfileRow)
+                .where(FileProfileRow.file_id == uuid.UUID(file_id))
+                .values(failed_at=utcnow(), error=f"{type(exc).__name__}: {exc}"[:1000])
+            )
+        return
+    async with deps.sessionmaker() as session, session.begin():
+        await session.execute(
+            update(FileProfileRow)
+            .where(FileProfileRow.file_id == uuid.UUID(file_id))
+            .values(finished_at=utcnow(), failed_at=None, error=None, profile=msgspec.to_builtins(result))
+        )
+
+
+async def _keep(deps: JobDeps, fetched: optout.Fetched) -> None:
+    """Store the exact bytes under their digest, under retention when the bucket has object lock."""
+    if fetched.sha256 is None:
+        return
+    key = optout.evidence_key(fetched.sha256)
+    if await deps.store.size_of(key) is not None:
+        return
+    days = deps.settings.audit_retention_days
+    retain_until = utcnow() + dt.timedelta(days=days) if days else None
+    try:
+        await deps.store.put_bytes(key, fetched.body, "application/octet-stream", retain_until=retain_until)
+    except S3Error as exc:
+        if retain_until is None or exc.code not in ("InvalidRequest", "InvalidBucketState", "NotImplemented"):
+            raise
+        await deps.store.put_bytes(key, fetched.body, "application/octet-stream")
+
+
+@job(OPT_OUT_TASK)
+async def fetch_opt_out_evidence(deps: JobDeps, evidence_id: str) -> None:
+    async with deps.sessionmaker() as session:
+        row = await session.get(OptOutEvidence, uuid.UUID(evidence_id))
+        if row is None or row.fetched_at is not None:
+            return
+        url = row.url
+    site = optout.origin(url)
+    robots = await optout.fetch(deps.egress, f"{site}/robots.txt")
+    tdmrep = await optout.fetch(deps.egress, f"{site}/.well-known/tdmrep.json")
+    page = await optout.fetch(deps.egress, url, method="HEAD")
+    await _keep(deps, robots)
+    await _keep(deps, tdmrep)
+    disallows = optout.disallowed_crawlers(robots, url)
+    reserved = optout.tdm_reserved(tdmrep, page.header, url)
+    errors = [f"{what}: {f.error}" for what, f in (("robots.txt", robots), ("tdmrep.json", tdmrep)) if f.error]
+    async with deps.sessionmaker() as session, session.begin():
+        await session.execute(
+            update(OptOutEvidence)
+            .where(OptOutEvidence.id == uuid.UUID(evidence_id))
+            .values(
+                fetched_at=utcnow(),
+                robots_status=robots.status,
+                robots_sha256=robots.sha256,
+                robots_disallows=disallows,
+                tdmrep_status=tdmrep.status,
+                tdmrep_sha256=tdmrep.sha256,
+                tdm_header=(page.header or None) and page.header[:200],
+                tdm_reserved=reserved,
+                reserved_for_ai=None
+                if robots.status is None and reserved is None
+                else bool(reserved) or bool(disallows),
+                error="; ".join(errors)[:1000] or None,
+            )
+        )
