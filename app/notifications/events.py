@@ -66,3 +66,14 @@ class TakedownEvent(msgspec.Struct):
     sha256: list[str]
     reason: str
     attestation_requested: bool = False
+
+
+class ModelFlagEvent(msgspec.Struct):
+    """model.flagged: to the model's org, when an upheld takedown withdrew content its manifest records as
+    trained on (``sha256``: those digests)."""
+
+    model_id: str
+    name: str
+    version: str
+    takedown_id: str
+    sha256: list[str]

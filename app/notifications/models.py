@@ -26,6 +26,7 @@ class EventType(enum.StrEnum):
     VERSION_REJECTED = "version.rejected"
     TAKEDOWN_RECEIVED = "takedown.received"
     TAKEDOWN_UPHELD = "takedown.upheld"
+    MODEL_FLAGGED = "model.flagged"
     QUOTA_THRESHOLD = "quota.threshold"
     WEBHOOK_DISABLED = "webhook.disabled"
 

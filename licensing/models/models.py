@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, UniqueConstraint
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, server_now, sql_in, uuid_pk
@@ -55,3 +55,19 @@ class ModelTrainingItem(Base):
     licence_id: Mapped[str] = mapped_column(ForeignKey("licences.id"))
     files_downloaded: Mapped[int] = mapped_column(Integer)
     bytes_downloaded: Mapped[int] = mapped_column(BigInteger)
+
+
+class ModelFlag(Base):
+    """A manifest recording content that an upheld takedown withdrew: the manifest itself never changes, the
+    flag says which of its recorded digests were taken down and when."""
+
+    __tablename__ = "model_flags"
+    __table_args__ = (
+        CheckConstraint("cardinality(sha256) > 0", "names_content"),
+        Index("ix_model_flags_manifest_id", "manifest_id"),
+    )
+
+    takedown_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("takedowns.id"), primary_key=True)
+    manifest_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("model_manifests.id"), primary_key=True)
+    sha256: Mapped[list[str]] = mapped_column(ARRAY(String(64)))
+    flagged_at: Mapped[dt.datetime] = server_now()

@@ -64,7 +64,9 @@ class ModelController(Controller):
 
     @get("/{model_id:uuid}", summary="One model manifest", guards=[requires("models.read")])
     async def read(self, session: Session, principal: Caller, model_id: FromPath[uuid.UUID]) -> ModelOut:
-        return service.manifest_out((await service.get_manifest(session, principal, model_id)).document)
+        """With ``flags``: each upheld takedown that withdrew content the manifest records (the manifest itself,
+        and its digest, never change)."""
+        return await service.read_manifest(session, principal, model_id)
 
     @get(
         "/{model_id:uuid}/summary",

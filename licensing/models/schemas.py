@@ -68,6 +68,14 @@ class Verdict(msgspec.Struct):
     reasons: list[str]
 
 
+class ModelFlagOut(msgspec.Struct):
+    """An upheld takedown withdrew these digests, recorded among the manifest's files."""
+
+    takedown_id: uuid.UUID
+    flagged_at: dt.datetime
+    sha256: list[str]
+
+
 class ModelOut(msgspec.Struct):
     id: uuid.UUID
     org: str
@@ -80,6 +88,8 @@ class ModelOut(msgspec.Struct):
     verdict: Verdict
     items: list[ModelItemOut]
     created_at: dt.datetime
+    # Added by takedowns after the manifest was recorded: always [] in the recorded (and digested) manifest.
+    flags: list[ModelFlagOut] = msgspec.field(default_factory=list)
 
 
 class ModelPage(msgspec.Struct):

@@ -37,7 +37,7 @@ from catalog.service import semver_key
 from licensing.downloads.models import DownloadGrant
 from licensing.entitlements.models import Entitlement, status_at
 from licensing.licences import terms
-from licensing.models import summary
+from licensing.models import flags, summary
 from licensing.models.models import ModelManifest, ModelTrainingItem
 from licensing.models.schemas import DownloadedFile, LicenceTerms, ModelIn, ModelItemOut, ModelOut, Verdict
 from licensing.orders.service import digest
@@ -296,8 +296,9 @@ def visible_manifests(principal: Principal) -> ColumnElement[bool]:
     return ModelManifest.org_id.in_(access.acting_org_ids(principal, "models.read"))
 
 
-def manifest_out(document: dict[str, Any]) -> ModelOut:
-    return msgspec.convert(document, ModelOut)
+def manifest_out(document: dict[str, Any], flags: list[Any] | None = None) -> ModelOut:
+    """The recorded manifest, with ``flags`` (as ``flags.flags_column`` reads them) when given."""
+    return msgspec.convert(document if flags is None else {**document, "flags": flags}, ModelOut)
 
 
 async def get_manifest(session: AsyncSession, principal: Principal, model_id: uuid.UUID) -> ModelManifest:
@@ -309,18 +310,32 @@ async def get_manifest(session: AsyncSession, principal: Principal, model_id: uu
     return manifest
 
 
+async def read_manifest(session: AsyncSession, principal: Principal, model_id: uuid.UUID) -> ModelOut:
+    """The manifest with its flags, in one statement."""
+    row = (
+        await session.execute(
+            select(ModelManifest.document, flags.flags_column()).where(
+                ModelManifest.id == model_id, visible_manifests(principal)
+            )
+        )
+    ).one_or_none()
+    if row is None:
+        raise not_found("model")
+    return manifest_out(*row)
+
+
 async def list_manifests(
     session: AsyncSession, principal: Principal, org_slug: str | None, cursor: str | None, limit: int
 ) -> tuple[list[ModelOut], str | None]:
     """Newest first: the org's when ``org`` is given, else every one the caller may read."""
-    query = select(ModelManifest.document).where(visible_manifests(principal))
+    query = select(ModelManifest.document, flags.flags_column()).where(visible_manifests(principal))
     if org_slug is not None:
         org, _ = await access.org_for(session, principal, org_slug, "models.read", "reading model manifests")
         query = query.where(ModelManifest.org_id == org.id)
     rows, next_cursor = await pagination.page(
         session, query, (ModelManifest.created_at, ModelManifest.id), cursor, limit, descending=True
     )
-    return [manifest_out(document) for (document,) in rows], next_cursor
+    return [manifest_out(document, flagged) for document, flagged in rows], next_cursor
 
 
 async def version_contexts(

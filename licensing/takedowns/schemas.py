@@ -71,7 +71,8 @@ class AttestationsOut(msgspec.Struct):
 
 class TakedownOut(msgspec.Struct):
     """``affected`` lists every affected entitlement for the provider and the platform's staff, an affected
-    org's own to that org, and none to the claimant alone (buyers are not named to third parties)."""
+    org's own to that org, and none to the claimant alone (buyers are not named to third parties); likewise
+    ``models_flagged`` only to the provider and the platform's staff."""
 
     id: uuid.UUID
     status: Status
@@ -89,6 +90,8 @@ class TakedownOut(msgspec.Struct):
     reach: Literal["provider", "platform"] | None
     affected: list[AffectedOut]
     attestations: AttestationsOut
+    # How many model manifests it flagged: for the provider and the platform's staff only (absent for others).
+    models_flagged: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class TakedownCreated(msgspec.Struct):

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 from sqlalchemy import ARRAY, ColumnElement, Select, String, and_, any_, distinct, func, literal, or_, select, true
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,6 +34,8 @@ from catalog import service as catalog
 from catalog.models import Product, ProductVersion, VersionFile
 from licensing.downloads.models import DownloadGrant
 from licensing.entitlements.models import Entitlement
+from licensing.models.flags import Flagged, flag_models
+from licensing.models.models import ModelFlag
 from licensing.takedowns.models import AffectedDownload, Attestation, Takedown, WithdrawnContent, status_of
 from licensing.takedowns.schemas import AffectedOut, AttestationsOut, ClaimantOut, TakedownIn, TakedownOut
 
@@ -203,7 +206,8 @@ async def decide(
 ) -> Takedown:
     """Uphold or dismiss, once. Upheld: withdraw its digests within the decider's reach, record every entitlement
     under which they were downloaded, tell the provider and those orgs (``takedown.upheld``), and hold the
-    stored objects. Dismissed: nothing else changes."""
+    stored objects; flag every model manifest that records the withdrawn content (``model.flagged`` to each
+    model's org). Dismissed: nothing else changes."""
     takedown, product, provider, version, role = await _for_provider(session, principal, takedown_id)
     access.check_role(principal, role, "takedowns.decide", f"deciding a takedown of a product of '{provider}'")
     if takedown.decision is not None:
@@ -216,8 +220,13 @@ async def decide(
     takedown.reach = ("platform" if platform else "provider") if decision == "uphold" else None
     await session.flush()
     affected: list[AffectedDownload] = []
+    flagged: list[Flagged] = []
     if decision == "uphold":
-        affected = await _withdraw(session, takedown, reach_org=None if platform else takedown.provider_org_id)
+        reach_org = None if platform else takedown.provider_org_id
+        affected = await _withdraw(session, takedown, reach_org=reach_org)
+        flagged = await flag_models(
+            session, context, takedown_id=takedown.id, digests=takedown.sha256, reach_org=reach_org
+        )
     await audit.record(
         session,
         context,
@@ -231,6 +240,7 @@ async def decide(
             "reach": takedown.reach,
             "sha256": list(takedown.sha256),
             "affected_entitlements": [str(a.entitlement_id) for a in affected],
+            "models_flagged": [str(f.manifest_id) for f in flagged],
         },
     )
     if decision != "uphold":
@@ -344,7 +354,7 @@ async def attest(
 
 def _listing(principal: Principal) -> Select[*tuple[Any, ...]]:
     """Visible takedowns with their product's, provider's and version's names, whether the caller sees them as
-    the provider (or platform staff) and whether as the claimant."""
+    the provider (or platform staff), whether as the claimant, and how many models they flagged."""
     staff = access.platform_allows(principal, "takedowns.read")
     return (
         select(
@@ -354,6 +364,7 @@ def _listing(principal: Principal) -> Select[*tuple[Any, ...]]:
             ProductVersion.version,
             literal(True) if staff else Takedown.provider_org_id.in_(access.acting_org_ids(principal)),
             Takedown.claimant_user_id == principal.user_id,
+            select(func.count()).where(ModelFlag.takedown_id == Takedown.id).scalar_subquery(),
         )
         .join(Product, Product.id == Takedown.product_id)
         .join(Organization, Organization.id == Takedown.provider_org_id)
@@ -390,7 +401,7 @@ async def _answers(session: AsyncSession, principal: Principal, rows: Sequence[A
             out = AffectedOut(org, row.entitlement_id, list(row.sha256), row.last_downloaded_at, attested_at, statement)
             affected[row.takedown_id].append((out, row.org_id, bool(own)))
     answers = []
-    for takedown, product, provider, version, as_provider, as_claimant in rows:
+    for takedown, product, provider, version, as_provider, as_claimant, models_flagged in rows:
         entries = affected[takedown.id]
         orgs = {org_id for _, org_id, _ in entries}
         attested = {org_id for out, org_id, _ in entries if out.attested_at is not None}
@@ -414,6 +425,7 @@ async def _answers(session: AsyncSession, principal: Principal, rows: Sequence[A
                 reach=takedown.reach,
                 affected=[out for out, _, own in entries if as_provider or own],
                 attestations=AttestationsOut(required=len(orgs), received=len(attested)),
+                models_flagged=models_flagged if as_provider else msgspec.UNSET,
             )
         )
     return answers
