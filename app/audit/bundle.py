@@ -11,34 +11,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import Text, cast, func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit import checkpoints, proofs, queries
 from app.audit.bundle_format import FORMAT, Bundle, BundleCheckpoint, BundleEvent
 from app.audit.models import AuditEvent, AuditHead
+from app.audit.service import CHAIN_COLUMNS
 from app.auth.keys import KeyRing
 from app.errors import ProblemError
 
 MAX_BUNDLE_EVENTS = 100_000
-
-_HASHED_COLUMNS = (
-    AuditEvent.seq,
-    func.to_char(func.timezone("UTC", AuditEvent.occurred_at), 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"', type_=Text).label(
-        "occurred_at"
-    ),
-    AuditEvent.actor,
-    cast(AuditEvent.org_id, Text).label("org_id"),
-    AuditEvent.action,
-    AuditEvent.target_type,
-    AuditEvent.target_id,
-    AuditEvent.request_id,
-    AuditEvent.client_addr,
-    cast(AuditEvent.details, Text).label("details"),
-    AuditEvent.prev_hash,
-    AuditEvent.hash,
-    AuditEvent.leaf_hash,
-)
 
 
 def too_many(count: int) -> ProblemError:
@@ -53,7 +36,7 @@ def too_many(count: int) -> ProblemError:
 
 async def _events(session: AsyncSession, filters: queries.EventFilter, up_to: int) -> Sequence[Any]:
     query = (
-        select(*_HASHED_COLUMNS)
+        select(*CHAIN_COLUMNS)
         .where(*queries.conditions(filters), AuditEvent.seq <= up_to)
         .order_by(AuditEvent.seq)
         .limit(MAX_BUNDLE_EVENTS + 1)

@@ -16,12 +16,6 @@ class Principal:
     api_key_org_id: uuid.UUID | None = None
     scopes: frozenset[str] | None = None  # None: an interactive session, not limited by scopes
 
-    def has_scope(self, scope: str) -> bool:
-        return self.scopes is None or scope in self.scopes
-
-    def has_platform_role(self, *roles: str) -> bool:
-        return not self.platform_roles.isdisjoint(roles)
-
     @property
     def actor(self) -> str:
         if self.api_key_id is not None:
