@@ -12,13 +12,16 @@ Granian reads the headers (``CORPORA_HEADER_TIMEOUT_SECONDS``) and bounds each w
 - a client that disconnects before its body is read ends the request as 499 (nginx's "client closed
   request"): logged at INFO, counted as 499, never as a 5xx.
 
-Requests without a body (``GET /api/v1/me``) pass straight through and cost nothing here.
+Requests without a body (``GET /api/v1/me``) pass straight through and cost nothing here, but for one check:
+a query string sent as raw UTF-8 bytes (``?q=金融`` not percent-encoded) is percent-encoded here, as the
+parser behind Litestar decodes raw bytes as Latin-1 and only percent-escapes as UTF-8.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 
 from litestar.enums import ScopeType
@@ -27,6 +30,13 @@ from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 from app.errors import ClientGone, ProblemError
 
 log = logging.getLogger("corpora.clients")
+
+
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
+
+
+def _percent(match: re.Match[bytes]) -> bytes:
+    return b"%%%02X" % match[0][0]
 
 
 def _has_body(scope: Scope) -> bool:
@@ -46,6 +56,8 @@ class ClientGuard:
         self.pending_bodies = 0  # per worker process: the app is built after the fork
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == ScopeType.HTTP and not scope["query_string"].isascii():
+            scope["query_string"] = _NON_ASCII.sub(_percent, scope["query_string"])
         if scope["type"] != ScopeType.HTTP or not _has_body(scope):
             await self.app(scope, receive, send)
             return

@@ -23,6 +23,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, server_now, uuid_pk
+from catalog import paths
 
 INDUSTRIES = (
     "finance",
@@ -171,6 +172,7 @@ class VersionFile(Base):
     __tablename__ = "version_files"
     __table_args__ = (
         UniqueConstraint("version_id", "path"),
+        UniqueConstraint("version_id", "path_key"),
         CheckConstraint(_in("status", FILE_STATUSES), "known_status"),
         CheckConstraint("sha256 ~ '^[0-9a-f]{64}$'", "sha256_hex"),
         CheckConstraint(f"size >= 0 AND size <= {MAX_FILE_SIZE}", "size_range"),
@@ -183,6 +185,10 @@ class VersionFile(Base):
     id: Mapped[uuid.UUID] = uuid_pk()
     version_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("product_versions.id"))
     path: Mapped[str] = mapped_column(String(1024))
+    # The path after NFKC and case folding: unique per version, so no two files overwrite each other on disk.
+    path_key: Mapped[str] = mapped_column(
+        String(4096), default=lambda context: paths.path_key(context.get_current_parameters()["path"])
+    )
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     media_type: Mapped[str] = mapped_column(String(200))

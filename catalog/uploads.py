@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import math
 import re
+import unicodedata
 import uuid
 
 from sqlalchemy import exists, select
@@ -25,6 +26,7 @@ from app.errors import ProblemError, conflict, invalid, not_found
 from app.objectstore import ObjectRefused, ObjectStore
 from catalog.inspection import triggers
 from catalog.models import Blob, Product, ProductVersion, VersionFile
+from catalog.paths import misleading, path_key
 from catalog.service import require_draft, version_for_writing
 
 MIB = 1024 * 1024
@@ -52,7 +54,8 @@ def blob_key(sha256: str) -> str:
 
 
 def check_path(path: str) -> str:
-    """A relative POSIX path inside the version, refused when it could escape it or be ambiguous."""
+    """A relative POSIX path inside the version, in NFC, refused when it could escape it or be ambiguous."""
+    path = unicodedata.normalize("NFC", path)
     if path != path.strip() or not path:
         raise invalid("path", "must not be empty or start or end with spaces")
     if path.startswith("/"):
@@ -68,6 +71,8 @@ def check_path(path: str) -> str:
         raise invalid("path", f"must not be under {STATE_DIR}/, where `corpora pull` keeps its receipts")
     if len(path.encode()) > 1024:
         raise invalid("path", "must be at most 1024 bytes")
+    if (problem := misleading(path)) is not None:
+        raise invalid("path", problem)
     return path
 
 
@@ -155,8 +160,14 @@ async def plan_upload(
     path = check_path(path)
     media_type = check_media_type(media_type)
     existing = await session.scalar(
-        select(VersionFile).where(VersionFile.version_id == row.id, VersionFile.path == path)
+        select(VersionFile).where(VersionFile.version_id == row.id, VersionFile.path_key == path_key(path))
     )
+    if existing is not None and existing.path != path:
+        raise conflict(
+            f"'{path}' and '{existing.path}' of version {version} differ only in case or Unicode form: on a "
+            "buyer's disk one would overwrite the other; rename one",
+            "path-exists",
+        )
     if existing is not None:
         if existing.status == "pending" and (existing.sha256, existing.size) == (sha256, size):
             return await _plan_urls(store, existing, stored=await _org_stores(session, product.org_id, existing))

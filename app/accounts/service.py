@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 import uuid
 
 from sqlalchemy import delete, func, select, update
@@ -25,7 +26,9 @@ MAX_API_KEY_DAYS = 366
 
 
 def normalise_email(email: str) -> str:
-    return email.strip().lower()
+    """The form accounts are found by: NFKC and case folding, so ``Ada@Example.com``, ``ada@example.com``, the
+    same address in fullwidth letters and its other compatibility forms are one account."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", email.strip()).casefold()).lower()
 
 
 async def create_user(

@@ -18,6 +18,8 @@ from app.objectstore import ObjectStore
 # byte (bench/proxy_bench.py: 64 KiB pieces of 1 MiB reads gave 0.55 of a direct GET, 1 MiB pieces 0.74).
 CHUNK_SIZE = 1024 * 1024
 _SPEC = re.compile(r"^(\d*)-(\d*)$")
+# A range unit is a token (RFC 9110 section 14.1).
+_UNIT = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def content_disposition(path: str) -> str:
@@ -52,8 +54,11 @@ class ByteRange:
 
 def parse_range(header: str, size: int) -> ByteRange | None:
     """One ``bytes=`` range of a file of ``size`` bytes. ``None`` means "send it all": a multi-range request is
-    answered with the whole file, as RFC 9110 allows."""
-    unit, _, spec = header.partition("=")
+    answered with the whole file, as RFC 9110 allows, and so is a range in a unit other than bytes, which
+    RFC 9110 (section 14.2) says to ignore."""
+    unit, equals, spec = header.partition("=")
+    if equals and _UNIT.fullmatch(unit.strip()) and unit.strip().lower() != "bytes":
+        return None
     if unit.strip().lower() != "bytes" or not spec.strip():
         raise MalformedRange(f"expected 'bytes=START-END', got {header!r}")
     parts = [part.strip() for part in spec.split(",")]

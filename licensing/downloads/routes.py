@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Annotated, Any
 
 import anyio
-from litestar import Request, Response, get, post
+from litestar import Request, Response, get, head, post
 from litestar.datastructures import Cookie, State
 from litestar.enums import MediaType
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
@@ -89,6 +89,34 @@ class ClosingStream(Stream):
             headers={**headers, **self.headers} if headers is not None else self.headers,
             is_head_response=is_head_response,
             iterator=self.iterator,  # type: ignore[arg-type]
+            media_type=get_enum_string_value(self.media_type or media_type or MediaType.TEXT),
+            status_code=self.status_code or status_code,
+        )
+
+
+class HeadersOnly(Response[None]):
+    """The answer to a ``HEAD``: the headers a ``GET`` would carry, ``Content-Length`` included, and no body."""
+
+    def to_asgi_response(
+        self,
+        app: Any,
+        request: Request[Any, Any, Any],
+        *,
+        background: Any = None,
+        cookies: Iterable[Cookie] | None = None,
+        encoded_headers: Iterable[tuple[bytes, bytes]] | None = None,
+        headers: dict[str, str] | None = None,
+        is_head_response: bool = False,
+        media_type: MediaType | str | None = None,
+        status_code: int | None = None,
+        type_encoders: TypeEncodersMap | None = None,
+    ) -> ASGIResponse:
+        return ASGIResponse(
+            body=b"",
+            cookies=self.cookies if cookies is None else itertools.chain(self.cookies, cookies),
+            encoded_headers=encoded_headers,
+            headers={**headers, **self.headers} if headers is not None else self.headers,
+            is_head_response=True,
             media_type=get_enum_string_value(self.media_type or media_type or MediaType.TEXT),
             status_code=self.status_code or status_code,
         )
@@ -321,27 +349,10 @@ async def refresh_download(
     return _out(refreshed[0])
 
 
-@get(
-    "/downloads/{download_id:uuid}/content",
-    name="download-content",
-    summary="Stream a granted file (proxy mode)",
-    tags=["downloads"],
-    security=BEARER,
-    guards=[requires("downloads.grant")],
-    responses=TAKEN_DOWN,
-)
-async def download_content(
-    session: Session,
-    principal: Caller,
-    state: State,
-    download_id: FromPath[uuid.UUID],
-    range_header: Annotated[str | None, HeaderParameter(name="Range", description="bytes=START-END")] = None,
-    if_range: Annotated[str | None, HeaderParameter(name="If-Range", description="the ETag")] = None,
-) -> Response[Any]:
-    """Honours ``Range`` (206 with ``Content-Range``; 416 beyond the end), ``If-Range`` and ``ETag`` (the
-    file's SHA-256), so interrupted transfers resume. Every request re-checks the entitlement and the
-    version: a revocation or withdrawal cuts the next request. Bytes actually sent are recorded."""
-    row = await grants.grant_for_content(session, principal, download_id)
+def _content_answer(
+    row: DownloadGrant, range_header: str | None, if_range: str | None
+) -> tuple[int, dict[str, str], delivery.ByteRange]:
+    """The status, headers and byte range a request for the granted file gets, before any byte is read."""
     etag = f'"{row.sha256}"'
     headers = {
         "Accept-Ranges": "bytes",
@@ -369,6 +380,36 @@ async def download_content(
     else:
         headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{row.size}"
     headers["Content-Length"] = str(byte_range.length)
+    return status, headers, byte_range
+
+
+_RANGE = Annotated[str | None, HeaderParameter(name="Range", description="bytes=START-END")]
+_IF_RANGE = Annotated[str | None, HeaderParameter(name="If-Range", description="the ETag")]
+
+
+@get(
+    "/downloads/{download_id:uuid}/content",
+    name="download-content",
+    summary="Stream a granted file (proxy mode)",
+    tags=["downloads"],
+    security=BEARER,
+    guards=[requires("downloads.grant")],
+    responses=TAKEN_DOWN,
+)
+async def download_content(
+    session: Session,
+    principal: Caller,
+    state: State,
+    download_id: FromPath[uuid.UUID],
+    range_header: _RANGE = None,
+    if_range: _IF_RANGE = None,
+) -> Response[Any]:
+    """Honours ``Range`` (206 with ``Content-Range``; 416 beyond the end; a unit other than bytes is ignored),
+    ``If-Range`` and ``ETag`` (the file's SHA-256), so interrupted transfers resume. Every request re-checks the
+    entitlement and the version: a revocation or withdrawal cuts the next request. Bytes actually sent are
+    recorded."""
+    row = await grants.grant_for_content(session, principal, download_id)
+    status, headers, byte_range = _content_answer(row, range_header, if_range)
     sessionmaker: async_sessionmaker[AsyncSession] = state.sessionmaker
 
     async def record(sent: int) -> None:
@@ -384,6 +425,30 @@ async def download_content(
         headers=headers,
         media_type="application/octet-stream",
     )
+
+
+@head(
+    "/downloads/{download_id:uuid}/content",
+    name="download-content-head",
+    summary="The headers of a granted file, without its bytes (proxy mode)",
+    tags=["downloads"],
+    security=BEARER,
+    guards=[requires("downloads.grant")],
+    responses=TAKEN_DOWN,
+)
+async def download_content_head(
+    session: Session,
+    principal: Caller,
+    download_id: FromPath[uuid.UUID],
+    range_header: _RANGE = None,
+    if_range: _IF_RANGE = None,
+) -> Response[None]:
+    """What ``GET`` answers (status, ``Content-Length``, ``ETag``, ``Content-Range``) with no body: the same
+    checks, nothing read from the object store and nothing recorded as served."""
+    row = await grants.grant_for_content(session, principal, download_id)
+    status, headers, _ = _content_answer(row, range_header, if_range)
+    headers["Content-Type"] = "application/octet-stream"
+    return HeadersOnly(None, status_code=status, headers=headers)
 
 
 @get(
@@ -491,6 +556,7 @@ route_handlers: list[ControllerRouterHandler] = [
     refresh_downloads,
     refresh_download,
     download_content,
+    download_content_head,
     file_redirect,
     usage,
 ]

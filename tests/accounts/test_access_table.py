@@ -322,6 +322,9 @@ def requests(w: World) -> dict[tuple[str, str], Request]:
         ("GET", "/api/v1/downloads/{download_id}/content"): Request(
             f"/api/v1/downloads/{NOBODY}/content", concerns_p=False
         ),
+        ("HEAD", "/api/v1/downloads/{download_id}/content"): Request(
+            f"/api/v1/downloads/{NOBODY}/content", concerns_p=False
+        ),
         ("GET", "/api/v1/usage"): Request("/api/v1/usage", concerns_p=False),
         ("POST", "/api/v1/models"): Request(
             "/api/v1/models",
@@ -403,7 +406,7 @@ def _allowed(caller: Caller, method: str, actions: list[str], open_to_auditors: 
         return False
     if principal is None:
         return True
-    if principal.platform_roles == {"auditor"} and method != "GET" and not open_to_auditors:
+    if principal.platform_roles == {"auditor"} and method not in ("GET", "HEAD") and not open_to_auditors:
         return False  # platform auditors read and never write
     if not request.concerns_p:
         return True

@@ -185,3 +185,17 @@ def test_every_request_leaves_one_access_log_line(served: Serve) -> None:
     assert product["status"] == 404
     assert product["actor"] is None
     assert token not in served.text()
+
+
+async def test_a_raw_utf8_query_string_is_read_as_utf8(served: Serve) -> None:
+    """Browsers and curl send ``?q=金融`` percent-encoded, but some clients send the UTF-8 bytes as they are;
+    either way the server reads UTF-8 (not Latin-1)."""
+    request = "GET /api/v1/products?industry=金融&q=金融 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    reader, writer = await _open(served, request.encode())
+    _, raw = await _closed_by_server(reader, within=10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 422"), raw
+    problem = json.loads(body)
+    assert problem["errors"][0]["field"] == "industry"
+    assert "unknown value '金融'" in problem["detail"]  # the value as sent, not its Latin-1 reading

@@ -254,7 +254,20 @@ async def test_ranges_resumes_and_bytes_served(proxy: LiveServer, big_market: Ma
         assert beyond.headers["content-range"] == f"bytes */{size}"
         assert beyond.headers["content-type"].startswith("application/problem+json")
         assert beyond.json()["type"] == "range-not-satisfiable"
-        for malformed in ["bytes=abc", "items=0-9", "bytes=9-3", "bytes=-", "bytes=", "bytes 0-9", "bytes=0-9,x"]:
+        # A unit the server does not know is ignored (RFC 9110 section 14.2): the whole file, as without Range.
+        other_unit = await http.get(url, headers={"Range": "items=0-9"})
+        assert other_unit.status_code == 200
+        assert other_unit.content == content
+        assert "content-range" not in other_unit.headers
+        sent += size
+        # HEAD answers like GET without a body, and sends (so records) nothing.
+        whole, part = await http.head(url), await http.head(url, headers={"Range": "bytes=10-19"})
+        assert (whole.status_code, whole.headers["content-length"], whole.content) == (200, str(size), b"")
+        assert whole.headers["etag"] == etag
+        assert whole.headers["accept-ranges"] == "bytes"
+        assert (part.status_code, part.headers["content-range"], part.content) == (206, f"bytes 10-19/{size}", b"")
+        assert part.headers["content-length"] == "10"
+        for malformed in ["bytes=abc", "bytes=9-3", "bytes=-", "bytes=", "bytes 0-9", "bytes=0-9,x"]:
             bad = await http.get(url, headers={"Range": malformed})
             assert bad.status_code == 400, malformed
             assert bad.headers["content-type"].startswith("application/problem+json")
