@@ -182,7 +182,7 @@ def cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
     password = args.password or getpass.getpass("Password: ")
     runtime = resolve(settings, need_object_store=False)
 
-    async def create() -> str:
+    async def create() -> tuple[str, str]:
         assert runtime.settings.database_url is not None
         engine = create_engine(runtime.settings.database_url, pool_size=1)
         try:
@@ -195,18 +195,18 @@ def cmd_users_create(args: argparse.Namespace, settings: Settings) -> int:
                     display_name=args.display_name or args.email.split("@")[0],
                     platform_roles=args.platform_role,
                 )
-                return str(user.id)
+                return str(user.id), user.email
         finally:
             await engine.dispose()
 
     try:
-        user_id = asyncio.run(create())
+        user_id, email = asyncio.run(create())
     except ProblemError as exc:
         print(f"error: {exc.detail}", file=sys.stderr)
         return 1
     finally:
         runtime.stop()
-    print(json.dumps({"id": user_id, "email": args.email.lower(), "platform_roles": sorted(args.platform_role)}))
+    print(json.dumps({"id": user_id, "email": email, "platform_roles": sorted(args.platform_role)}))
     return 0
 
 
