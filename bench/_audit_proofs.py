@@ -22,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from app.audit import bundle, merkle, proofs, queries
+from app.audit import bundle, merkle, proofs, queries, redaction
 from app.audit.bundle_format import verify_bundle
 from app.auth.keys import KeyRing, SigningKey
 from app.db import create_engine
@@ -119,7 +119,8 @@ async def bench_bundle_verify(url: str, wanted: int) -> bool:
                 total += count
             filters = queries.EventFilter(queries.Scope(tuple(chosen)))
             started = time.perf_counter()
-            data = await bundle.build_bundle(session, keyring, "bench", filters, org=None)
+            pseudonyms = redaction.Pseudonyms(b"bench")
+            data = await bundle.build_bundle(session, keyring, "bench", filters, org=None, pseudonyms=pseudonyms)
             built = time.perf_counter() - started
     finally:
         await engine.dispose()
