@@ -88,6 +88,9 @@ class Settings:
     # object lock).
     audit_retention_days: int = 3650
     db_pool_size: int = 10
+    # Keys the pseudonyms that stand for buyers' members in a provider's view of the audit trail
+    # (app/audit/redaction.py); unset: derived from the oldest signing key.
+    audit_pseudonym_secret: str | None = None
     # HMAC-SHA256 secret shared with the payment provider; unset disables the payment webhook.
     payment_webhook_secret: str | None = None
     # The storage janitor (catalog/janitor.py): uploads unfinished this long after their plan are abandoned,
@@ -154,6 +157,7 @@ class Settings:
             ("JWT_AUDIENCE", "jwt_audience"),
             ("PAYMENT_WEBHOOK_SECRET", "payment_webhook_secret"),
             ("METRICS_TOKEN", "metrics_token"),
+            ("AUDIT_PSEUDONYM_SECRET", "audit_pseudonym_secret"),
         ]:
             if (raw := get(name)) is not None:
                 values[field] = raw
@@ -270,6 +274,8 @@ class Settings:
             env["CORPORA_SIGNING_KEY_FILES"] = ",".join(str(p) for p in self.signing_key_files)
         if self.metrics_token is not None:
             env["CORPORA_METRICS_TOKEN"] = self.metrics_token
+        if self.audit_pseudonym_secret is not None:
+            env["CORPORA_AUDIT_PSEUDONYM_SECRET"] = self.audit_pseudonym_secret
         if self.trusted_proxies:
             env["CORPORA_TRUSTED_PROXIES"] = ",".join(str(n) for n in self.trusted_proxies)
         return env

@@ -100,6 +100,9 @@ RULES: dict[str, Rule] = {
     "audit.prove": _rule(("owner", "auditor"), ("audit:read",), ("admin", "auditor")),
     "audit.bundle": _rule(("owner", "auditor"), ("audit:read",), ("admin", "auditor")),
     "audit.platform": _rule(scopes=("audit:read",), platform=("admin", "auditor"), platform_only=True),
+    # a provider's owners and auditors read the grant events of its products, whoever bought them, redacted
+    # (``PROVIDER_AUDIT_ACTIONS``, ``provider_audit_org_ids``)
+    "audit.provider_grants": _rule(("owner", "auditor"), ("audit:read",)),
     "reviews.read": _rule(platform=("reviewer", "admin"), platform_only=True, interactive=True),
     # takedowns: anyone signed in complains; the provider's owners and admins (or a platform admin) decide; the
     # owners and admins of an org that had downloaded withdrawn content attest its deletion
@@ -124,6 +127,11 @@ API_KEY_SCOPES = (
     "org:admin",  # members, API keys, webhooks
 )
 READ_SCOPES = frozenset({"catalog:read", "orders:read", "usage:read", "audit:read"})
+
+# The events of other organisations (the buyers) that a provider reads when they concern its products: the
+# grants of downloads and their refreshes. The buyer organisation is named; the acting user, the request id
+# and the client address are not (``app.audit.redaction``).
+PROVIDER_AUDIT_ACTIONS = ("download.granted", "download.refreshed")
 
 
 def refusal(principal: Principal | None, action: str) -> ProblemError | None:
@@ -170,6 +178,13 @@ def acting_org_ids(principal: Principal, action: str | None = None) -> Select[An
     if principal.api_key_org_id is not None:
         query = query.where(Membership.org_id == principal.api_key_org_id)
     return query
+
+
+def provider_audit_org_ids(principal: Principal, org_id: uuid.UUID | None = None) -> Select[Any]:
+    """The provider organisations whose products' grant events the caller reads (redacted), narrowed to
+    ``org_id`` if given. A subquery for filters."""
+    query = acting_org_ids(principal, "audit.provider_grants")
+    return query if org_id is None else query.where(Membership.org_id == org_id)
 
 
 def acts_for(principal: Principal, org_id: uuid.UUID) -> bool:

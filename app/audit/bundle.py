@@ -14,7 +14,7 @@ import msgspec
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.audit import checkpoints, proofs, queries
+from app.audit import checkpoints, proofs, queries, redaction
 from app.audit.bundle_format import FORMAT, Bundle, BundleCheckpoint, BundleEvent
 from app.audit.models import AuditEvent, AuditHead
 from app.audit.service import CHAIN_COLUMNS
@@ -36,7 +36,7 @@ def too_many(count: int) -> ProblemError:
 
 async def _events(session: AsyncSession, filters: queries.EventFilter, up_to: int) -> Sequence[Any]:
     query = (
-        select(*CHAIN_COLUMNS)
+        select(*CHAIN_COLUMNS, queries.provider_column(filters.scope))
         .where(*queries.conditions(filters), AuditEvent.seq <= up_to)
         .order_by(AuditEvent.seq)
         .limit(MAX_BUNDLE_EVENTS + 1)
@@ -54,8 +54,11 @@ async def build_bundle(
     filters: queries.EventFilter,
     *,
     org: str | None,
+    pseudonyms: redaction.Pseudonyms,
 ) -> bytes:
-    """The bundle as JSON bytes (``details`` are copied byte for byte from PostgreSQL's rendering)."""
+    """The bundle as JSON bytes (``details`` are copied byte for byte from PostgreSQL's rendering). Events the
+    scope redacts (``app.audit.redaction``) carry a pseudonym for their actor, no request id or client address,
+    and ``redacted: true``."""
     head = (
         await session.execute(select(AuditHead.seq, AuditHead.hash, AuditHead.frontier).where(AuditHead.id == 1))
     ).one()
@@ -81,24 +84,27 @@ async def build_bundle(
             jws=signed.jws,
         ),
         jwks=keyring.jwks(),
-        events=[
-            BundleEvent(
-                seq=row.seq,
-                occurred_at=row.occurred_at,
-                actor=row.actor,
-                org_id=row.org_id,
-                action=row.action,
-                target_type=row.target_type,
-                target_id=row.target_id,
-                request_id=row.request_id,
-                client_addr=row.client_addr,
-                details=msgspec.Raw(row.details.encode()),
-                prev_hash=row.prev_hash.hex(),
-                hash=row.hash.hex(),
-                leaf_hash=row.leaf_hash.hex(),
-                audit_path=[digest.hex() for digest in path],
-            )
-            for row, path in zip(rows, paths, strict=True)
-        ],
+        events=[_event(row, path, filters.scope, pseudonyms) for row, path in zip(rows, paths, strict=True)],
     )
     return msgspec.json.encode(bundle)
+
+
+def _event(row: Any, path: list[bytes], scope: queries.Scope, pseudonyms: redaction.Pseudonyms) -> BundleEvent:
+    redacted = scope.redacts(row.org_id)
+    return BundleEvent(
+        seq=row.seq,
+        occurred_at=row.occurred_at,
+        actor=pseudonyms(row.provider_org_id, row.actor) if redacted else row.actor,
+        org_id=row.org_id,
+        action=row.action,
+        target_type=row.target_type,
+        target_id=row.target_id,
+        request_id=None if redacted else row.request_id,
+        client_addr=None if redacted else row.client_addr,
+        details=msgspec.Raw(row.details.encode()),
+        prev_hash=row.prev_hash.hex(),
+        hash=row.hash.hex(),
+        leaf_hash=row.leaf_hash.hex(),
+        audit_path=[digest.hex() for digest in path],
+        redacted=redacted,
+    )

@@ -12,7 +12,7 @@ from litestar.params import QueryParameter
 from sqlalchemy import select
 
 from app.audit import bundle as bundles
-from app.audit import proofs, queries
+from app.audit import proofs, queries, redaction
 from app.audit.models import AuditEvent
 from app.audit.schemas import ConsistencyProofOut, EvidenceBundleOut, InclusionProofOut
 from app.auth.guards import requires
@@ -128,7 +128,9 @@ async def consistency(
         "(EdDSA) when the bundle is made; and the JWKS. `corpora audit verify-bundle FILE` checks it offline. "
         f"At most {bundles.MAX_BUNDLE_EVENTS} events. "
         + SCOPE_RULES
-        + " Events of another organisation are never included."
+        + " Events of another organisation are never included, except, for a provider, the grant events of its "
+        "products: those are redacted (`redacted: true`, the actor a pseudonym, no request id or client address), "
+        "so only their `leaf_hash` is proven, and their content is attested by that leaf alone."
     ),
     tags=["audit"],
     security=BEARER,
@@ -163,5 +165,6 @@ async def bundle(
         until=until if until is None or until.tzinfo else until.replace(tzinfo=dt.UTC),
         product=await queries.check_product(session, product),
     )
-    body = await bundles.build_bundle(session, keyring, settings.jwt_issuer, filters, org=org)
+    pseudonyms = redaction.Pseudonyms(redaction.secret(settings, keyring))
+    body = await bundles.build_bundle(session, keyring, settings.jwt_issuer, filters, org=org, pseudonyms=pseudonyms)
     return Response(body, media_type="application/json")

@@ -3,13 +3,13 @@
 Every hash a proof needs is the root of a range of leaves that splits into complete subtrees
 (:func:`app.audit.merkle.subtrees`). Those of ``STORED_LEVEL`` and more are read from ``audit_tree_nodes``;
 the smaller ones lie in at most a few blocks of 64 leaves and are hashed from the events' leaf hashes. A
-proof is thus two indexed reads, whatever the size of the log.
+proof is thus one statement of two indexed reads, whatever the size of the log.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,7 +22,14 @@ _NODES = text(
     " JOIN unnest(CAST(:levels AS smallint[]), CAST(:idxs AS bigint[])) AS k(level, idx)"
     " ON n.level = k.level AND n.idx = k.idx"
 )
-_LEAVES = text("SELECT seq, leaf_hash FROM audit_events WHERE seq = ANY(CAST(:seqs AS bigint[]))")
+# Both reads of a proof in one round trip: the stored subtrees it needs, and the leaves of the small ones
+# (as level -1, idx = leaf index, so they cannot be taken for a stored node).
+_NODES_AND_LEAVES = text(
+    "SELECT n.level, n.idx, n.hash FROM audit_tree_nodes AS n"
+    " JOIN unnest(CAST(:levels AS smallint[]), CAST(:idxs AS bigint[])) AS k(level, idx)"
+    " ON n.level = k.level AND n.idx = k.idx"
+    " UNION ALL SELECT -1, seq - 1, leaf_hash FROM audit_events WHERE seq = ANY(CAST(:seqs AS bigint[]))"
+)
 
 
 class TreeInconsistent(Exception):
@@ -52,21 +59,23 @@ async def stored_nodes(session: AsyncSession, keys: Sequence[Subtree]) -> dict[S
     return {(level, idx): digest for level, idx, digest in rows}
 
 
-async def leaf_hashes(session: AsyncSession, indices: Collection[int]) -> dict[int, bytes]:
-    """Leaf hashes by leaf index (``seq - 1``)."""
-    if not indices:
-        return {}
-    rows = await session.execute(_LEAVES, {"seqs": sorted(i + 1 for i in indices)})
-    return {seq - 1: digest for seq, digest in rows}
-
-
 async def subtree_hashes(session: AsyncSession, pieces: Iterable[Subtree]) -> dict[Subtree, bytes]:
     """The hashes of complete subtrees: stored ones read, small ones hashed from their leaves."""
     wanted = set(pieces)
     large = [piece for piece in wanted if piece[0] >= STORED_LEVEL]
     small = [piece for piece in wanted if piece[0] < STORED_LEVEL]
-    known = await stored_nodes(session, large)
-    leaves = await leaf_hashes(session, {i for level, idx in small for i in range(idx << level, (idx + 1) << level)})
+    indices = {i for level, idx in small for i in range(idx << level, (idx + 1) << level)}
+    rows = await session.execute(
+        _NODES_AND_LEAVES,
+        {"levels": [k[0] for k in large], "idxs": [k[1] for k in large], "seqs": sorted(i + 1 for i in indices)},
+    )
+    known: dict[Subtree, bytes] = {}
+    leaves: dict[int, bytes] = {}
+    for level, idx, digest in rows:
+        if level < 0:
+            leaves[idx] = digest
+        else:
+            known[(level, idx)] = digest
     try:
         for level, idx in small:
             known[(level, idx)] = merkle.perfect_root([leaves[i] for i in range(idx << level, (idx + 1) << level)])

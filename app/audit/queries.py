@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, or_, select, text
+from sqlalchemy import ColumnElement, Select, Uuid, and_, case, cast, column, literal, or_, select, table, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import access
@@ -20,9 +20,19 @@ from app.errors import forbidden, not_found
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Scope:
-    """The events a caller may read: those of ``org_ids``, or every event when ``org_ids`` is None."""
+    """The events a caller may read: those of ``org_ids``, or every event when ``org_ids`` is None; and the
+    grant events of the products of ``provider_ids`` (``access.PROVIDER_AUDIT_ACTIONS``), which are redacted
+    (``app.audit.redaction``) unless they belong to ``org_ids`` too or ``full_view`` (platform readers)."""
 
     org_ids: tuple[uuid.UUID, ...] | None
+    provider_ids: tuple[uuid.UUID, ...] = ()
+    full_view: bool = False
+
+    def redacts(self, org_id: uuid.UUID | str | None) -> bool:
+        """Whether an event of ``org_id`` in this scope is shown redacted."""
+        if self.full_view or self.org_ids is None:
+            return False
+        return org_id is None or uuid.UUID(str(org_id)) not in self.org_ids
 
 
 def reads_everything(principal: Principal) -> bool:
@@ -36,21 +46,25 @@ async def visible_scope(session: AsyncSession, principal: Principal, org_slug: s
     An organisation the caller does not act for is a 404; one they belong to without an owner or auditor
     role is a 403; without ``org_slug``, a caller who reads no organisation's events at all gets a 403.
     """
+    platform = reads_everything(principal)
     if org_slug is not None:
-        org, _ = await access.org_for(
+        org, role = await access.org_for(
             session, principal, org_slug, "audit.read", f"reading the audit trail of '{org_slug}'"
         )
-        return Scope((org.id,))
-    if reads_everything(principal):
+        grants = platform or access.role_allows(role, "audit.provider_grants")
+        return Scope((org.id,), (org.id,) if grants else (), full_view=platform)
+    if platform:
         return Scope(None)
     query = access.acting_org_ids(principal, "audit.read")
     org_ids = tuple((await session.scalars(query.order_by(Membership.org_id))).all())
+    provider_query = access.provider_audit_org_ids(principal)
+    provider_ids = tuple((await session.scalars(provider_query.order_by(Membership.org_id))).all())
     if not org_ids:
         raise forbidden(
             "the audit trail is readable by platform auditors and admins, and by organisation owners and "
             "auditors for their organisation's events"
         )
-    return Scope(org_ids)
+    return Scope(org_ids, provider_ids)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -72,12 +86,58 @@ async def check_product(session: AsyncSession, slug: str | None) -> str | None:
     return None
 
 
+# The catalogue's and licensing's tables as far as the audit reader joins them (app imports no domain).
+_grants = table("download_grants", column("id", Uuid), column("entitlement_id", Uuid))
+_entitlements = table("entitlements", column("id", Uuid), column("product_id", Uuid), column("buyer_org_id", Uuid))
+_products = table("products", column("id", Uuid), column("org_id", Uuid), column("slug"))
+# The download grant a download event concerns (CASE: only a download event's target is cast to uuid).
+_GRANT_ID = case((AuditEvent.target_type == "download", cast(AuditEvent.target_id, Uuid)), else_=None)
+
+
+def _grant_product(attribute: str) -> Any:
+    """A column of the product whose download a download event concerns (NULL for other events)."""
+    return (
+        select(_products.c[attribute])
+        .select_from(_grants)
+        .join(_entitlements, _entitlements.c.id == _grants.c.entitlement_id)
+        .join(_products, _products.c.id == _entitlements.c.product_id)
+        .where(_grants.c.id == _GRANT_ID)
+        .scalar_subquery()
+    )
+
+
+def provider_column(scope: Scope) -> Any:
+    """The provider organisation of a download event's product, when the scope reads any provider's grants."""
+    return (_grant_product("org_id") if scope.provider_ids else literal(None, Uuid)).label("provider_org_id")
+
+
+def _provider_grants(provider_ids: tuple[uuid.UUID, ...]) -> ColumnElement[bool]:
+    """The grant events of the products of ``provider_ids``, whoever bought them."""
+    buyers = (
+        select(_entitlements.c.buyer_org_id)
+        .join(_products, _products.c.id == _entitlements.c.product_id)
+        .where(_products.c.org_id.in_(provider_ids))
+    )
+    return and_(
+        AuditEvent.action.in_(access.PROVIDER_AUDIT_ACTIONS),
+        AuditEvent.target_type == "download",
+        AuditEvent.org_id.in_(buyers),  # narrows by the org index before the per-event lookup
+        _grant_product("org_id").in_(provider_ids),
+    )
+
+
 def conditions(filters: EventFilter) -> list[ColumnElement[bool]]:
     """The WHERE clauses of ``filters`` on ``AuditEvent``."""
     clauses: list[ColumnElement[bool]] = []
-    org_ids = filters.scope.org_ids
+    scope = filters.scope
+    org_ids = scope.org_ids
     if org_ids is not None:
-        clauses.append(AuditEvent.org_id == org_ids[0] if len(org_ids) == 1 else AuditEvent.org_id.in_(org_ids))
+        own = AuditEvent.org_id == org_ids[0] if len(org_ids) == 1 else AuditEvent.org_id.in_(org_ids)
+        # An actor filter matches the caller's own events only: redacted events never confirm who acted.
+        if scope.provider_ids and filters.actor is None:
+            clauses.append(or_(own, _provider_grants(scope.provider_ids)))
+        else:
+            clauses.append(own)
     if filters.action is not None:
         clauses.append(AuditEvent.action == filters.action)
     if filters.actor is not None:
@@ -87,11 +147,16 @@ def conditions(filters: EventFilter) -> list[ColumnElement[bool]]:
     if filters.until is not None:
         clauses.append(AuditEvent.occurred_at < filters.until)
     if filters.product is not None:
-        # The product's own events, and the offers, orders, entitlements and grants that name it.
+        # The product's own events, the offers, orders, entitlements and grants that name it, and the refreshes
+        # of its downloads.
         clauses.append(
             or_(
                 AuditEvent.details["product"].astext == filters.product,
                 and_(AuditEvent.target_type == "product", AuditEvent.target_id == filters.product),
+                and_(
+                    AuditEvent.action.in_(access.PROVIDER_AUDIT_ACTIONS),
+                    _grant_product("slug") == filters.product,
+                ),
             )
         )
     return clauses
@@ -99,6 +164,7 @@ def conditions(filters: EventFilter) -> list[ColumnElement[bool]]:
 
 EVENT_COLUMNS = (
     AuditEvent.seq,
+    AuditEvent.org_id,
     AuditEvent.occurred_at,
     AuditEvent.actor,
     Organization.slug.label("org"),
@@ -115,7 +181,9 @@ EVENT_COLUMNS = (
 
 def _filtered(filters: EventFilter) -> Select[Any]:
     return (
-        select(*EVENT_COLUMNS).outerjoin(Organization, Organization.id == AuditEvent.org_id).where(*conditions(filters))
+        select(*EVENT_COLUMNS, provider_column(filters.scope))
+        .outerjoin(Organization, Organization.id == AuditEvent.org_id)
+        .where(*conditions(filters))
     )
 
 

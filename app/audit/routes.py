@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import io
 import logging
@@ -18,7 +19,7 @@ from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import pagination
-from app.audit import checkpoints, queries
+from app.audit import checkpoints, queries, redaction
 from app.audit.proof_routes import bundle, consistency, inclusion
 from app.audit.schemas import (
     AuditEventOut,
@@ -98,9 +99,12 @@ PLATFORM_ERRORS: dict[int, ResponseSpec] = {
 
 VISIBILITY_RULES = (
     "Platform auditors and admins read every event; owners and auditors of an organisation read the events of "
-    "their organisations (an API key: of its organisation, and only with the `audit:read` scope); anyone else "
-    "gets 403. `org` narrows to one organisation: 404 if the caller does not belong to it, 403 if they belong "
-    "without the owner or auditor role."
+    "their organisations (an API key: of its organisation, and only with the `audit:read` scope), and of a "
+    "provider also the grant events (`download.granted`, `download.refreshed`) of its products by other "
+    "organisations, redacted (`redacted: true`): the buyer organisation is named, the actor is a pseudonym "
+    "stable for that provider, and the request id and client address are null; an `actor` filter matches no "
+    "redacted event. Anyone else gets 403. `org` narrows to one organisation: 404 if the caller does not belong "
+    "to it, 403 if they belong without the owner or auditor role."
 )
 
 
@@ -125,21 +129,34 @@ def _utc(moment: dt.datetime | None) -> dt.datetime | None:
     return moment.replace(tzinfo=dt.UTC)  # a time without an offset is read as UTC
 
 
-def _event_out(row: Any) -> AuditEventOut:
-    return AuditEventOut(
-        seq=row.seq,
-        occurred_at=row.occurred_at,
-        actor=row.actor,
-        org=row.org,
-        action=row.action,
-        target_type=row.target_type,
-        target_id=row.target_id,
-        request_id=row.request_id,
-        client_addr=row.client_addr,
-        details=row.details,
-        prev_hash=row.prev_hash.hex(),
-        hash=row.hash.hex(),
-    )
+@dataclasses.dataclass(frozen=True, slots=True)
+class View:
+    """How rows are shown: another organisation's grant event of the caller's product is redacted."""
+
+    scope: queries.Scope
+    pseudonyms: redaction.Pseudonyms
+
+    def event(self, row: Any) -> AuditEventOut:
+        redacted = self.scope.redacts(row.org_id)
+        return AuditEventOut(
+            seq=row.seq,
+            occurred_at=row.occurred_at,
+            actor=self.pseudonyms(row.provider_org_id, row.actor) if redacted else row.actor,
+            org=row.org,
+            action=row.action,
+            target_type=row.target_type,
+            target_id=row.target_id,
+            request_id=None if redacted else row.request_id,
+            client_addr=None if redacted else row.client_addr,
+            details=row.details,
+            prev_hash=row.prev_hash.hex(),
+            hash=row.hash.hex(),
+            redacted=redacted,
+        )
+
+
+def _view(state: State, scope: queries.Scope) -> View:
+    return View(scope, redaction.Pseudonyms(redaction.secret(state.settings, state.keyring)))
 
 
 async def _filters(
@@ -177,6 +194,7 @@ async def _filters(
     responses=VISIBILITY_ERRORS,
 )
 async def list_events(
+    state: State,
     session: Session,
     principal: Caller,
     org: OrgSlug = None,
@@ -196,44 +214,45 @@ async def list_events(
     )
     more = len(rows) > limit
     rows = rows[:limit]
+    view = _view(state, filters.scope)
     return AuditEventPage(
-        items=[_event_out(row) for row in rows],
+        items=[view.event(row) for row in rows],
         next_cursor=_encode_cursor(order, rows[-1].seq) if more else None,
     )
 
 
-def _jsonl(rows: Sequence[Any]) -> bytes:
+def _jsonl(rows: Sequence[Any], view: View) -> bytes:
     encode = msgspec.json.encode
-    return b"".join(encode(_event_out(row)) + b"\n" for row in rows)
+    return b"".join(encode(view.event(row)) + b"\n" for row in rows)
 
 
-def _csv(rows: Sequence[Any], *, header: bool) -> bytes:
+def _csv(rows: Sequence[Any], view: View, *, header: bool) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     if header:
         writer.writerow(CSV_COLUMNS)
-    for row in rows:
+    for event in map(view.event, rows):
         writer.writerow(
             (
-                row.seq,
-                row.occurred_at.isoformat(),
-                row.actor,
-                row.org or "",
-                row.action,
-                row.target_type or "",
-                row.target_id or "",
-                row.request_id or "",
-                row.client_addr or "",
-                msgspec.json.encode(row.details).decode(),
-                row.prev_hash.hex(),
-                row.hash.hex(),
+                event.seq,
+                event.occurred_at.isoformat(),
+                event.actor,
+                event.org or "",
+                event.action,
+                event.target_type or "",
+                event.target_id or "",
+                event.request_id or "",
+                event.client_addr or "",
+                msgspec.json.encode(event.details).decode(),
+                event.prev_hash,
+                event.hash,
             )
         )
     return buffer.getvalue().encode()
 
 
 async def _export_chunks(
-    sessionmaker: async_sessionmaker[AsyncSession], filters: queries.EventFilter, up_to: int, fmt: str
+    sessionmaker: async_sessionmaker[AsyncSession], filters: queries.EventFilter, view: View, up_to: int, fmt: str
 ) -> AsyncIterator[bytes]:
     """Batches read oldest first, each in its own short transaction, up to the head seen at the start."""
     after = 0
@@ -244,9 +263,9 @@ async def _export_chunks(
                 rows = await queries.list_events(session, filters, after=after, limit=EXPORT_BATCH, up_to=up_to)
             if fmt == "csv":
                 if rows or first:
-                    yield _csv(rows, header=first)
+                    yield _csv(rows, view, header=first)
             elif rows:
-                yield _jsonl(rows)
+                yield _jsonl(rows, view)
             first = False
             if len(rows) < EXPORT_BATCH:
                 return
@@ -299,7 +318,7 @@ async def export_events(
     up_to = await queries.head_seq(session)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     return Stream(
-        _export_chunks(state.sessionmaker, filters, up_to, fmt),
+        _export_chunks(state.sessionmaker, filters, _view(state, filters.scope), up_to, fmt),
         headers={
             # An explicit header, as the route's declared media type would otherwise win.
             "Content-Type": CSV_MEDIA_TYPE if fmt == "csv" else JSONL_MEDIA_TYPE,

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import msgspec
 
 
-class AuditEventOut(msgspec.Struct):
-    """One event of the hash chain, as stored."""
+class AuditEventOut(msgspec.Struct, omit_defaults=True):
+    """One event of the hash chain, as stored (``redacted`` appears only when true)."""
 
     seq: Annotated[int, msgspec.Meta(description="position in the chain: 1, 2, 3, … without gaps")]
     occurred_at: dt.datetime
@@ -23,6 +23,13 @@ class AuditEventOut(msgspec.Struct):
     details: dict[str, Any]
     prev_hash: Annotated[str, msgspec.Meta(description="hex SHA-256 of the previous event (zeros for the first)")]
     hash: Annotated[str, msgspec.Meta(description="hex SHA-256 of prev_hash and this event's canonical encoding")]
+    redacted: Annotated[
+        bool,
+        msgspec.Meta(
+            description="present (true) only on another organisation's grant event of the caller's product: "
+            "`actor` is a pseudonym, `request_id` and `client_addr` are null (the hashes cover the original)"
+        ),
+    ] = False
 
 
 class AuditEventPage(msgspec.Struct):
@@ -116,6 +123,14 @@ class BundleEventOut(msgspec.Struct):
     hash: str
     leaf_hash: str
     audit_path: list[str]
+    redacted: Annotated[
+        bool,
+        msgspec.Meta(
+            description="present (true) only on another organisation's grant event of the caller's product: the "
+            "actor is a pseudonym and the request id and client address are null, so the event cannot be "
+            "re-hashed; its leaf_hash is proven in the tree, and its content is attested by that leaf only"
+        ),
+    ] = False
 
 
 class BundleCheckpointOut(msgspec.Struct):

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import ColumnElement, select, true
+from sqlalchemy import ColumnElement, select, text, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -360,12 +360,28 @@ async def version_contexts(
         .where(ModelTrainingItem.manifest_id == manifest_id)
         .distinct()
     )
+    profiles: dict[tuple[str, str], dict[str, tuple[int | None, int | None]]] = defaultdict(dict)
+    for slug, version, path, records, tokens in await session.execute(_PROFILED_FILES, {"id": manifest_id}):
+        profiles[(slug, version)][path] = (records, tokens)
     contexts = {}
     for slug, version, title, modality, languages, provider, provenance, fraction in rows:
         provenance = provenance or {}
         if fraction is None:
             fraction = provenance.get("synthetic_fraction")
         contexts[(slug, version)] = summary.VersionContext(
-            slug, version, title, modality, list(languages), provider, provenance, fraction
+            slug, version, title, modality, list(languages), provider, provenance, fraction, profiles[(slug, version)]
         )
     return contexts
+
+
+# The inspection profile's counts of the files of the manifest's versions, where profiled.
+_PROFILED_FILES = text(
+    """
+SELECT p.slug, v.version, f.path, CAST(fp.profile ->> 'records' AS bigint), CAST(fp.profile ->> 'tokens' AS bigint)
+FROM (SELECT DISTINCT version_id FROM model_training_items WHERE manifest_id = :id) AS t
+JOIN product_versions AS v ON v.id = t.version_id
+JOIN products AS p ON p.id = v.product_id
+JOIN file_profiles AS fp ON fp.version_id = v.id AND fp.finished_at IS NOT NULL
+JOIN version_files AS f ON f.id = fp.file_id
+"""
+)

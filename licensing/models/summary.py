@@ -8,8 +8,9 @@ illegal content).
 
 Every source is a source of a trained version's provenance. The provenance records no size per source, so an
 item's bytes are apportioned among its version's sources: the synthetic fraction to the synthetic ones, the
-rest to the others, evenly within each group (``size_basis``). Text sizes in tokens are estimated at four bytes
-per token; image counts are file counts; audio and video durations are not recorded, so they have no bin.
+rest to the others, evenly within each group (``size_basis``). Text sizes in tokens are the inspection profile's
+counts for the files it profiled, and estimated at four bytes per token for the others; image counts are file
+counts; audio and video durations are not recorded, so they have no bin.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ class VersionContext:
     provider: str  # the provider organisation's name
     provenance: Mapping[str, Any]
     synthetic_fraction: float | None
+    # The inspection profile's (records, tokens) of each profiled file, by path (empty: not profiled).
+    profiles: Mapping[str, tuple[int | None, int | None]] = dataclasses.field(default_factory=dict)
 
 
 class Provider(msgspec.Struct):
@@ -99,6 +102,8 @@ class ModalitySize(msgspec.Struct):
     estimate: int | None
     bin: str | None
     basis: str
+    records: int | None = None  # counted by the inspection profile, for the files it profiled
+    tokens: int | None = None
 
 
 class General(msgspec.Struct):
@@ -229,6 +234,7 @@ class Trained:
     licence: str
     files: int
     bytes: int
+    sizes: Mapping[str, int] = dataclasses.field(default_factory=dict)  # bytes downloaded by path
 
 
 def trained_versions(model: ModelOut) -> list[Trained]:
@@ -240,7 +246,14 @@ def trained_versions(model: ModelOut) -> list[Trained]:
         if item.licence not in licences[key]:
             licences[key].append(item.licence)
     return [
-        Trained(key[0], key[1], " / ".join(licences[key]), len(found), sum(found.values()))
+        Trained(
+            key[0],
+            key[1],
+            " / ".join(licences[key]),
+            len(found),
+            sum(found.values()),
+            {p: n for (p, _), n in found.items()},
+        )
         for key, found in files.items()
     ]
 
@@ -274,11 +287,53 @@ def _unique(values: Iterable[str | None]) -> list[str]:
     return list(dict.fromkeys(v for v in values if v))
 
 
-def _size(modality: str, files: int, size: int) -> ModalitySize:
+@dataclasses.dataclass(slots=True)
+class _Measured:
+    """What trained the model in one modality: all files, and those the inspection profile counted."""
+
+    files: int = 0
+    bytes: int = 0
+    profiled_files: int = 0
+    profiled_bytes: int = 0
+    records: int = 0
+    tokens: int = 0
+
+
+def _measure(versions: Sequence[Trained], contexts: Mapping[tuple[str, str], VersionContext]) -> dict[str, _Measured]:
+    sizes: dict[str, _Measured] = defaultdict(_Measured)
+    for version in versions:
+        context = contexts[(version.product, version.version)]
+        measured = sizes[context.modality]
+        measured.files += version.files
+        measured.bytes += version.bytes
+        for path, size in version.sizes.items():
+            records, tokens = context.profiles.get(path, (None, None))
+            if records is not None and tokens is not None:
+                measured.profiled_files += 1
+                measured.profiled_bytes += size
+                measured.records += records
+                measured.tokens += tokens
+    return sizes
+
+
+def _size(modality: str, measured: _Measured) -> ModalitySize:
+    """The template's unit and bin: from the inspection profile's counts where the files were profiled, else
+    estimated from the bytes downloaded."""
     unit, bins, last = BINS.get(modality, (None, [], ""))
+    files, size = measured.files, measured.bytes
+    profiled = measured.profiled_files
     if modality == "text":
-        estimate: int | None = size // BYTES_PER_TOKEN
-        basis = f"tokens estimated at {BYTES_PER_TOKEN} bytes per token"
+        rest = size - measured.profiled_bytes
+        estimate: int | None = measured.tokens + rest // BYTES_PER_TOKEN
+        if profiled == files:
+            basis = "tokens counted by the inspection profile"
+        elif profiled:
+            basis = (
+                f"tokens counted by the inspection profile for {profiled} of {files} files, the rest estimated at "
+                f"{BYTES_PER_TOKEN} bytes per token"
+            )
+        else:
+            basis = f"tokens estimated at {BYTES_PER_TOKEN} bytes per token"
     elif modality == "image":
         estimate, basis = files, "one image per file"
     else:
@@ -286,7 +341,18 @@ def _size(modality: str, files: int, size: int) -> ModalitySize:
     chosen = None
     if estimate is not None:
         chosen = next((name for bound, name in bins if estimate < bound), last)
-    return ModalitySize(modality, files, size, unit, estimate, chosen, basis)
+    counted = profiled > 0
+    return ModalitySize(
+        modality,
+        files,
+        size,
+        unit,
+        estimate,
+        chosen,
+        basis,
+        records=measured.records if counted else None,
+        tokens=measured.tokens if counted else None,
+    )
 
 
 def _domain(url: str | None) -> str | None:
@@ -353,11 +419,7 @@ def build(model: ModelOut, contexts: Mapping[tuple[str, str], VersionContext]) -
     def sources(section: str) -> Sources:
         return Sources(used=bool(by_section[section]), modalities=modalities(section), datasets=datasets(section))
 
-    sizes: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for version in versions:
-        modality = contexts[(version.product, version.version)].modality
-        sizes[modality][0] += version.files
-        sizes[modality][1] += version.bytes
+    sizes = _measure(versions, contexts)
     trained = [contexts[(t.product, t.version)] for t in versions]
     collected = [
         d for s in shares for d in (_iso_date(s.source.get("collected_to")), _iso_date(s.source.get("collected_from")))
@@ -383,7 +445,7 @@ def build(model: ModelOut, contexts: Mapping[tuple[str, str], VersionContext]) -
             provider=Provider(org=model.org),
             model=ModelRef(name=model.name, version=model.version, description=model.description),
             modalities=sorted(sizes),
-            training_data_size=[_size(m, files, size) for m, (files, size) in sorted(sizes.items())],
+            training_data_size=[_size(m, measured) for m, measured in sorted(sizes.items())],
             languages=sorted({lang for c in trained for lang in c.languages}),
             latest_collection_date=max((d for d in collected if d is not None), default=None),
             total_bytes=total,

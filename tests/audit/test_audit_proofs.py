@@ -290,3 +290,28 @@ async def test_events_export_and_bundles_filter_by_product(client: AsyncTestClie
     other = await client.get("/api/v1/audit/events", params={"product": slug}, headers=world["b"].headers)
     assert other.status_code == 200
     assert other.json()["items"] == []
+
+
+async def test_any_altered_hash_or_proof_digit_names_its_event(
+    client: AsyncTestClient[Any], world: dict[str, Any]
+) -> None:
+    """Proofs sharing upper nodes are checked once, but an altered digit anywhere in any event's hashes or audit
+    path (walked or only compared with an earlier proof) still fails the bundle at that event."""
+    from app.audit.bundle_format import verify_bundle
+
+    response = await client.get(BUNDLE, params={"org": world["org_a"]}, headers=world["a"].headers)
+    assert response.status_code == 200, response.text
+    raw = response.content
+    assert verify_bundle(raw).ok
+    events = json.loads(raw)["events"]
+    assert len(events) > 2
+    for event in events:
+        start = raw.index(b'{"seq":%d,"occurred_at"' % event["seq"])
+        digests = [event["prev_hash"], event["hash"], event["leaf_hash"], *event["audit_path"]]
+        for digest in digests:
+            at = raw.index(digest.encode(), start) + len(digest) - 1  # the last digit
+            altered = bytearray(raw)
+            altered[at] = ord("0") if raw[at : at + 1] != b"0" else ord("1")
+            report = verify_bundle(bytes(altered))
+            assert not report.ok
+            assert report.first_bad_event == event["seq"], (event["seq"], digest, report.problem)

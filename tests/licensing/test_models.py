@@ -432,3 +432,67 @@ async def test_notice_names_attributed_corpora_and_the_tc260_annex_lists_every_s
         "5000",
         "yes",
     )
+
+
+async def test_summary_sizes_text_by_the_inspection_profile_where_present(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    provider = await sign_up(client)
+    provider_org = await make_org(client, provider, kind="provider")
+    files = {"a.jsonl": b'{"text": "hello"}\n' * 4000, "b.jsonl": b'{"text": "world"}\n' * 2000}
+    slug = await corpus(client, db, provider, provider_org, provenance=RICH_PROVENANCE, files=files)
+    buyer = await sign_up(client)
+    buyer_org = await make_org(client, buyer, kind="buyer")
+    entitlement = await entitle(client, provider, slug, buyer, buyer_org)
+    for path in files:
+        await download(client, buyer, entitlement, slug, path, "pretraining")
+    made = await client.post(
+        "/api/v1/models", json=model(buyer_org, item(entitlement, slug, "pretraining")), headers=buyer.headers
+    )
+    assert made.status_code == 201, made.text
+    url = f"/api/v1/models/{made.json()['id']}/summary"
+
+    async def text_size() -> dict[str, Any]:
+        response = await client.get(url, headers=buyer.headers)
+        assert response.status_code == 200, response.text
+        [text] = response.json()["general"]["training_data_size"]
+        size: dict[str, Any] = text
+        return size
+
+    async def profile(path: str, records: int, tokens: int) -> None:
+        await db.execute(
+            "INSERT INTO file_profiles (id, version_id, file_id, started_at, finished_at, profile)"
+            " SELECT gen_random_uuid(), f.version_id, f.id, now(), now(), $3::jsonb FROM version_files f"
+            " JOIN product_versions v ON v.id = f.version_id JOIN products p ON p.id = v.product_id"
+            " WHERE p.slug = $1 AND f.path = $2"
+            " ON CONFLICT (file_id) DO UPDATE SET started_at = now(), finished_at = now(), failed_at = NULL,"
+            " error = NULL, profile = EXCLUDED.profile",
+            slug,
+            path,
+            json.dumps({"path": path, "records": records, "tokens": tokens}),
+        )
+
+    # Not profiled: estimated from the bytes downloaded.
+    await db.execute(
+        "DELETE FROM file_profiles WHERE version_id IN (SELECT v.id FROM product_versions v"
+        " JOIN products p ON p.id = v.product_id WHERE p.slug = $1)",
+        slug,
+    )
+    size_a, size_b = len(files["a.jsonl"]), len(files["b.jsonl"])
+    estimated = await text_size()
+    assert (estimated["estimate"], estimated["tokens"], estimated["records"]) == ((size_a + size_b) // 4, None, None)
+    assert estimated["basis"] == "tokens estimated at 4 bytes per token"
+
+    # One file profiled: its counted tokens, the other file's bytes estimated.
+    await profile("a.jsonl", 4000, 2_500_000_000)
+    mixed = await text_size()
+    assert (mixed["estimate"], mixed["tokens"], mixed["records"]) == (2_500_000_000 + size_b // 4, 2_500_000_000, 4000)
+    assert mixed["bin"] == "1 billion to 10 trillion tokens"  # the profile's count moves it to the template's next bin
+    assert "1 of 2 files" in mixed["basis"]
+
+    # Both profiled: the profile's counts alone.
+    await profile("b.jsonl", 2000, 12_000)
+    counted = await text_size()
+    assert (counted["estimate"], counted["tokens"], counted["records"]) == (2_500_012_000, 2_500_012_000, 6000)
+    assert counted["basis"] == "tokens counted by the inspection profile"
+    assert counted["bytes"] == size_a + size_b
