@@ -83,8 +83,7 @@ def main() -> None:
         size = corpus.stat().st_size
         store.client.fput_object(store.bucket, "corpus.jsonl", str(corpus))
         corpus.unlink()
-        profiler.tokenizer()
-        profiler.language_detector()  # loaded once per worker process, not per file
+        profiler.warm_up()  # loaded once per worker process, not per file
 
         started = time.perf_counter()
         reader = range_reader(store, "corpus.jsonl", size)

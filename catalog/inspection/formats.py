@@ -175,6 +175,26 @@ def _lines(stream: IO[bytes]) -> Iterator[bytes]:
         yield line.rstrip(b"\r\n")
 
 
+def line_blocks(stream: IO[bytes]) -> Iterator[tuple[int, list[bytes]]]:
+    """(offset of the first line, lines without their newline) of the content, about a ``BLOCK`` at a time.
+
+    The lines are those ``_lines`` gives, with a trailing carriage return kept (the reader strips it)."""
+    offset = 0
+    rest = b""
+    while block := stream.read(BLOCK):
+        block = rest + block
+        cut = block.rfind(b"\n")
+        if cut == -1:
+            rest = block
+            continue
+        rest = block[cut + 1 :]
+        lines = block[:cut].split(b"\n")
+        yield offset, lines
+        offset += cut + 1
+    if rest:
+        yield offset, [rest]
+
+
 def raw_records(opened: Opened) -> Iterator[Any]:
     """The file's records undecoded where that is cheaper (lines of JSON Lines and text), else decoded."""
     fmt = opened.format
