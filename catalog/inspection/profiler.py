@@ -261,20 +261,22 @@ def _near_rate(texts: list[str]) -> float:
     return _rate(near, len(texts))
 
 
-_FLAT = frozenset((str, int, float, bool, type(None)))
-
-
 def _record_text(record: Any) -> str:
-    """Every string and integer of the record, one a line (flat objects without a step per value in Python)."""
+    """Every string and integer of the record, one a line, depth first (``formats.strings_of``)."""
     if type(record) is str:
         return record
-    if type(record) is dict:
-        values = record.values()
-        if all(type(v) is str for v in values):
-            return "\n".join(values)
-        if all(type(v) in _FLAT for v in values):
-            return "\n".join([v if type(v) is str else str(v) for v in values if type(v) is str or type(v) is int])
-    return "\n".join(formats.strings_of(record))
+    if type(record) is not dict:
+        return "\n".join(formats.strings_of(record))
+    parts = []
+    for value in record.values():  # the common flat object without a generator per value
+        kind = type(value)
+        if kind is str:
+            parts.append(value)
+        elif kind is int:
+            parts.append(str(value))
+        elif kind is dict or kind is list or kind is tuple:
+            parts.extend(formats.strings_of(value))
+    return "\n".join(parts)
 
 
 class _Profile:
@@ -339,7 +341,7 @@ def profile(source: IO[bytes], path: str, stored_bytes: int) -> FileProfile:
                 decoded = list(map(decoder.decode, kept))
             except msgspec.DecodeError:
                 decoded = [formats.decode(fmt, line) for line in kept]
-            invalid += sum(1 for r in decoded if type(r) is str)
+            invalid += list(map(type, decoded)).count(str)
             state.fields.add(decoded)
             state.add(decoded, kept)
     elif fmt == "json":
