@@ -77,7 +77,10 @@ class RangeReader(io.RawIOBase):
             return 0
         offset = self._position - self._buffer_at
         if not 0 <= offset < len(self._buffer):
-            length = min(max(self._chunk, len(view)), self._size - self._position)
+            # read ahead a chunk when reading on from the last request; after a seek elsewhere fetch what is asked
+            sequential = self._position == self._buffer_at + len(self._buffer)
+            wanted = max(self._chunk, len(view)) if sequential else len(view)
+            length = min(wanted, self._size - self._position)
             self._buffer, self._buffer_at, offset = self._fetch(self._position, length), self._position, 0
         count = min(len(view), len(self._buffer) - offset)
         view[:count] = self._buffer[offset : offset + count]

@@ -38,6 +38,7 @@ NEAR_DUPLICATE_JACCARD = 0.8
 MINHASH_PERMUTATIONS = 64
 SHINGLE_CHARS = 5
 BPE_VOCABULARY = "cl100k_base"
+OFFSET_SPACING = 256 * 1024
 BATCH_RECORDS = 4096  # records of JSON, CSV and Parquet handled together
 _PARTITIONS = 16
 _SPILL_AT = 4_000_000  # hashes held in memory before they are appended to the partition files
@@ -71,6 +72,9 @@ class FileProfile(msgspec.Struct):
     bytes: int  # as stored
     content_bytes: int  # after decompression
     invalid_records: int = 0  # JSON Lines lines that do not parse (counted as text records)
+    # (record number, byte offset) about every OFFSET_SPACING bytes of an uncompressed JSON Lines or text file, so a
+    # sample reads the regions of its records with ranged requests instead of streaming the file
+    record_offsets: list[tuple[int, int]] = msgspec.field(default_factory=list)
 
 
 @cache
@@ -309,6 +313,24 @@ class _Profile:
         self.records = end
 
 
+class _Offsets:
+    """The sparse index of record offsets: the first record starting at or past every ``OFFSET_SPACING`` mark."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, int]] = []
+        self._mark = 0
+
+    def add(self, first_record: int, offset: int, lines: list[bytes], kept: list[int] | None) -> None:
+        lengths = np.fromiter(map(len, lines), np.int64, len(lines)) + 1
+        starts = offset + np.cumsum(lengths) - lengths
+        if kept is not None:
+            starts = starts[kept]
+        while len(starts) and self._mark <= starts[-1]:
+            at = int(np.searchsorted(starts, self._mark))
+            self.entries.append((first_record + at, int(starts[at])))
+            self._mark = int(starts[at]) + OFFSET_SPACING
+
+
 def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
     batch: list[Any] = []
     for item in items:
@@ -327,16 +349,21 @@ def profile(source: IO[bytes], path: str, stored_bytes: int) -> FileProfile:
     arrow_fields: dict[str, tuple[str, int]] = {}
     invalid = 0
     decoder = msgspec.json.Decoder()
+    offsets = _Offsets() if opened.compression is None else None
 
     fmt = opened.format
     if fmt in ("jsonl", "text"):
-        for _, lines in formats.line_blocks(opened.stream):
-            if any(line.endswith(b"\r") for line in lines):
-                lines = [line.rstrip(b"\r\n") for line in lines]
+        for offset, raw in formats.line_blocks(opened.stream):
+            lines = [line.rstrip(b"\r\n") for line in raw] if any(line.endswith(b"\r") for line in raw) else raw
             if fmt == "text":
+                if offsets is not None:
+                    offsets.add(state.records, offset, raw, None)
                 state.add([line.decode("utf-8", "replace") for line in lines], lines)
                 continue
             kept = list(filter(bytes.strip, lines))
+            if offsets is not None:
+                positions = None if len(kept) == len(lines) else [i for i, line in enumerate(lines) if line.strip()]
+                offsets.add(state.records, offset, raw, positions)
             try:
                 decoded = list(map(decoder.decode, kept))
             except msgspec.DecodeError:
@@ -386,4 +413,5 @@ def profile(source: IO[bytes], path: str, stored_bytes: int) -> FileProfile:
         bytes=stored_bytes,
         content_bytes=opened.counter.count if opened.counter is not None else stored_bytes,
         invalid_records=invalid,
+        record_offsets=offsets.entries if offsets is not None else [],
     )
