@@ -87,7 +87,9 @@ def _read_indexed(source: IO[bytes], fmt: str, wanted: set[int], offsets: Sequen
         first, start = offsets[region]
         end = offsets[region + 1][1] if region + 1 < len(offsets) else size
         source.seek(start)
-        data = source.read(end - start)
+        data = bytearray()
+        while len(data) < end - start and (part := source.read(end - start - len(data))):
+            data += part  # a ranged reader may answer part of a region from what it read before
         lines = [line.rstrip(b"\r\n") for line in data.split(b"\n")]
         if data.endswith(b"\n"):
             lines.pop()  # what follows the last newline is no line

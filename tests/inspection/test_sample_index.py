@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from catalog.inspection import profiler, sampling
+from catalog.inspection import formats, profiler, sampling
 
 
 class CountingFile(io.BytesIO):
@@ -50,3 +50,8 @@ def test_indexed_draw_is_the_streamed_draw(monkeypatch: pytest.MonkeyPatch, path
         assert by_index == by_stream
         assert opened[-2].bytes_read < opened[-1].bytes_read
     assert sampling.draw([indexed], 40, 1, open_file) == sampling.draw([indexed], 40, 1, open_file)
+
+    def ranged(_: Any) -> Any:  # short reads: a region partly in what the reader fetched before
+        return formats.RangeReader(lambda offset, length: content[offset : offset + length], len(content), chunk=1500)
+
+    assert sampling.draw([indexed], 200, 5, ranged) == sampling.draw([streamed], 200, 5, open_file)
