@@ -8,7 +8,9 @@ Measured one after the other, in this process (one worker):
 (a) read: the object streamed from the store through the same ranged reader the profiler uses, bytes discarded;
 (b) profile: ``catalog.inspection.profiler.profile`` of the same object (every record parsed, hashed, scanned for
     personal data; tokens, languages and near-duplicates as the profile job does them);
-(c) sample: 4,000 records drawn with a seed across the file (``catalog.inspection.sampling.draw``).
+(c) sample: 4,000 records drawn with a seed across the file (``catalog.inspection.sampling.draw``), streaming the
+    file up to the last pick, then again through the profile's index of record offsets (ranged reads of the regions
+    holding the picks; the same records).
 
 Prints MiB/s of (a) and (b), their ratio (target: at least 0.25), the peak RSS of the process, and the
 seconds (c) took. The data dir is removed and SeaweedFS stopped at the end, also on failure.
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's code
 
@@ -83,8 +86,7 @@ def main() -> None:
         size = corpus.stat().st_size
         store.client.fput_object(store.bucket, "corpus.jsonl", str(corpus))
         corpus.unlink()
-        profiler.tokenizer()
-        profiler.language_detector()  # loaded once per worker process, not per file
+        profiler.warm_up()  # loaded once per worker process, not per file
 
         started = time.perf_counter()
         reader = range_reader(store, "corpus.jsonl", size)
@@ -97,11 +99,17 @@ def main() -> None:
         profile_seconds = time.perf_counter() - started
         assert result.records == records, (result.records, records)
 
-        source = sampling.SourceFile("corpus.jsonl", "-", result.records)
+        def open_file(_: sampling.SourceFile) -> IO[bytes]:
+            return range_reader(store, "corpus.jsonl", size)
+
+        streamed = sampling.SourceFile("corpus.jsonl", "-", result.records)
         started = time.perf_counter()
-        drawn = sampling.draw([source], 4000, 7, lambda _: range_reader(store, "corpus.jsonl", size))
+        drawn = sampling.draw([streamed], 4000, 7, open_file)
         sample_seconds = time.perf_counter() - started
-        assert len(drawn) == 4000
+        indexed = sampling.SourceFile("corpus.jsonl", "-", result.records, tuple(result.record_offsets))
+        started = time.perf_counter()
+        assert sampling.draw([indexed], 4000, 7, open_file) == drawn
+        indexed_seconds = time.perf_counter() - started
 
         read_rate = size / MIB / read_seconds
         profile_rate = size / MIB / profile_seconds
@@ -113,6 +121,10 @@ def main() -> None:
         print(f"peak RSS:                   {peak_rss:8.0f} MiB")
         print(
             f"sample of 4,000 records:    {sample_seconds:8.2f} s  ({size / MIB / sample_seconds:.1f} MiB/s streamed)"
+        )
+        print(
+            f"the same, by the index:     {indexed_seconds:8.2f} s  "
+            f"({len(result.record_offsets)} offsets, ranged reads of the regions holding the records)"
         )
     finally:
         seaweed.stop()

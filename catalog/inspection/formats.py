@@ -77,7 +77,10 @@ class RangeReader(io.RawIOBase):
             return 0
         offset = self._position - self._buffer_at
         if not 0 <= offset < len(self._buffer):
-            length = min(max(self._chunk, len(view)), self._size - self._position)
+            # read ahead a chunk when reading on from the last request; after a seek elsewhere fetch what is asked
+            sequential = self._position == self._buffer_at + len(self._buffer)
+            wanted = max(self._chunk, len(view)) if sequential else len(view)
+            length = min(wanted, self._size - self._position)
             self._buffer, self._buffer_at, offset = self._fetch(self._position, length), self._position, 0
         count = min(len(view), len(self._buffer) - offset)
         view[:count] = self._buffer[offset : offset + count]
@@ -173,6 +176,26 @@ def open_content(source: IO[bytes], path: str) -> Opened:
 def _lines(stream: IO[bytes]) -> Iterator[bytes]:
     for line in stream:
         yield line.rstrip(b"\r\n")
+
+
+def line_blocks(stream: IO[bytes]) -> Iterator[tuple[int, list[bytes]]]:
+    """(offset of the first line, lines without their newline) of the content, about a ``BLOCK`` at a time.
+
+    The lines are those ``_lines`` gives, with a trailing carriage return kept (the reader strips it)."""
+    offset = 0
+    rest = b""
+    while block := stream.read(BLOCK):
+        block = rest + block
+        cut = block.rfind(b"\n")
+        if cut == -1:
+            rest = block
+            continue
+        rest = block[cut + 1 :]
+        lines = block[:cut].split(b"\n")
+        yield offset, lines
+        offset += cut + 1
+    if rest:
+        yield offset, [rest]
 
 
 def raw_records(opened: Opened) -> Iterator[Any]:

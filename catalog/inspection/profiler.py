@@ -10,13 +10,15 @@ millions of records needs a few hundred MiB at most to count its distinct record
 
 from __future__ import annotations
 
-import array
 import math
 import random
 import tempfile
+import zlib
 from collections import Counter
+from collections.abc import Iterator
 from functools import cache
 from importlib.metadata import version as package_version
+from itertools import chain
 from typing import IO, Any
 
 import msgspec
@@ -28,14 +30,16 @@ from catalog.inspection import formats, pii
 
 SAMPLE_RECORDS = 2000
 SAMPLE_TEXT_CHARS = 1000
-EXACT_TOKEN_RECORDS = 20_000
-TOKEN_STRIDE = 16
+LANGUAGE_SAMPLE = 1000  # records of the sample whose language is detected (about 0.4 ms each)
+EXACT_TOKEN_RECORDS = 2_000
+TOKEN_STRIDE = 64
 MAX_FIELDS = 256
 NEAR_DUPLICATE_JACCARD = 0.8
 MINHASH_PERMUTATIONS = 64
 SHINGLE_CHARS = 5
 BPE_VOCABULARY = "cl100k_base"
-PII_BATCH = 512  # records scanned for personal data together
+OFFSET_SPACING = 256 * 1024
+BATCH_RECORDS = 4096  # records of JSON, CSV and Parquet handled together
 _PARTITIONS = 16
 _SPILL_AT = 4_000_000  # hashes held in memory before they are appended to the partition files
 
@@ -68,6 +72,9 @@ class FileProfile(msgspec.Struct):
     bytes: int  # as stored
     content_bytes: int  # after decompression
     invalid_records: int = 0  # JSON Lines lines that do not parse (counted as text records)
+    # (record number, byte offset) about every OFFSET_SPACING bytes of an uncompressed JSON Lines or text file, so a
+    # sample reads the regions of its records with ranged requests instead of streaming the file
+    record_offsets: list[tuple[int, int]] = msgspec.field(default_factory=list)
 
 
 @cache
@@ -81,6 +88,13 @@ def tokenizer_name() -> str:
     return f"{BPE_VOCABULARY} (bpe-openai {package_version('bpe-openai')})"
 
 
+def warm_up() -> None:
+    """Load what a worker keeps between files: tokenizer, language models, the table of digits."""
+    tokenizer()
+    language_detector().detect_language_of("warm up")
+    pii.count_into(["warm up \uff11"], dict.fromkeys(pii.KINDS, 0))
+
+
 @cache
 def language_detector() -> Any:
     from lingua import LanguageDetectorBuilder
@@ -92,36 +106,34 @@ class _DistinctCounter:
     """Counts distinct 64-bit record hashes with a bounded amount of memory (partitioned spill files)."""
 
     def __init__(self) -> None:
-        self._memory = [array.array("q") for _ in range(_PARTITIONS)]
+        self._memory: list[np.ndarray] = []
         self._held = 0
         self._files: list[IO[bytes]] = []
-        self.total = 0
 
-    def add(self, value: int) -> None:
-        self._memory[value & (_PARTITIONS - 1)].append(value)
-        self._held += 1
-        self.total += 1
+    def add(self, values: np.ndarray) -> None:
+        self._memory.append(values)
+        self._held += len(values)
         if self._held >= _SPILL_AT:
             self._spill()
 
     def _spill(self) -> None:
         if not self._files:
             self._files = [tempfile.TemporaryFile() for _ in range(_PARTITIONS)]  # noqa: SIM115 - closed in distinct
-        for part, held in zip(self._files, self._memory, strict=True):
-            held.tofile(part)
-        self._memory = [array.array("q") for _ in range(_PARTITIONS)]
-        self._held = 0
+        values = np.concatenate(self._memory)
+        parts = values & (_PARTITIONS - 1)
+        for index, part in enumerate(self._files):
+            values[parts == index].tofile(part)
+        self._memory, self._held = [], 0
 
     def distinct(self) -> int:
+        if not self._files:
+            return len(np.unique(np.concatenate(self._memory))) if self._memory else 0
+        self._spill()
         count = 0
-        for index, held in enumerate(self._memory):
-            values = np.frombuffer(held, dtype=np.int64) if held else np.empty(0, np.int64)
-            if self._files:
-                part = self._files[index]
-                part.seek(0)
-                values = np.concatenate([np.frombuffer(part.read(), dtype=np.int64), values])
-                part.close()
-            count += len(np.unique(values))
+        for part in self._files:
+            part.seek(0)
+            count += len(np.unique(np.frombuffer(part.read(), dtype=np.int64)))
+            part.close()
         return count
 
 
@@ -133,18 +145,20 @@ class _Fields:
         self.present: Counter[str] = Counter()
         self.objects = 0
 
-    def add(self, record: Any) -> None:
-        if not isinstance(record, dict):
-            return
-        self.objects += 1
-        for name, value in record.items():
+    def add(self, records: list[Any]) -> None:
+        objects = [r for r in records if type(r) is dict]
+        self.objects += len(objects)
+        # (name, type) pairs of every value, counted in C: no Python step per value
+        names = chain.from_iterable(map(dict.keys, objects))
+        kinds = map(type, chain.from_iterable(map(dict.values, objects)))
+        for (name, kind), count in Counter(zip(names, kinds, strict=True)).items():
             if name not in self.types:
                 if len(self.types) >= MAX_FIELDS:
                     continue
                 self.types[name] = Counter()
-            if value is not None:
-                self.present[name] += 1
-                self.types[name][_json_type(value)] += 1
+            if kind is not type(None):
+                self.present[name] += count
+                self.types[name][_JSON_TYPES.get(kind, "array")] += count
 
     def profiles(self, records: int) -> list[FieldProfile]:
         return [
@@ -153,18 +167,7 @@ class _Fields:
         ]
 
 
-def _json_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return "object"
-    return "array"
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object"}
 
 
 def _one_type(types: Counter[str]) -> str:
@@ -200,20 +203,31 @@ def _rate(part: int, whole: int) -> float:
 
 
 class _Sample:
-    """A seeded reservoir of record texts, kept with their positions so the estimate reads them in file order."""
+    """A seeded reservoir of record texts (Li's algorithm L: a few random draws per item kept, none per record
+    skipped), kept with their positions so the estimate reads them in file order."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.items: list[tuple[int, str]] = []
         self._random = random.Random(0)  # noqa: S311 - a reproducible estimate, not a secret
+        self._weight = self._draw()
+        self.next = 0  # the position of the next record kept
+
+    def _draw(self) -> float:
+        return math.exp(math.log(1.0 - self._random.random()) / self.size)
 
     def offer(self, index: int, text: str) -> None:
+        """Keep the record at ``next`` (the caller offers only that one) and choose the next."""
         if len(self.items) < self.size:
             self.items.append((index, text[:SAMPLE_TEXT_CHARS]))
-            return
-        slot = self._random.randrange(index + 1)
-        if slot < self.size:
-            self.items[slot] = (index, text[:SAMPLE_TEXT_CHARS])
+            self.next = index + 1
+            if len(self.items) < self.size:
+                return
+        else:
+            self.items[self._random.randrange(self.size)] = (index, text[:SAMPLE_TEXT_CHARS])
+            self._weight *= self._draw()
+        skip = math.log(1.0 - self._random.random()) / math.log(1.0 - self._weight) if self._weight < 1 else 0
+        self.next = index + 1 + math.floor(skip)
 
     def texts(self) -> list[str]:
         return [text for _, text in sorted(self.items)]
@@ -232,11 +246,18 @@ def _near_rate(texts: list[str]) -> float:
     if not texts:
         return 0.0
     lsh = MinHashLSH(threshold=NEAR_DUPLICATE_JACCARD, num_perm=MINHASH_PERMUTATIONS)
+    template = MinHash(num_perm=MINHASH_PERMUTATIONS, seed=1)  # permutations drawn once, not per record
     near = 0
     for position, text in enumerate(texts):
         normal = " ".join(text.lower().split())
         shingles = {normal[i : i + SHINGLE_CHARS] for i in range(max(1, len(normal) - SHINGLE_CHARS + 1))}
-        signature = MinHash(num_perm=MINHASH_PERMUTATIONS, seed=1)
+        signature = MinHash(
+            num_perm=MINHASH_PERMUTATIONS,
+            seed=1,
+            hashfunc=zlib.crc32,
+            permutations=template.permutations,
+            scheme=template.scheme,
+        )
         signature.update_batch([s.encode() for s in shingles])
         if lsh.query(signature):
             near += 1
@@ -245,85 +266,152 @@ def _near_rate(texts: list[str]) -> float:
 
 
 def _record_text(record: Any) -> str:
-    return record if isinstance(record, str) else "\n".join(formats.strings_of(record))
+    """Every string and integer of the record, one a line, depth first (``formats.strings_of``)."""
+    if type(record) is str:
+        return record
+    if type(record) is not dict:
+        return "\n".join(formats.strings_of(record))
+    parts = []
+    for value in record.values():  # the common flat object without a generator per value
+        kind = type(value)
+        if kind is str:
+            parts.append(value)
+        elif kind is int:
+            parts.append(str(value))
+        elif kind is dict or kind is list or kind is tuple:
+            parts.extend(formats.strings_of(value))
+    return "\n".join(parts)
+
+
+class _Profile:
+    """The running counts of one file, fed a batch of records at a time."""
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(pii.KINDS, 0)
+        self.fields = _Fields()
+        self.distinct = _DistinctCounter()
+        self.sample = _Sample(SAMPLE_RECORDS)
+        self.encoder = tokenizer()
+        self.tokens = self.token_chars = self.all_chars = self.tokenized = 0
+        self.records = 0
+
+    def add(self, records: list[Any], keys: list[bytes]) -> None:
+        self.distinct.add(np.fromiter(map(hash, keys), np.int64, len(keys)))
+        texts = list(map(_record_text, records))
+        pii.count_into(texts, self.counts)
+        self.all_chars += sum(map(len, texts))
+        first, end = self.records, self.records + len(records)
+        exact_end = max(first, min(EXACT_TOKEN_RECORDS, end))
+        strided = exact_end + (-exact_end) % TOKEN_STRIDE  # then every record whose position is a multiple
+        picked = texts[: exact_end - first] + texts[strided - first :: TOKEN_STRIDE]
+        for text in picked:
+            self.tokens += len(self.encoder.encode_ordinary(text))
+            self.token_chars += len(text)
+        self.tokenized += len(picked)
+        while self.sample.next < end:
+            self.sample.offer(self.sample.next, texts[self.sample.next - first])
+        self.records = end
+
+
+class _Offsets:
+    """The sparse index of record offsets: the first record starting at or past every ``OFFSET_SPACING`` mark."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, int]] = []
+        self._mark = 0
+
+    def add(self, first_record: int, offset: int, lines: list[bytes], kept: list[int] | None) -> None:
+        lengths = np.fromiter(map(len, lines), np.int64, len(lines)) + 1
+        starts = offset + np.cumsum(lengths) - lengths
+        if kept is not None:
+            starts = starts[kept]
+        while len(starts) and self._mark <= starts[-1]:
+            at = int(np.searchsorted(starts, self._mark))
+            self.entries.append((first_record + at, int(starts[at])))
+            self._mark = int(starts[at]) + OFFSET_SPACING
+
+
+def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def profile(source: IO[bytes], path: str, stored_bytes: int) -> FileProfile:
     """Profile the file in ``source`` (seekable, at its start) named ``path``."""
     opened = formats.open_content(source, path)
-    counts = dict.fromkeys(pii.KINDS, 0)
-    fields = _Fields()
+    state = _Profile()
     arrow_fields: dict[str, tuple[str, int]] = {}
-    distinct = _DistinctCounter()
-    sample = _Sample(SAMPLE_RECORDS)
-    encoder = tokenizer()
-    tokens = token_chars = all_chars = 0
-    records = invalid = 0
-    pending_pii: list[str] = []
-
-    def add(record: Any, key: bytes) -> None:
-        nonlocal tokens, token_chars, all_chars, records
-        distinct.add(hash(key))
-        text = _record_text(record)
-        pending_pii.append(text)
-        if len(pending_pii) >= PII_BATCH:
-            pii.count_into(pending_pii, counts)
-            pending_pii.clear()
-        all_chars += len(text)
-        if records < EXACT_TOKEN_RECORDS or records % TOKEN_STRIDE == 0:
-            tokens += len(encoder.encode_ordinary(text))
-            token_chars += len(text)
-        sample.offer(records, text)
-        records += 1
+    invalid = 0
+    decoder = msgspec.json.Decoder()
+    offsets = _Offsets() if opened.compression is None else None
 
     fmt = opened.format
     if fmt in ("jsonl", "text"):
-        for line in formats.raw_records(opened):
-            record = formats.decode(fmt, line)
-            if fmt == "jsonl":
-                if isinstance(record, str):
-                    invalid += 1
-                fields.add(record)
-            add(record, line)
+        for offset, raw in formats.line_blocks(opened.stream):
+            lines = [line.rstrip(b"\r\n") for line in raw] if any(line.endswith(b"\r") for line in raw) else raw
+            if fmt == "text":
+                if offsets is not None:
+                    offsets.add(state.records, offset, raw, None)
+                state.add([line.decode("utf-8", "replace") for line in lines], lines)
+                continue
+            kept = list(filter(bytes.strip, lines))
+            if offsets is not None:
+                positions = None if len(kept) == len(lines) else [i for i, line in enumerate(lines) if line.strip()]
+                offsets.add(state.records, offset, raw, positions)
+            try:
+                decoded = list(map(decoder.decode, kept))
+            except msgspec.DecodeError:
+                decoded = [formats.decode(fmt, line) for line in kept]
+            invalid += list(map(type, decoded)).count(str)
+            state.fields.add(decoded)
+            state.add(decoded, kept)
     elif fmt == "json":
-        for record in formats.raw_records(opened):
-            fields.add(record)
-            add(record, msgspec.json.encode(record, order="sorted"))
+        for batch in _batches(formats.raw_records(opened), BATCH_RECORDS):
+            state.fields.add(batch)
+            state.add(batch, [msgspec.json.encode(r, order="sorted") for r in batch])
     elif fmt in ("csv", "tsv", "parquet"):
         batches = formats.csv_batches(opened) if fmt != "parquet" else formats.parquet_batches(opened)
         for batch in batches:
             for column_name, column in zip(batch.schema.names, batch.columns, strict=True):
                 kind, nulls = arrow_fields.get(column_name, (arrow_type(column.type), 0))
                 arrow_fields[column_name] = (kind, nulls + column.null_count)
-            for row in batch.to_pylist():
-                add(row, msgspec.json.encode(row, order="sorted", enc_hook=str))
+            rows = batch.to_pylist()
+            state.add(rows, [msgspec.json.encode(row, order="sorted", enc_hook=str) for row in rows])
     elif opened.counter is not None:  # binary: read through, so the content size is known
         while opened.stream.read(formats.BLOCK):
             pass
 
-    pii.count_into(pending_pii, counts)
-    texts = sample.texts()
+    records = state.records
+    texts = state.sample.texts()
+    language_texts = texts[:: max(1, -(-len(texts) // LANGUAGE_SAMPLE))]  # an even subset of the sample
     if fmt in ("csv", "tsv", "parquet"):
         field_profiles = [FieldProfile(n, k, _rate(nulls, records)) for n, (k, nulls) in arrow_fields.items()]
     elif fmt == "text":
         field_profiles = [FieldProfile("text", "string", 0.0)] if records else []
     else:
-        field_profiles = fields.profiles(records)
-    exact = token_chars == all_chars
+        field_profiles = state.fields.profiles(records)
+    exact = state.tokenized == records
     return FileProfile(
         path=path,
         format=fmt,
         compression=opened.compression,
         records=records,
         fields=field_profiles,
-        tokens=tokens if exact else math.floor(tokens * all_chars / max(token_chars, 1)),
+        tokens=state.tokens if exact else math.floor(state.tokens * state.all_chars / max(state.token_chars, 1)),
         tokenizer=tokenizer_name(),
         tokens_exact=exact,
-        languages=_languages([t for t in texts if t.strip()]),
-        language_sample=len(texts),
-        duplicates=Duplicates(_rate(records - distinct.distinct(), records), _near_rate(texts), len(texts)),
-        pii=counts,
+        languages=_languages([t for t in language_texts if t.strip()]),
+        language_sample=len(language_texts),
+        duplicates=Duplicates(_rate(records - state.distinct.distinct(), records), _near_rate(texts), len(texts)),
+        pii=state.counts,
         bytes=stored_bytes,
         content_bytes=opened.counter.count if opened.counter is not None else stored_bytes,
         invalid_records=invalid,
+        record_offsets=offsets.entries if offsets is not None else [],
     )

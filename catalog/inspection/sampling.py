@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
+import io
 import itertools
 import random
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ class SourceFile:
     path: str
     sha256: str
     records: int
+    offsets: tuple[tuple[int, int], ...] = ()  # the profile's sparse index of record offsets, if it has one
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -54,18 +56,47 @@ def record_digest(record: Any) -> str:
     return hashlib.sha256(msgspec.json.encode(record, order="sorted", enc_hook=str)).hexdigest()
 
 
-def read_records(source: IO[bytes], path: str, wanted: set[int]) -> dict[int, Any]:
-    """The decoded records at the positions ``wanted``, streaming the file only up to the last of them."""
+def read_records(
+    source: IO[bytes], path: str, wanted: set[int], offsets: Sequence[tuple[int, int]] = ()
+) -> dict[int, Any]:
+    """The decoded records at the positions ``wanted``: with an index of record offsets (uncompressed JSON Lines and
+    text) only the regions holding them are read, by range; otherwise the file is streamed up to the last of them."""
     opened = formats.open_content(source, path)
     found: dict[int, Any] = {}
     if not wanted:
         return found
+    if offsets and opened.compression is None and opened.format in ("jsonl", "text"):
+        return _read_indexed(source, opened.format, wanted, offsets)
     last = max(wanted)
     for number, raw in enumerate(formats.raw_records(opened)):
         if number in wanted:
             found[number] = formats.decode(opened.format, raw)
         if number >= last:
             break
+    return found
+
+
+def _read_indexed(source: IO[bytes], fmt: str, wanted: set[int], offsets: Sequence[tuple[int, int]]) -> dict[int, Any]:
+    firsts = [record for record, _ in offsets]
+    regions: dict[int, list[int]] = {}
+    for number in sorted(wanted):
+        regions.setdefault(bisect.bisect_right(firsts, number) - 1, []).append(number)
+    size = source.seek(0, io.SEEK_END)
+    found: dict[int, Any] = {}
+    for region, numbers in regions.items():
+        first, start = offsets[region]
+        end = offsets[region + 1][1] if region + 1 < len(offsets) else size
+        source.seek(start)
+        data = bytearray()
+        while len(data) < end - start and (part := source.read(end - start - len(data))):
+            data += part  # a ranged reader may answer part of a region from what it read before
+        lines = [line.rstrip(b"\r\n") for line in data.split(b"\n")]
+        if data.endswith(b"\n"):
+            lines.pop()  # what follows the last newline is no line
+        if fmt == "jsonl":
+            lines = [line for line in lines if line.strip()]
+        for number in numbers:
+            found[number] = formats.decode(fmt, lines[number - first])
     return found
 
 
@@ -77,7 +108,8 @@ def draw(
     for number, record_index in places:
         by_file.setdefault(number, set()).add(record_index)
     records = {
-        number: read_records(open_file(files[number]), files[number].path, wanted) for number, wanted in by_file.items()
+        number: read_records(open_file(files[number]), files[number].path, wanted, files[number].offsets)
+        for number, wanted in by_file.items()
     }
     drawn = []
     for index, (number, record_index) in enumerate(places):

@@ -143,6 +143,11 @@ async def _version_for_reviewer(
     return product, row
 
 
+def _source_file(file: VersionFile, profile: dict[str, Any]) -> sampling.SourceFile:
+    offsets = tuple((int(record), int(offset)) for record, offset in profile.get("record_offsets", ()))
+    return sampling.SourceFile(file.path, file.sha256, int(profile.get("records", 0)), offsets)
+
+
 async def draw_sample(
     session: AsyncSession,
     context: AuditContext,
@@ -166,7 +171,7 @@ async def draw_sample(
     ).all()
     if not found or any(p is None or p.finished_at is None for _, p in found):
         raise conflict("the version's files are not all profiled yet; draw the sample once they are", "profile-pending")
-    files = [(f, sampling.SourceFile(f.path, f.sha256, int((p.profile or {}).get("records", 0)))) for f, p in found]
+    files = [(f, _source_file(f, p.profile or {})) for f, p in found]
     total = sum(s.records for _, s in files)
     if size > total:
         raise invalid("size", f"the version holds {total} records")
