@@ -1,8 +1,9 @@
 """``corpora pull``: download the files of a licensed corpus version, over the HTTP API.
 
 The client finds the caller's entitlement for the product (or takes ``--entitlement``), asks for a download
-manifest (one metered grant per file, charged together), then downloads the files in parallel, each into
-``<file>.part`` and renamed once its SHA-256 matches the version's manifest.
+manifest (one metered grant per file, charged a batch of ``GRANT_BATCH`` files at a time, the next batch
+asked for while the previous one downloads), then downloads the files in parallel, each into ``<file>.part``
+and renamed once its SHA-256 matches the version's manifest.
 
 - Files already complete (same size and SHA-256) are skipped without asking for a grant: nothing is charged.
 - An interrupted pull resumes: a ``.part`` file continues from its size with an HTTP ``Range`` request, under
@@ -983,8 +984,9 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser], h
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Download the files of PRODUCT@VERSION under your entitlement into DIR, keeping their paths. Each file\n"
-            "is a metered grant (one download and its size, charged against the entitlement's quota; all the\n"
-            "files of one pull are charged together) with a signed receipt, saved in DIR/.corpora/receipts/ and\n"
+            "is a metered grant (one download and its size, charged against the entitlement's quota, 200\n"
+            "files at a time; the quota is checked for the whole pull first) with a signed receipt, saved in\n"
+            "DIR/.corpora/receipts/ and\n"
             "indexed by DIR/.corpora/receipts.json.\n\n"
             "- The entitlement is your organisation's active one for the product that permits --purpose (or\n"
             "  --entitlement). A refusal says why: quota (and what remains), expiry, revocation, purposes.\n"
