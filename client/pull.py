@@ -51,8 +51,8 @@ CHUNK = 1024 * 1024
 DEFAULT_API = "http://127.0.0.1:8000"
 DEFAULT_PARALLEL = 4
 RETRIES = 5
-GRANT_BATCH = 200  # files granted per manifest request: the first downloads start while later ones are granted
-GRANTS_IN_FLIGHT = 2  # manifest requests at once: one is answered while the client checks the other's receipts
+GRANT_BATCH = 100  # files granted per manifest request: the first downloads start while later ones are granted
+GRANTS_IN_FLIGHT = 3  # manifest requests at once: the server grants some while the client checks receipts of others
 URL_MARGIN = dt.timedelta(seconds=30)  # renew a URL expiring sooner than this before using it
 STATE_DIR = ".corpora"
 DOWNLOADER_ROLES = ("owner", "admin", "member")
@@ -984,7 +984,7 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser], h
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Download the files of PRODUCT@VERSION under your entitlement into DIR, keeping their paths. Each file\n"
-            "is a metered grant (one download and its size, charged against the entitlement's quota, 200\n"
+            "is a metered grant (one download and its size, charged against the entitlement's quota, 100\n"
             "files at a time; the quota is checked for the whole pull first) with a signed receipt, saved in\n"
             "DIR/.corpora/receipts/ and\n"
             "indexed by DIR/.corpora/receipts.json.\n\n"
