@@ -38,6 +38,7 @@ from app.replica import ReadRouting, provide_read_session
 from app.settings import Settings
 from app.validation import check_request
 from app.wiring import load_tasks
+from catalog import batch_routes
 from catalog import routes as catalog_routes
 from catalog.inspection import routes as inspection_routes
 from catalog.janitor import run_janitor
@@ -131,6 +132,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             auth_routes.router,
             audit_routes.router,
             catalog_routes.ProductController,
+            batch_routes.BatchUploadController,
             catalog_routes.reviews,
             *inspection_routes.route_handlers,
             *licensing_routes.route_handlers,

@@ -5,11 +5,14 @@ Every SDK call runs in a worker thread so the event loop never blocks on the net
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import io
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from email.utils import parsedate_to_datetime
 from functools import partial
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -76,6 +79,7 @@ class ObjectStore:
         self.stream_timeout = settings.s3_stream_timeout_seconds
         # Readiness checks must answer quickly: a store that accepts connections but never replies is down.
         self.probe_client = client(urllib3.Timeout(connect=1, read=1), False, 2)
+        self._checked_puts: bool | None = None
 
     async def _run(self, fn: Callable[[], T], *, abandon_on_cancel: bool = False) -> T:
         try:
@@ -187,6 +191,58 @@ class ObjectStore:
 
     # --- uploads ------------------------------------------------------------------------------------------
 
+    def _checked_put_url(self, key: str, sha256: str, seconds: int) -> str:
+        # Signed into the URL's query: the uploader can neither drop nor change it.
+        checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
+        return self.client.get_presigned_url(
+            "PUT",
+            self.bucket,
+            key,
+            expires=dt.timedelta(seconds=min(seconds, MAX_PRESIGN_SECONDS)),
+            extra_query_params={"x-amz-checksum-sha256": checksum},
+        )
+
+    async def presigned_checked_put(self, key: str, sha256: str, seconds: int) -> str:
+        """A PUT URL whose body the store refuses unless it hashes to ``sha256`` (see ``checks_puts``)."""
+        return self._checked_put_url(key, sha256, seconds)
+
+    async def checks_puts(self) -> bool:
+        """Whether the store refuses a presigned PUT whose bytes do not match the SHA-256 signed into its URL, and
+        answers each PUT with the id of the object version it created. Only then may clients upload straight to a
+        content-addressed key: no one can put other bytes there, and a completion names exactly the version it
+        uploaded. Probed once (two small PUTs); a store that fails the probe gets staged uploads."""
+        if self._checked_puts is None:
+
+            def probe() -> bool:
+                key = f"staging/{uuid.uuid4()}"  # swept by the janitor should the cleanup below fail
+                data = b"corpora checksum probe"
+                url = self._checked_put_url(key, hashlib.sha256(data).hexdigest(), 60)
+                http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=3, read=10), retries=False)
+                try:
+                    wrong = http.request("PUT", url, body=b"other bytes than were signed")
+                    right = http.request("PUT", url, body=data)
+                finally:
+                    for version in self._versions(key):
+                        self.client.remove_object(self.bucket, key, version_id=version)
+                version = right.headers.get("x-amz-version-id")
+                return 400 <= wrong.status < 500 and right.status == 200 and version not in (None, "", "null")
+
+            self._checked_puts = await self._run(probe)
+        return self._checked_puts
+
+    async def remove_version(self, key: str, version_id: str) -> None:
+        await self._run(partial(self.client.remove_object, self.bucket, key, version_id=version_id))
+
+    async def drop_duplicate(self, key: str, version_id: str) -> None:
+        """Remove ``version_id`` of ``key`` when the key has another version (the same content, uploaded earlier):
+        content-addressed bytes are kept once."""
+
+        def drop() -> None:
+            if any(v != version_id for v in self._versions(key)):
+                self.client.remove_object(self.bucket, key, version_id=version_id)
+
+        await self._run(drop)
+
     async def create_multipart(self, key: str, content_type: str) -> str:
         return await self._run(
             partial(self.client._create_multipart_upload, self.bucket, key, {"Content-Type": content_type})
@@ -282,6 +338,32 @@ class ObjectStore:
 
         held: bool = await self._run(enable)
         return held
+
+    async def version_digest(self, key: str, version_id: str) -> tuple[int, str, dt.datetime] | None:
+        """(bytes, lower-case hex SHA-256, when it was written) of one version of the object as stored, or ``None``
+        when the key has no such version."""
+
+        def digest() -> tuple[int, str, dt.datetime] | None:
+            try:
+                response = self.client.get_object(self.bucket, key, version_id=version_id)
+            except S3Error as exc:
+                # A malformed version id is refused as an invalid argument: no such version either.
+                if exc.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchVersion", "InvalidArgument"):
+                    return None
+                raise
+            hasher = hashlib.sha256()
+            size = 0
+            try:
+                for chunk in response.stream(1024 * 1024, decode_content=False):
+                    hasher.update(chunk)
+                    size += len(chunk)
+                modified = parsedate_to_datetime(response.headers["Last-Modified"])
+            finally:
+                response.close()
+                response.release_conn()
+            return size, hasher.hexdigest(), modified
+
+        return await self._run(digest)
 
     async def sha256_of(self, key: str, chunk_size: int = 4 * 1024 * 1024) -> tuple[int, str] | None:
         """Stream the object as stored (never content-decoded) and return (bytes read, lower-case hex SHA-256),

@@ -6,12 +6,13 @@ version; ``--files`` files of ``--size-kib`` random bytes are written.
 
 Measured one after the other, with the same number of parallel transfers:
 
-(a) push: ``client.push.push`` of the directory into the draft: per file the upload plan, the PUT to the
-    presigned URL and the completion, in which the server verifies size and SHA-256.
+(a) push: ``client.push.push`` of the directory into the draft: upload plans and completions in batches
+    (``POST …/uploads``, ``…/uploads/complete``, where the server verifies size and SHA-256), and a PUT per
+    file straight to its content-addressed key.
 (b) direct upload: the same files PUT with the ``minio`` SDK to the same object store from a thread pool.
 (c) pull: the version is published, a buyer orders a free offer, and ``client.pull.pull`` downloads every
-    file: grants in batches (``POST /downloads/manifest``), GETs of the presigned URLs, SHA-256 checks,
-    receipts verified against the JWKS.
+    file: grants in pipelined batches (``POST /downloads/manifest`` with ``paths``), GETs of the presigned
+    URLs, SHA-256 checks, receipts verified against the JWKS.
 (d) direct download: the same objects fetched with the ``minio`` SDK from a thread pool.
 
 Prints files/s for each and the ratios push / direct upload and pull / direct download (target: 0.50 each).

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from app.accounts.schemas import Strict
+from app.errors import Problem
 
 ProductSlug = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{1,79}$", description="lower-case, digits, -")]
 Industry = Literal[
@@ -269,3 +270,64 @@ class FileOut(msgspec.Struct):
     sha256: str
     media_type: str
     status: str
+
+
+# --- batches of uploads (catalog.batch_uploads) --------------------------------------------------------------
+
+MAX_BATCH = 1000
+
+
+class BatchPlanIn(Strict):
+    files: Annotated[list[FileIn], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class DirectUpload(msgspec.Struct, tag_field="kind", tag="direct"):
+    """PUT the bytes to ``url`` (the object store refuses any other bytes than the declared SHA-256), then complete
+    the file naming the ``x-amz-version-id`` header the object store answered the PUT with."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    expires_at: dt.datetime
+
+
+class BatchPlanItem(msgspec.Struct, omit_defaults=True):
+    """``status``: ``upload`` (send the bytes as ``upload`` says, then complete), ``stored`` (the organisation
+    already stores this content: complete without sending it), ``verified`` (already in the version with this
+    content: nothing to do) or ``refused`` (``problem`` says why; nothing changed for this file)."""
+
+    path: str
+    status: Literal["upload", "stored", "verified", "refused"]
+    file_id: uuid.UUID | None = None
+    upload: SingleUpload | DirectUpload | None = None
+    problem: Problem | None = None
+
+
+class BatchPlanOut(msgspec.Struct):
+    items: list[BatchPlanItem]
+
+
+class BatchCompleteFile(Strict):
+    file_id: uuid.UUID
+    # For a ``direct`` upload: the ``x-amz-version-id`` the object store answered the PUT with.
+    version_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+
+
+class BatchCompleteIn(Strict):
+    files: Annotated[list[BatchCompleteFile], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class BatchCompleteItem(msgspec.Struct, omit_defaults=True):
+    """``verified``, or ``refused`` with its ``problem`` (``upload-missing``: nothing changed, upload and complete
+    again; ``checksum-mismatch`` / ``size-mismatch``: the upload and the pending file were discarded)."""
+
+    file_id: uuid.UUID
+    status: Literal["verified", "refused"]
+    path: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    problem: Problem | None = None
+
+
+class BatchCompleteOut(msgspec.Struct):
+    items: list[BatchCompleteItem]

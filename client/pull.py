@@ -1,8 +1,9 @@
 """``corpora pull``: download the files of a licensed corpus version, over the HTTP API.
 
 The client finds the caller's entitlement for the product (or takes ``--entitlement``), asks for a download
-manifest (one metered grant per file, charged together), then downloads the files in parallel, each into
-``<file>.part`` and renamed once its SHA-256 matches the version's manifest.
+manifest (one metered grant per file, charged a batch of ``GRANT_BATCH`` files at a time, the next batch
+asked for while the previous one downloads), then downloads the files in parallel, each into ``<file>.part``
+and renamed once its SHA-256 matches the version's manifest.
 
 - Files already complete (same size and SHA-256) are skipped without asking for a grant: nothing is charged.
 - An interrupted pull resumes: a ``.part`` file continues from its size with an HTTP ``Range`` request, under
@@ -22,19 +23,19 @@ module level, so registering the command keeps ``corpora --help`` fast.
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
 import fnmatch
-import glob
 import hashlib
 import json
 import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -50,7 +51,8 @@ CHUNK = 1024 * 1024
 DEFAULT_API = "http://127.0.0.1:8000"
 DEFAULT_PARALLEL = 4
 RETRIES = 5
-MANIFEST_BATCH = 50  # include patterns the manifest endpoint takes at once
+GRANT_BATCH = 100  # files granted per manifest request: the first downloads start while later ones are granted
+GRANTS_IN_FLIGHT = 3  # manifest requests at once: the server grants some while the client checks receipts of others
 URL_MARGIN = dt.timedelta(seconds=30)  # renew a URL expiring sooner than this before using it
 STATE_DIR = ".corpora"
 DOWNLOADER_ROLES = ("owner", "admin", "member")
@@ -368,6 +370,7 @@ class State:
         # cost time quadratic in the number of files.
         self.journal = self.dir / "receipts.journal"
         self.lock = threading.Lock()
+        self._journal: IO[str] | None = None  # open for appending while the run writes to it
         self.downloads: dict[str, dict[str, Any]] = {}
         self.verified: dict[str, list[Any]] = {}
         self._open: dict[tuple[str, ...], dict[str, Any]] | None = None  # uncompleted grants, built on first use
@@ -389,12 +392,16 @@ class State:
             self.downloads[change["completed"]]["completed_at"] = change["at"]
             self.verified[change["path"]] = change["verified"]
 
-    def _append(self, change: dict[str, Any]) -> None:
-        """Apply ``change`` and journal it (the caller holds the lock)."""
-        self._apply(change)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with self.journal.open("a") as journal:
-            journal.write(json.dumps(change, sort_keys=True) + "\n")
+    def _append(self, *changes: dict[str, Any]) -> None:
+        """Apply ``changes`` and journal them (the caller holds the lock). Flushed at once: a process killed
+        afterwards loses none of them."""
+        for change in changes:
+            self._apply(change)
+        if self._journal is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._journal = self.journal.open("a")
+        self._journal.write("".join(json.dumps(change, sort_keys=True) + "\n" for change in changes))
+        self._journal.flush()
 
     def save(self) -> None:
         """Write the whole index and empty the journal (the caller holds the lock)."""
@@ -407,25 +414,37 @@ class State:
         temporary = self.index.with_name(f".receipts.{os.getpid()}.{threading.get_ident()}.tmp")
         temporary.write_text(json.dumps(data, indent=1, sort_keys=True))
         temporary.replace(self.index)
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
         self.journal.unlink(missing_ok=True)
 
     def record_grant(self, item: dict[str, Any], entitlement_id: str, purpose: str) -> None:
-        """Keep the receipt of a grant (new or refreshed) and index it, before any byte is downloaded; a receipt
+        self.record_grants([item], entitlement_id, purpose)
+
+    def record_grants(self, items: Sequence[dict[str, Any]], entitlement_id: str, purpose: str) -> None:
+        """Keep the receipts of grants (new or refreshed) and index them, before any byte is downloaded; a receipt
         that does not verify against the platform's keys stops the pull."""
-        try:
-            self.verifier.verify(item["receipt"], item)
-        except ReceiptInvalid as exc:
-            raise PullError(
-                f"the receipt of {item['path']} does not verify: {exc}. Nothing of it was downloaded; pull again, "
-                "and if it persists, the API at this address is not the platform that signs receipts."
-            ) from None
+        for item in items:
+            try:
+                self.verifier.verify(item["receipt"], item)
+            except ReceiptInvalid as exc:
+                raise PullError(
+                    f"the receipt of {item['path']} does not verify: {exc}. Nothing of it was downloaded; pull "
+                    "again, and if it persists, the API at this address is not the platform that signs receipts."
+                ) from None
         with self.lock:
             self.receipts.mkdir(parents=True, exist_ok=True)
-            receipt = self.receipts / f"{item['download_id']}.jws"
-            if not receipt.exists():
-                receipt.write_text(item["receipt"] + "\n")
-            earlier = self.downloads.get(str(item["download_id"]), {})
-            entry = {
+            for item in items:
+                receipt = self.receipts / f"{item['download_id']}.jws"
+                if str(item["download_id"]) not in self.downloads or not receipt.exists():
+                    receipt.write_text(item["receipt"] + "\n")
+            self._append(*(self._grant_entry(item, entitlement_id, purpose) for item in items))
+
+    def _grant_entry(self, item: dict[str, Any], entitlement_id: str, purpose: str) -> dict[str, Any]:
+        earlier = self.downloads.get(str(item["download_id"]), {})
+        return {
+            "grant": {
                 "download_id": str(item["download_id"]),
                 "product": item["product"],
                 "version": item["version"],
@@ -441,7 +460,7 @@ class State:
                 "granted_at": earlier.get("granted_at") or _now().isoformat(),
                 "completed_at": earlier.get("completed_at"),
             }
-            self._append({"grant": entry})
+        }
 
     def complete(self, download_id: str, path: str, file: Path, sha256: str) -> None:
         stat = file.stat()
@@ -697,8 +716,9 @@ class Downloader:
         self._count(files_downloaded=1)
         self.progress.line(f"downloaded {item.path} ({human_size(item.size)})")
 
-    def run(self, items: Sequence[Item], parallel: int) -> None:
-        """Fetch every item, ``parallel`` at a time; a refusal stops the others (their .part files remain)."""
+    def run(self, items: Iterable[Item], parallel: int) -> None:
+        """Fetch every item, ``parallel`` at a time, as ``items`` yields them; a refusal stops the others (their
+        .part files remain)."""
         pool = concurrent.futures.ThreadPoolExecutor(parallel, thread_name_prefix="pull")
         try:
             futures = {pool.submit(self.fetch, item): item for item in items}
@@ -749,26 +769,35 @@ def _selected(files: Iterable[dict[str, Any]], include: Sequence[str]) -> list[d
 def _grant(
     api: Api,
     state: State,
-    report: PullReport,
     entitlement_id: str,
     slug: str,
     version: str,
     purpose: str,
-    patterns: Sequence[str],
+    paths: Sequence[str],
 ) -> list[dict[str, Any]]:
     body = {
         "entitlement_id": entitlement_id,
         "product": slug,
         "version": version,
         "purpose": purpose,
-        "include": list(patterns),
+        "paths": list(paths),
     }
     manifest = api.call("POST", "/downloads/manifest", f"asking for {slug}@{version}", json_body=body)
     items: list[dict[str, Any]] = manifest["items"]
-    for item in items:
-        state.record_grant(item, entitlement_id, purpose)
-    report.grants_new += len(items)
+    state.record_grants(items, entitlement_id, purpose)
     return items
+
+
+def _item(grant: dict[str, Any]) -> Item:
+    return Item(
+        path=grant["path"],
+        size=int(grant["size"]),
+        sha256=str(grant["sha256"]),
+        download_id=str(grant["download_id"]),
+        url=str(grant["url"]),
+        expires_at=_when(grant["expires_at"]) or _now(),
+        mode=str(grant["mode"]),
+    )
 
 
 def pull(
@@ -855,43 +884,49 @@ def pull(
             report.grants_reused += 1
             report.refreshes += 1
 
-        missing = [f for f in todo if f["path"] not in granted]
+        missing = [f["path"] for f in todo if f["path"] not in granted]
         if missing:
-            check_quota(chosen, len(missing), sum(f["size"] for f in missing))
-            if len(missing) == len(files) and len(patterns) <= MANIFEST_BATCH:
-                batches = [patterns]  # everything the globs select: ask with the globs themselves
-            else:
-                exact = [glob.escape(f["path"]) for f in missing]
-                batches = [exact[i : i + MANIFEST_BATCH] for i in range(0, len(exact), MANIFEST_BATCH)]
-            for batch in batches:
-                try:
-                    new = _grant(client, state, report, entitlement_id, slug, version, purpose, batch)
-                except Refusal as refusal:
-                    if not granted:
-                        raise
-                    report.refusal = str(refusal)  # download what was granted (and charged) before the refusal
-                    break
-                granted.update({i["path"]: i for i in new})
-
+            check_quota(chosen, len(missing), sum(f["size"] for f in todo if f["path"] not in granted))
         wanted = {f["path"] for f in todo}
-        transfers = [
-            Item(
-                path=i["path"],
-                size=int(i["size"]),
-                sha256=str(i["sha256"]),
-                download_id=str(i["download_id"]),
-                url=str(i["url"]),
-                expires_at=_when(i["expires_at"]) or _now(),
-                mode=str(i["mode"]),
-            )
-            for path, i in sorted(granted.items())
-            if path in wanted
-        ]
+
+        def transfers() -> Iterator[Item]:
+            """The renewed grants, then new ones a batch at a time: each batch downloads while the next ones are
+            granted (and charged), ``GRANTS_IN_FLIGHT`` at once."""
+            yield from (_item(i) for path, i in sorted(granted.items()) if path in wanted)
+            starts = iter(range(0, len(missing), GRANT_BATCH))
+            asking: collections.deque[tuple[int, concurrent.futures.Future[list[dict[str, Any]]]]]
+            asking = collections.deque()
+            with concurrent.futures.ThreadPoolExecutor(GRANTS_IN_FLIGHT, thread_name_prefix="pull-grant") as pool:
+
+                def ask() -> None:
+                    start = next(starts, None)
+                    if start is not None:
+                        batch = missing[start : start + GRANT_BATCH]
+                        args = (client, state, entitlement_id, slug, version, purpose, batch)
+                        asking.append((start, pool.submit(_grant, *args)))
+
+                for _ in range(GRANTS_IN_FLIGHT):
+                    ask()
+                while asking:
+                    start, future = asking.popleft()
+                    try:
+                        new = future.result()
+                    except Refusal as refusal:
+                        for _, other in asking:
+                            other.cancel()
+                        if not granted and not start:
+                            raise
+                        report.refusal = str(refusal)  # download what was granted (and charged) before it
+                        return
+                    report.grants_new += len(new)
+                    ask()
+                    yield from (_item(i) for i in new if i["path"] in wanted)
+
         done = sum(f["size"] for f in files if f["path"] not in wanted)
         progress.start_total(sum(f["size"] for f in files), done, f"{slug}@{version}")
         downloader = Downloader(client, out, state, progress, report, parallel)
         try:
-            downloader.run(transfers, parallel)
+            downloader.run(transfers(), parallel)
         finally:
             downloader.close()
             with state.lock:
@@ -949,8 +984,9 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser], h
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
             "Download the files of PRODUCT@VERSION under your entitlement into DIR, keeping their paths. Each file\n"
-            "is a metered grant (one download and its size, charged against the entitlement's quota; all the\n"
-            "files of one pull are charged together) with a signed receipt, saved in DIR/.corpora/receipts/ and\n"
+            "is a metered grant (one download and its size, charged against the entitlement's quota, 100\n"
+            "files at a time; the quota is checked for the whole pull first) with a signed receipt, saved in\n"
+            "DIR/.corpora/receipts/ and\n"
             "indexed by DIR/.corpora/receipts.json.\n\n"
             "- The entitlement is your organisation's active one for the product that permits --purpose (or\n"
             "  --entitlement). A refusal says why: quota (and what remains), expiry, revocation, purposes.\n"

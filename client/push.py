@@ -42,6 +42,8 @@ from urllib.parse import quote
 import httpx
 from tqdm import tqdm
 
+from client import push_batch
+
 CHUNK = 1024 * 1024
 DEFAULT_API = "http://127.0.0.1:8000"
 DEFAULT_PARALLEL = 8
@@ -271,7 +273,20 @@ def _problem(response: httpx.Response) -> tuple[str, str]:
 def explain(response: httpx.Response, what: str, *, target: str) -> PushError:
     """Turn an error answer of the API into a message that says what to do next."""
     kind, detail = _problem(response)
-    status = response.status_code
+    return explain_problem(response.status_code, kind, detail, what, target=target)
+
+
+def explain_item(problem: dict[str, Any], path: str, *, target: str) -> PushError:
+    """The message for one refused item of a batch (its ``problem``)."""
+    detail = str(problem.get("detail") or problem.get("title") or "")
+    errors = problem.get("errors")
+    if isinstance(errors, list) and errors:
+        detail += " (" + "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors) + ")"
+    status = int(problem.get("status") or 422)
+    return explain_problem(status, str(problem.get("type") or ""), detail, path, target=target)
+
+
+def explain_problem(status: int, kind: str, detail: str, what: str, *, target: str) -> PushError:
     if status == 401:
         return PushError(
             f"{what}: the token was refused ({detail or 'expired or revoked'}). Access tokens live 15 minutes: "
@@ -508,7 +523,8 @@ class Uploader:
         length: int,
         headers: dict[str, str],
         bar: tqdm[Any] | None,
-    ) -> str:
+    ) -> tuple[str, str | None]:
+        """(ETag, the object version the PUT created, if the store keeps versions)."""
         delay = 0.5
         renew = False
         problem = ""
@@ -542,7 +558,7 @@ class Uploader:
                 if not etag:
                     raise PushError(f"{file.path}: the object store answered without an ETag", fatal=False)
                 self._count(bytes_uploaded=length, parts_uploaded=1)
-                return etag
+                return etag, response.headers.get("x-amz-version-id")
             self.progress.advance(bar, -sent)  # counted again when the part is sent again
             if response is not None:
                 problem = f"{response.status_code}: {response.text[:300]}"
@@ -561,6 +577,33 @@ class Uploader:
                 delay = min(delay * 2, 20)
         raise PushError(
             f"{file.path}: uploading to the object store failed ({problem}). Run push again to resume.", fatal=False
+        )
+
+    def put_whole(self, file: LocalFile, url: Callable[[bool], str], headers: dict[str, str]) -> tuple[str, str | None]:
+        """One PUT of the whole file (a file of a batch: no bar of its own, the total advances)."""
+        return self._put(file, url, 0, file.size, headers, None)
+
+    def fail(self, message: str) -> None:
+        with self.counter_lock:
+            self.report.files_failed += 1
+            self.report.failures.append(message)
+        self.progress.line(f"error: {message}")
+
+    def batches(self, target: str) -> push_batch.Batches:
+        return push_batch.Batches(
+            call=self.api.call,
+            put=self.put_whole,  # type: ignore[arg-type]
+            discard=lambda file_id, path: self.api.delete_file(self.slug, self.version, file_id, path),
+            transfers=self.transfers,
+            slug=self.slug,
+            version=self.version,
+            pending=self.pending,
+            count=self._count,
+            fail=self.fail,
+            line=self.progress.line,
+            item_error=lambda problem, path: explain_item(problem, path, target=target),
+            margin=lambda: URL_MARGIN,
+            stop=self.stop,
         )
 
     def _hash(self, file: LocalFile) -> None:
@@ -651,7 +694,7 @@ class Uploader:
 
                 return url
 
-            futures: dict[concurrent.futures.Future[str], int] = {}
+            futures: dict[concurrent.futures.Future[tuple[str, str | None]], int] = {}
             try:
                 for number in range(1, count + 1):
                     if number in done:
@@ -664,7 +707,7 @@ class Uploader:
                 if bar is not None:
                     bar.close()
             for future, number in futures.items():
-                done[number] = future.result()
+                done[number] = future.result()[0]
             body = {"parts": [{"part_number": n, "etag": done[n]} for n in sorted(done)]}
         if not file.unchanged():
             raise PushError(
@@ -679,7 +722,7 @@ class Uploader:
         self._count(files_uploaded=1)
         self.progress.line(f"uploaded {file.path} ({human_size(file.size)})")
 
-    def _wait(self, futures: list[concurrent.futures.Future[str]]) -> None:
+    def _wait(self, futures: list[concurrent.futures.Future[tuple[str, str | None]]]) -> None:
         """Wait for transfers; on the first failure stop the others of this file and raise it."""
         pending = set(futures)
         while pending:
@@ -776,9 +819,12 @@ def push(
                 "those files from the draft first."
             )
         if new:
-            # New files are hashed by the upload workers, so hashing one overlaps uploading others.
+            # Small files go in batches, hashed first (each is quick); large ones are hashed by the upload workers,
+            # so hashing one overlaps uploading others.
+            small = [f for f in new if f.size <= push_batch.SMALL]
+            _hash_all(small, parallel, cache, progress, report)
             for file in new:
-                file.sha256 = cache.get(file) or ""
+                file.sha256 = file.sha256 or cache.get(file) or ""
             new.sort(key=lambda f: -f.size)  # the largest first: the shortest tail
             _upload_all(client, slug, version, new, parallel, progress, report, cache=cache, pending=pending)
             final = client.version(slug, version)
@@ -852,14 +898,22 @@ def _upload_all(
         client, slug, version, parallel=parallel, progress=progress, report=report, cache=cache, pending=pending
     )
     files = concurrent.futures.ThreadPoolExecutor(parallel, thread_name_prefix="push-file")
+    batch_pool = concurrent.futures.ThreadPoolExecutor(push_batch.BATCHES_IN_FLIGHT, thread_name_prefix="push-batch")
+    batches = uploader.batches(f"{slug}@{version}")
     fatal: PushError | None = None
     try:
-        futures = {files.submit(uploader.upload_file, file): file for file in todo}
+        # Many small files: batches of plans and completions (their PUTs share the transfer pool); large files
+        # (and whatever a batch hands back) one at a time.
+        small = [f for f in todo if f.size <= push_batch.SMALL]
+        futures: dict[concurrent.futures.Future[None], str] = {
+            batch_pool.submit(batches.run, batch): f"a batch of {len(batch)} file(s)" for batch in batches.split(small)
+        }
+        futures |= {files.submit(uploader.upload_file, file): file.path for file in todo if file not in small}
         running = set(futures)
         while running:
             finished, running = concurrent.futures.wait(running, timeout=0.5)
             for future in finished:
-                file = futures[future]
+                name = futures[future]
                 error = None if future.cancelled() else future.exception()
                 if error is None or isinstance(error, _Stopped):
                     continue
@@ -873,14 +927,22 @@ def _upload_all(
                         for other in running:
                             other.cancel()
                 else:
-                    report.failures.append(f"{file.path}: {type(error).__name__}: {error}")
-                    progress.line(f"error: {file.path}: {type(error).__name__}: {error}")
+                    report.failures.append(f"{name}: {type(error).__name__}: {error}")
+                    progress.line(f"error: {name}: {type(error).__name__}: {error}")
+            if not running and batches.alone and fatal is None:
+                alone, batches.alone = batches.alone, []
+                by_path = {f.path: f for f in small}
+                new = {files.submit(uploader.upload_file, by_path[f.path]): f.path for f in alone}
+                futures |= new
+                running = set(new)
     except KeyboardInterrupt:
         uploader.stop.set()
         files.shutdown(wait=False, cancel_futures=True)
+        batch_pool.shutdown(wait=False, cancel_futures=True)
         raise
     finally:
         uploader.stop.set()
+        batch_pool.shutdown(wait=True, cancel_futures=True)
         files.shutdown(wait=True, cancel_futures=True)
         uploader.close()
         report.transfer_seconds = time.monotonic() - started

@@ -179,6 +179,26 @@ async def record(
     await session.execute(_PENDING, _event_values(context, action, org_id, target_type, target_id, details))
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """One event of ``record_many``."""
+
+    action: str
+    org_id: uuid.UUID | None = None
+    target_type: str | None = None
+    target_id: object | None = None
+    details: Mapping[str, Any] | None = None
+
+
+async def record_many(session: AsyncSession, context: AuditContext, events: Sequence[Event]) -> None:
+    """``record`` for many events in one round trip (a batch of file uploads): each is its own event."""
+    if events:
+        await session.execute(
+            _PENDING,
+            [_event_values(context, e.action, e.org_id, e.target_type, e.target_id, e.details) for e in events],
+        )
+
+
 @dataclasses.dataclass(slots=True)
 class ChainReport:
     ok: bool

@@ -463,13 +463,15 @@ async def grant(
     paths: Sequence[str] | None,
     patterns: Sequence[str] | None = None,
     purpose: str,
+    lawful_only: bool = False,
     mode: str,
     url_seconds: int,
     issuer: str,
     locate: Locate,
     charge_turn: asyncio.Lock,
 ) -> list[Grant]:
-    """Grant the named files (or those matching ``patterns``), charged together: all or nothing."""
+    """Grant the named files (or those matching ``patterns``), charged together: all or nothing. A named file
+    that was taken down refuses the grant, unless ``lawful_only`` (a manifest), which leaves it out."""
     target = await resolve_target(session, principal, entitlement_id, slug, version, purpose, paths)
     files = target.files
     if paths is not None:
@@ -479,7 +481,7 @@ async def grant(
             raise not_found(f"file '{missing[0]}' in {slug}@{version}")
         files = [by_path[p] for p in dict.fromkeys(paths)]
         taken_down = [f.path for f in files if f.taken_down]
-        if taken_down:
+        if taken_down and not lawful_only:
             raise _taken_down(taken_down, slug, version)
     elif patterns is not None:
         files = [f for f in files if any(fnmatch.fnmatchcase(f.path, p) for p in patterns)]

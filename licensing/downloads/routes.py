@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.auth.guards import requires
 from app.deps import BEARER, Audit, Caller, Session
-from app.errors import ProblemError
+from app.errors import ProblemError, invalid
 from app.metrics import BYTES_SERVED, GRANTS, REFRESHES, REFUSALS
 from app.objectstore import ObjectStore
 from app.openapi import problems
@@ -183,6 +183,7 @@ async def _grant(
     paths: list[str] | None,
     patterns: list[str] | None,
     purpose: str,
+    lawful_only: bool = False,
 ) -> list[grants.Grant]:
     settings: Settings = state.settings
     try:
@@ -198,6 +199,7 @@ async def _grant(
                 paths=paths,
                 patterns=patterns,
                 purpose=purpose,
+                lawful_only=lawful_only,
                 mode=settings.download_mode,
                 url_seconds=_url_seconds(settings),
                 issuer=settings.jwt_issuer,
@@ -289,7 +291,11 @@ async def create_manifest(
     data: JSONBody[ManifestIn],
 ) -> ManifestOut:
     """One grant per file, charged together (all or nothing), every URL pinned to the version's manifest
-    digest. Refresh them as a set with ``POST /downloads/refresh``."""
+    digest. Refresh them as a set with ``POST /downloads/refresh``. ``include`` selects files by globs;
+    ``paths`` (up to 1,000, instead of ``include``) names them exactly: a path the version lacks is 404. Either
+    way, files withdrawn by an upheld takedown are left out (451 when nothing else is left)."""
+    if data.paths is not None and data.include != ["*"]:
+        raise invalid("paths", "give paths or include, not both")
     granted = await _grant(
         request,
         session,
@@ -299,9 +305,10 @@ async def create_manifest(
         entitlement_id=data.entitlement_id,
         product=data.product,
         version=data.version,
-        paths=None,
-        patterns=data.include,
+        paths=data.paths,
+        patterns=None if data.paths is not None else data.include,
         purpose=data.purpose,
+        lawful_only=True,
     )
     items = [_out(g) for g in granted]
     return ManifestOut(data.product, data.version, items[0].manifest_digest, items)

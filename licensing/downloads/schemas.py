@@ -11,6 +11,8 @@ import msgspec
 from app.accounts.schemas import Strict
 from catalog.search import Use
 
+MAX_MANIFEST_PATHS = 1000
+
 
 class DownloadIn(Strict):
     entitlement_id: uuid.UUID
@@ -28,6 +30,14 @@ class ManifestIn(Strict):
     include: Annotated[
         list[Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]], msgspec.Meta(max_length=50)
     ] = msgspec.field(default_factory=lambda: ["*"])
+    # Exact paths instead of globs (a client granting a long list in batches): looked up, not matched.
+    paths: (
+        Annotated[
+            list[Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]],
+            msgspec.Meta(min_length=1, max_length=MAX_MANIFEST_PATHS),
+        ]
+        | None
+    ) = None
 
 
 class RefreshIn(Strict):

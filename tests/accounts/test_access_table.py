@@ -243,6 +243,12 @@ def requests(w: World) -> dict[tuple[str, str], Request]:
         ("POST", "/api/v1/products/{slug}/versions/{version}/files/{path}"): Request(
             f"{v}/files/{NOBODY}/complete", {}
         ),
+        ("POST", "/api/v1/products/{slug}/versions/{version}/uploads"): Request(
+            f"{v}/uploads", {"files": [{"path": "x.txt", "size": 1, "sha256": "0" * 64, "media_type": "text/plain"}]}
+        ),
+        ("POST", "/api/v1/products/{slug}/versions/{version}/uploads/complete"): Request(
+            f"{v}/uploads/complete", {"files": [{"file_id": NOBODY}]}
+        ),
         ("DELETE", "/api/v1/products/{slug}/versions/{version}/files/{path}"): Request(f"{v}/files/{NOBODY}"),
         ("GET", "/api/v1/products/{slug}/versions/{version}/files/{path}"): Request(
             f"{q}/files/data/a.txt", params={"entitlement_id": w.bought_entitlement, "purpose": "research"}

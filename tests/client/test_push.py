@@ -9,7 +9,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from app import cli
 from app.main import create_app
 from app.settings import Settings
 from client import push as push_module
+from client import push_batch
 from client.push import PushReport, push
 from tests.catalog.helpers import make_product, make_version
 from tests.conftest import Account, make_org, sign_up
@@ -181,13 +182,20 @@ async def test_upload_urls_about_to_expire_are_renewed(
         return plan(self, slug, version, file)
 
     monkeypatch.setattr(push_module.Api, "plan", counted)
+    plan_batch = push_batch.Batches.plan
+
+    def counted_batch(self: push_batch.Batches, files: Sequence[push_batch.File]) -> list[dict[str, Any]]:
+        plans.extend(file.path for file in files)
+        return plan_batch(self, files)
+
+    monkeypatch.setattr(push_batch.Batches, "plan", counted_batch)
     owner, slug = await _draft(client)
     files = {"big.bin": os.urandom(9 * MIB), "small.txt": b"small"}
     _write(tmp_path / "corpus", files)
     report = await _push(api_url, owner, slug, tmp_path / "corpus", tmp_path / "cache")
     assert report.ok, report.failures
     assert (report.files_uploaded, report.parts_uploaded, report.parts_reused) == (2, 3, 0)
-    # the first plan, then a fresh one for each transfer
+    # the first plan (small.txt's in a batch), then a fresh one for each transfer
     assert sorted(plans) == ["big.bin"] * 3 + ["small.txt"] * 2
     assert await _version_files(client, owner, slug) == _manifest(files)
 
@@ -258,3 +266,27 @@ async def test_push_sends_no_bytes_the_org_already_stores(
     assert again.ok, again.failures
     assert (again.files_reused, again.files_uploaded, again.bytes_uploaded) == (2, 0, 0)
     assert await _version_files(client, owner, second) == _manifest(files)
+
+
+async def test_many_small_files_go_in_batches_with_one_put_each(
+    client: AsyncTestClient[Any], api_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plans: list[int] = []
+    plan_batch = push_batch.Batches.plan
+
+    def counted(self: push_batch.Batches, files: Sequence[push_batch.File]) -> list[dict[str, Any]]:
+        plans.append(len(files))
+        return plan_batch(self, files)
+
+    monkeypatch.setattr(push_batch.Batches, "plan", counted)
+    monkeypatch.setattr(push_batch, "BATCH_FILES", 40)
+    owner, slug = await _draft(client)
+    files = {f"shard-{n:03d}.bin": os.urandom(300 + n) for n in range(100)}
+    _write(tmp_path / "corpus", files)
+    report = await _push(api_url, owner, slug, tmp_path / "corpus", tmp_path / "cache")
+    assert report.ok, report.failures
+    assert (report.files_uploaded, report.parts_uploaded) == (100, 100)  # one PUT per file, nothing else
+    assert sorted(plans) == [20, 40, 40]
+    assert await _version_files(client, owner, slug) == _manifest(files)
+    version = (await client.get(f"/api/v1/products/{slug}/versions/1.0.0", headers=owner.headers)).json()
+    assert version["pending_files"] == []

@@ -283,3 +283,41 @@ async def test_a_resume_through_the_convenience_path_charges_nothing_new(
         again.headers["x-corpora-download-id"],
     }
     assert await quota() == (3, 3 * len(content))
+
+
+async def test_a_manifest_of_exact_paths_grants_just_those(
+    client: AsyncTestClient[Any], db: asyncpg.Connection
+) -> None:
+    m = await market(client, db, files={"data/a.txt": b"alpha", "data/[b].txt": b"beta", "data/c.txt": b"gamma"})
+    body = {"entitlement_id": m.entitlement_id, "product": m.product, "version": "1.0.0", "purpose": "research"}
+
+    async def used() -> tuple[int, int]:
+        row = await db.fetchrow(
+            "SELECT downloads_used, bytes_used FROM entitlements WHERE id = $1::uuid", m.entitlement_id
+        )
+        return row["downloads_used"], row["bytes_used"]
+
+    # Paths are names, not globs: "[b]" is the file so called.
+    granted = await client.post(
+        "/api/v1/downloads/manifest", json={**body, "paths": ["data/[b].txt", "data/a.txt"]}, headers=m.buyer.headers
+    )
+    assert granted.status_code == 201, granted.text
+    assert sorted(i["path"] for i in granted.json()["items"]) == ["data/[b].txt", "data/a.txt"]
+    assert await used() == (2, len(b"alpha") + len(b"beta"))
+
+    # A path the version lacks, or paths beside globs, refuse the whole request and charge nothing.
+    unknown = await client.post(
+        "/api/v1/downloads/manifest", json={**body, "paths": ["data/c.txt", "data/nope.txt"]}, headers=m.buyer.headers
+    )
+    assert unknown.status_code == 404, unknown.text
+    both = await client.post(
+        "/api/v1/downloads/manifest",
+        json={**body, "paths": ["data/c.txt"], "include": ["data/*"]},
+        headers=m.buyer.headers,
+    )
+    assert both.status_code == 422, both.text
+    too_many = await client.post(
+        "/api/v1/downloads/manifest", json={**body, "paths": [f"f{n}" for n in range(1001)]}, headers=m.buyer.headers
+    )
+    assert too_many.status_code in (413, 422), too_many.text
+    assert await used() == (2, len(b"alpha") + len(b"beta"))
