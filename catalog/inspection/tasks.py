@@ -39,6 +39,12 @@ def range_reader(store: ObjectStore, key: str, size: int) -> IO[bytes]:
     return cast(IO[bytes], RangeReader(fetch, size))
 
 
+def _printable(message: str) -> str:
+    """A parser's message may quote the file's bytes: kept as text PostgreSQL stores (no NUL, no control
+    characters)."""
+    return "".join(c if c.isprintable() else "\ufffd" for c in message)
+
+
 @job(PROFILE_TASK)
 async def profile_file(deps: JobDeps, file_id: str) -> None:
     async with deps.sessionmaker() as session, session.begin():
@@ -66,7 +72,7 @@ async def profile_file(deps: JobDeps, file_id: str) -> None:
             await session.execute(
                 update(FileProfileRow)
                 .where(FileProfileRow.file_id == uuid.UUID(file_id))
-                .values(failed_at=utcnow(), error=f"{type(exc).__name__}: {exc}"[:1000])
+                .values(failed_at=utcnow(), error=_printable(f"{type(exc).__name__}: {exc}")[:1000])
             )
         return
     async with deps.sessionmaker() as session, session.begin():
