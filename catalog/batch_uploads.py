@@ -48,6 +48,7 @@ from catalog.uploads import (
     blob_key,
     check_media_type,
     check_path,
+    keep_blob,
     staging_key,
 )
 
@@ -339,7 +340,7 @@ async def complete_batch(
             else:
                 cleanup.append(partial(store.drop_duplicate, key, version_id))
         elif not reused:
-            cleanup.append(partial(_keep_blob, store, key, file, new=file.sha256 in new_blobs))
+            cleanup.append(partial(keep_blob, store, key, file, new=file.sha256 in new_blobs))
     await _each(cleanup, lambda fn: fn())
     unused = new_blobs - {f.sha256 for f, _ in verified}
     if unused:
@@ -364,14 +365,6 @@ def _mismatch(file: VersionFile, size: int, digest: str) -> ProblemError | None:
             f"declared sha256 {file.sha256} but the uploaded bytes hash to {digest}; the upload was discarded",
         )
     return None
-
-
-async def _keep_blob(store: ObjectStore, staged: str, file: VersionFile, *, new: bool) -> None:
-    """A staged upload becomes the content-addressed blob (unless that exists already), then goes."""
-    target = blob_key(file.sha256)
-    if new or await store.size_of(target) is None:
-        await store.copy(staged, target)
-    await store.delete(staged)
 
 
 async def _record(

@@ -345,8 +345,13 @@ async def _store_blob(session: AsyncSession, store: ObjectStore, staged: str, fi
         .on_conflict_do_nothing(index_elements=[Blob.sha256])
         .returning(Blob.sha256)
     )
+    await keep_blob(store, staged, file, new=inserted is not None)
+
+
+async def keep_blob(store: ObjectStore, staged: str, file: VersionFile, *, new: bool) -> None:
+    """A staged upload becomes the content-addressed blob (unless that exists already), then goes."""
     target = blob_key(file.sha256)
-    if inserted is not None or await store.size_of(target) is None:
+    if new or await store.size_of(target) is None:
         await store.copy(staged, target)
     await store.delete(staged)
 
