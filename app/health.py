@@ -7,7 +7,7 @@ import hmac
 from collections.abc import Coroutine
 from typing import Any
 
-from litestar import Response, get
+from litestar import Response
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth.guards import requires
 from app.errors import RETRY_AFTER_SECONDS, not_found, unauthorized
+from app.handlers import get
 from app.objectstore import ObjectStore
 from app.settings import Settings
 

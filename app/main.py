@@ -17,6 +17,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from app import docs, health, redact
+from app.access_log import access_log
 from app.accounts import routes as accounts_routes
 from app.accounts.me_cache import MeCache
 from app.accounts.passwords import PASSWORD_HASHES_WAITING, HashingGate
@@ -124,6 +125,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             await upkeep_engine.dispose()
             if read_engine is not None:
                 await read_engine.dispose()
+            access_log.close()
 
     api = Router(
         path=API_PREFIX,

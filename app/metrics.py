@@ -1,5 +1,5 @@
 """The service's Prometheus metrics (every HTTP request's count, duration and requests in flight, per route,
-and the download counters) and the access log (one JSON line per request on the ``corpora.access`` logger).
+and the download counters) and the access log (one JSON line per request, ``app.access_log``).
 
 A lean ASGI middleware rather than litestar's Prometheus plugin middleware, which builds a ``Request`` and
 resolves four labelled children on every call: here the labelled children are looked up once per route
@@ -9,7 +9,6 @@ label cardinality is bounded by the routes, not by the ids in URLs.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from typing import Any
@@ -19,9 +18,9 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter, Gauge, Histogram, values
 
+from app.access_log import access_log
 from app.errors import answered_status
 
-access_log = logging.getLogger("corpora.access")
 _encode = msgspec.json.Encoder().encode
 
 _pid = os.getpid()
@@ -113,7 +112,4 @@ def _log_access(scope: Scope, route: tuple[str, str], status: int, elapsed: floa
             "client": state.get("client_addr"),
         }
     )
-    if access_log.isEnabledFor(logging.INFO):
-        # The record made directly: Logger.info would also walk the stack to find the caller, per request.
-        record = access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, line.decode(), (), None)
-        access_log.handle(record)
+    access_log.write(line)

@@ -6,13 +6,14 @@ it: ``/files/{path}`` is the download redirect's template.
 
 from __future__ import annotations
 
-from litestar import Controller, post
+from litestar import Controller
 from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody
 
 from app.auth.guards import requires
 from app.deps import Audit, Caller, Session
 from app.errors import Problem, ProblemError
+from app.handlers import post
 from app.openapi import problems
 from catalog import batch_uploads
 from catalog.routes import BEARER, VERSION_PATH

@@ -7,7 +7,7 @@ import uuid
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar import Controller, Request, Response
 from litestar.datastructures import ResponseHeader, State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.auth.guards import requires
 from app.deps import Audit, Caller, Limit, OptionalCaller, ReadSession, Session
 from app.errors import PROBLEM_MEDIA_TYPE, Problem, invalid, not_found
+from app.handlers import delete, get, patch, post
 from app.openapi import problems
 from app.settings import Settings
 from catalog import provenance, search, service, uploads

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from litestar import Controller, Request, Router, delete, get, patch, post
+from litestar import Controller, Request, Router
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
@@ -34,6 +34,7 @@ from app.auth.guards import requires
 from app.auth.principal import Principal
 from app.deps import Audit, Caller, Session
 from app.errors import PROBLEM_MEDIA_TYPE, Problem, ProblemError
+from app.handlers import delete, get, patch, post
 from app.openapi import problems
 from app.settings import Settings
 

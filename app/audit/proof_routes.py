@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from litestar import Response, get
+from litestar import Response
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import QueryParameter
@@ -19,6 +19,7 @@ from app.auth.guards import requires
 from app.auth.keys import KeyRing
 from app.deps import Caller, Session
 from app.errors import invalid, not_found
+from app.handlers import get
 from app.openapi import problems
 from app.settings import Settings
 

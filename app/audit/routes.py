@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Router, get
+from litestar import Router
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromQuery, QueryParameter
@@ -33,6 +33,7 @@ from app.auth.keys import KeyRing
 from app.auth.principal import Principal
 from app.deps import Caller, Session
 from app.errors import PROBLEM_MEDIA_TYPE, Problem
+from app.handlers import get
 from app.objectstore import ObjectStore
 from app.openapi import ALSO_ANSWERS
 from app.settings import Settings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Router, get, post
+from litestar import Router
 from litestar.datastructures import State
 from litestar.params import JSONBody
 
@@ -13,6 +13,7 @@ from app.auth.guards import OPEN_TO_AUDITORS, requires
 from app.auth.keys import KeyRing
 from app.auth.schemas import PasswordGrant, RefreshGrant, TokenOut
 from app.deps import Audit, Session
+from app.handlers import get, post
 from app.openapi import problems
 from app.validation import FORM_BODY
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Response
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody, QueryParameter
@@ -14,6 +14,7 @@ from litestar.types import ControllerRouterHandler
 from app.auth.guards import requires
 from app.deps import Audit, Caller, Session
 from app.errors import PROBLEM_MEDIA_TYPE, Problem
+from app.handlers import delete, get, post
 from app.notifications import service
 from app.notifications.models import WebhookDelivery, WebhookEndpoint
 from app.notifications.schemas import (

@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from litestar import Controller, get, post
+from litestar import Controller
 from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from app.auth.guards import requires
 from app.deps import Audit, Caller, OptionalCaller, Session
+from app.handlers import get, post
 from app.openapi import problems
 from app.settings import Settings
 from catalog.inspection import service

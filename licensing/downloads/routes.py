@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Annotated, Any
 
 import anyio
-from litestar import Request, Response, get, head, post
+from litestar import Request, Response
 from litestar.datastructures import Cookie, State
 from litestar.enums import MediaType
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.auth.guards import requires
 from app.deps import BEARER, Audit, Caller, Session
 from app.errors import ProblemError, invalid
+from app.handlers import get, head, post
 from app.metrics import BYTES_SERVED, GRANTS, REFRESHES, REFUSALS
 from app.objectstore import ObjectStore
 from app.openapi import problems

@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from typing import Annotated, Any
 
-from litestar import Controller, get, post
+from litestar import Controller
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.types import ControllerRouterHandler
 from sqlalchemy import Select, select
@@ -17,6 +17,7 @@ from app.accounts.models import Organization
 from app.auth.guards import requires
 from app.db import utcnow
 from app.deps import BEARER, Audit, Caller, Limit, Session
+from app.handlers import get, post
 from app.openapi import problems
 from catalog.models import Product
 from licensing.entitlements import service

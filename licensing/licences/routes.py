@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.types import ControllerRouterHandler
 
 from app.auth.guards import OPEN_TO_AUDITORS, requires
 from app.deps import BEARER, Audit, Caller, Limit, OptionalCaller, Session
+from app.handlers import get, post
 from app.openapi import problems
 from licensing.licences import service, terms
 from licensing.licences.models import Licence

@@ -5,13 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from litestar import Controller, Response, get, post
+from litestar import Controller, Response
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.types import ControllerRouterHandler
 
 from app.auth.guards import requires
 from app.deps import BEARER, Audit, Caller, Limit, Session
+from app.handlers import get, post
 from app.openapi import ALSO_ANSWERS, problems
 from licensing.models import markdown, notice, service, summary, tc260
 from licensing.models.schemas import ModelIn, ModelOut, ModelPage, SummaryFormat

@@ -6,12 +6,13 @@ import decimal
 import uuid
 
 import msgspec
-from litestar import Controller, get, patch, post
+from litestar import Controller
 from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.types import ControllerRouterHandler
 
 from app.auth.guards import requires
 from app.deps import BEARER, Audit, Caller, Limit, OptionalCaller, Session
+from app.handlers import get, patch, post
 from app.openapi import problems
 from licensing.offers import service
 from licensing.offers.models import Offer

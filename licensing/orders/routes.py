@@ -10,7 +10,7 @@ import uuid
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
@@ -24,6 +24,7 @@ from app.auth.guards import requires
 from app.db import utcnow
 from app.deps import BEARER, Audit, Caller, Limit, Session
 from app.errors import PROBLEM_MEDIA_TYPE, Problem, ProblemError, not_found, unauthorized
+from app.handlers import get, post
 from app.openapi import problems
 from app.validation import decode_json
 from catalog.models import Product

@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from litestar import Controller, get, post
+from litestar import Controller
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.types import ControllerRouterHandler
 
 from app.auth.guards import requires
 from app.deps import BEARER, Audit, Caller, Limit, Session
+from app.handlers import get, post
 from app.openapi import problems
 from licensing.takedowns import service
 from licensing.takedowns.schemas import (
