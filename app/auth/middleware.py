@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.accounts.models import ApiKey, User
 from app.auth.keys import KeyRing
 from app.auth.principal import Principal
-from app.auth.tokens import API_KEY_PREFIX, AccessClaims, InvalidToken, secret_digest, verify_access_token
+from app.auth.tokens import API_KEY_PREFIX, InvalidToken, secret_digest, verify_access_token
 from app.db import utcnow
 from app.errors import unauthorized
 from app.settings import IPNetwork, Settings
@@ -86,7 +86,8 @@ class AuthMiddleware:
         self.keyring = keyring
         self.sessionmaker = sessionmaker
         self._request_ids = _request_ids()  # made in each worker: the app is built after the fork
-        self._verified: collections.OrderedDict[str, AccessClaims] = collections.OrderedDict()
+        # A verified token's caller and when the token expires.
+        self._verified: collections.OrderedDict[str, tuple[Principal, float]] = collections.OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -134,23 +135,24 @@ class AuthMiddleware:
         if credential.startswith(API_KEY_PREFIX):
             return await self.api_key_principal(credential)
         cached = self._verified.get(credential)
-        if cached is not None and cached.expires_at > time.time():
-            return Principal(user_id=cached.user_id, platform_roles=cached.platform_roles)
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
         try:
             claims = verify_access_token(
                 self.keyring, credential, issuer=self.settings.jwt_issuer, audience=self.settings.jwt_audience
             )
         except InvalidToken as exc:
             raise unauthorized(str(exc)) from exc
-        self._remember(credential, claims)
-        return Principal(user_id=claims.user_id, platform_roles=claims.platform_roles)
+        principal = Principal(user_id=claims.user_id, platform_roles=claims.platform_roles)
+        self._remember(credential, principal, claims.expires_at)
+        return principal
 
-    def _remember(self, token: str, claims: AccessClaims) -> None:
+    def _remember(self, token: str, principal: Principal, expires_at: float) -> None:
         """Keep verified tokens until they expire, so a client's repeated calls skip the signature check.
 
         Only tokens that verified are kept, keyed by their full text; the cache is per process and bounded.
         """
-        self._verified[token] = claims
+        self._verified[token] = (principal, expires_at)
         self._verified.move_to_end(token)
         while len(self._verified) > VERIFIED_TOKENS_KEPT:
             self._verified.popitem(last=False)

@@ -15,12 +15,12 @@ class Principal:
     api_key_id: uuid.UUID | None = None
     api_key_org_id: uuid.UUID | None = None
     scopes: frozenset[str] | None = None  # None: an interactive session, not limited by scopes
+    # How audit events and the access log name the caller; made once, a principal serves many requests.
+    actor: str = dataclasses.field(init=False, compare=False)
 
-    @property
-    def actor(self) -> str:
-        if self.api_key_id is not None:
-            return f"api_key:{self.api_key_id}"
-        return f"user:{self.user_id}"
+    def __post_init__(self) -> None:
+        actor = f"api_key:{self.api_key_id}" if self.api_key_id is not None else f"user:{self.user_id}"
+        object.__setattr__(self, "actor", actor)
 
     def audit_context(self, request_id: str | None, client_addr: str | None) -> AuditContext:
         return AuditContext(actor=self.actor, request_id=request_id, client_addr=client_addr)
