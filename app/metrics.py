@@ -15,10 +15,11 @@ from typing import Any
 
 import msgspec
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Scope, Send
 from prometheus_client import Counter, Gauge, Histogram, values
 
 from app.access_log import access_log
+from app.auth.middleware import REQUEST_ID_HEADER
 from app.errors import answered_status
 
 _encode = msgspec.json.Encoder().encode
@@ -60,8 +61,11 @@ class RequestMetrics:
         self._request_counters: dict[tuple[str, str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP or scope["path"] in EXCLUDED_PATHS:
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
+            return
+        if scope["path"] in EXCLUDED_PATHS:
+            await self.app(scope, receive, _with_request_id(scope, send))
             return
         route = (scope["method"], scope.get("path_template") or scope["path"])
         children = self._route_children.get(route)
@@ -74,6 +78,7 @@ class RequestMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                _stamp_request_id(scope, message)
             await send(message)
 
         started = time.perf_counter()
@@ -96,6 +101,22 @@ class RequestMetrics:
             counter.inc()
             if status >= 500:
                 SERVER_ERRORS.labels(*route).inc()
+
+
+def _stamp_request_id(scope: Scope, message: HTTPResponseStartEvent) -> None:
+    """The response names the request id ``AuthMiddleware`` gave the request (here, to save a layer of ``send``)."""
+    request_id = (scope.get("state") or {}).get("request_id")
+    if request_id is not None:
+        message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, request_id.encode())]
+
+
+def _with_request_id(scope: Scope, send: Send) -> Send:
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            _stamp_request_id(scope, message)
+        await send(message)
+
+    return send_with_id
 
 
 def _log_access(scope: Scope, route: tuple[str, str], status: int, elapsed: float) -> None:

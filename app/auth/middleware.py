@@ -1,8 +1,9 @@
 """Authentication and request identity, as one ASGI middleware.
 
 Sets ``scope["user"]`` to a :class:`Principal` or ``None`` (anonymous), a request id, and the client
-address. A presented but invalid credential is refused with 401 at once; a missing one is left to the
-route's guards, so public endpoints stay public.
+address; ``app.metrics.RequestMetrics``, outside it, writes the request id into the response. A presented but
+invalid credential is refused with 401 at once; a missing one is left to the route's guards, so public
+endpoints stay public.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Receive, Scope, Send
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -111,19 +112,12 @@ class AuthMiddleware:
         trusted = self.settings.trusted_proxies
         state["client_addr"] = client_address(peer, ",".join(forwarded) or None, trusted) if trusted else peer
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers.append((REQUEST_ID_HEADER, request_id.encode()))
-                message["headers"] = headers
-            await send(message)
-
         handler = scope.get("route_handler")
         if handler is not None and handler.opt.get("own_auth"):
             scope["user"] = None  # the route checks its own credential (/metrics and its scrape token)
         else:
             scope["user"] = await self.authenticate(authorization)
-        await self.app(scope, receive, send_with_id)
+        await self.app(scope, receive, send)
 
     async def authenticate(self, authorization: str | None) -> Principal | None:
         if authorization is None:

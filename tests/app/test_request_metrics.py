@@ -30,3 +30,13 @@ async def test_a_refused_token_counts_as_401_not_as_a_server_error(client: Async
     assert await _sample(client, "corpora_http_requests_total", status_code="401", **route) == refused_before + 2
     assert await _sample(client, "corpora_http_requests_total", status_code="500", **route) == failed_before
     assert await _sample(client, "corpora_http_server_errors_total", **route) == errors_before
+
+
+async def test_every_answer_names_its_request_id(client: AsyncTestClient[Any]) -> None:
+    """A valid incoming X-Request-Id is echoed, an unusable one is replaced, on counted and uncounted paths."""
+    for path in ("/api/v1/products", "/healthz", "/api/v1/me"):
+        echoed = await client.get(path, headers={"X-Request-Id": "trace-42.a_b"})
+        assert echoed.headers.get_list("x-request-id") == ["trace-42.a_b"], path
+        replaced = await client.get(path, headers={"X-Request-Id": "not a valid id!"})
+        (made,) = replaced.headers.get_list("x-request-id")
+        assert made != "not a valid id!" and len(made) == 16, path
