@@ -433,12 +433,14 @@ class State:
                     f"the receipt of {item['path']} does not verify: {exc}. Nothing of it was downloaded; pull "
                     "again, and if it persists, the API at this address is not the platform that signs receipts."
                 ) from None
+        # Written before the lock is taken: a batch's hundred files would otherwise hold up every download that
+        # finishes meanwhile. Each file is named by its download, so no other thread writes it.
+        self.receipts.mkdir(parents=True, exist_ok=True)
+        for item in items:
+            receipt = self.receipts / f"{item['download_id']}.jws"
+            if str(item["download_id"]) not in self.downloads or not receipt.exists():
+                receipt.write_text(item["receipt"] + "\n")
         with self.lock:
-            self.receipts.mkdir(parents=True, exist_ok=True)
-            for item in items:
-                receipt = self.receipts / f"{item['download_id']}.jws"
-                if str(item["download_id"]) not in self.downloads or not receipt.exists():
-                    receipt.write_text(item["receipt"] + "\n")
             self._append(*(self._grant_entry(item, entitlement_id, purpose) for item in items))
 
     def _grant_entry(self, item: dict[str, Any], entitlement_id: str, purpose: str) -> dict[str, Any]:
