@@ -39,4 +39,5 @@ async def test_every_answer_names_its_request_id(client: AsyncTestClient[Any]) -
         assert echoed.headers.get_list("x-request-id") == ["trace-42.a_b"], path
         replaced = await client.get(path, headers={"X-Request-Id": "not a valid id!"})
         (made,) = replaced.headers.get_list("x-request-id")
-        assert made != "not a valid id!" and len(made) == 16, path
+        assert made != "not a valid id!", path
+        assert len(made) == 16, path
