@@ -526,10 +526,11 @@ async def grant(
     # URLs are made first: once the charge is sent, every other grant under the entitlement waits for this
     # transaction to commit.
     urls = [await locate(row) for row in rows]
-    # Grants commit one at a time whatever their entitlement (the audit chain head stays locked from the append
-    # to the commit), so charges in this process queue here first, losing no parallelism: PostgreSQL then sees
-    # one waiter per process rather than dozens, whose lock queue costs more CPU than the grants. The turn
-    # ends when the statement returns, so the next charge is already waiting in PostgreSQL when this commits.
+    # Grants under one entitlement commit one at a time (its row stays locked from the charge to the commit), so
+    # charges in this process queue here first: PostgreSQL then sees one waiter per process rather than dozens,
+    # whose lock queue costs more CPU than the grants. The turn ends when the statement returns, so the next
+    # charge is already waiting in PostgreSQL when this commits, and charges under other entitlements (which
+    # share no lock since audit events are sequenced after commit) only wait for a statement, not a commit.
     async with charge_turn:
         await _charge_and_record(session, context, target, rows)
     return [
