@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest_asyncio
+from alembic import command
 from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -17,8 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.audit.sequencer import run_sequencer, sequence_pending
 from app.audit.service import SYSTEM, AuditContext, content_digest, record, verify_chain
 from app.db import create_engine
+from app.migrate import alembic_config
 from app.settings import Settings
-from tests.conftest import asyncpg_dsn, sequence_audit
+from tests.conftest import Servers, asyncpg_dsn, create_database, sequence_audit
 from tests.licensing.helpers import download_body, market
 
 # Generous bounds for "does not block" and "happens on its own": a blocked commit would wait forever.
@@ -180,3 +183,39 @@ async def test_the_content_digest_is_the_same_in_sql_and_in_python(engine: Async
         client_addr=client_addr,
         details_json=details,
     )
+
+
+async def test_a_chain_from_before_sequencing_stays_valid_and_grows_after_migrating(servers: Servers) -> None:
+    """Events chained at commit by migration 0006's trigger, then 0021: the old chain verifies and new events follow
+    it; downgrading chains what is still pending first."""
+    url = await create_database(servers.database_url, f"corpora_migrate_{secrets.token_hex(4)}")
+    await asyncio.to_thread(command.upgrade, alembic_config(url), "0020")
+    connection = await asyncpg.connect(asyncpg_dsn(url))
+    engine = create_engine(url, pool_size=2)
+    try:
+        for i in range(70):  # past one stored 64-leaf subtree
+            await connection.execute(
+                "INSERT INTO audit_pending (actor, action, target_id, details)"
+                " VALUES ('system', 'old.event', $1, '{}')",
+                str(i),
+            )
+        assert await connection.fetchval("SELECT seq FROM audit_head") == 70
+        await asyncio.to_thread(command.upgrade, alembic_config(url), "head")
+        sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+        for i in range(5):
+            await _record_and_commit(sessionmaker, f"new-{i}", rollback=False)
+        assert await connection.fetchval("SELECT seq FROM audit_head") == 70
+        assert await sequence_audit(connection) == 5
+        async with sessionmaker() as session:
+            report = await verify_chain(session)
+        assert report.ok, report
+        assert report.head_seq == report.tree_size == 75
+        times = [r["occurred_at"] for r in await connection.fetch("SELECT occurred_at FROM audit_events ORDER BY seq")]
+        assert times == sorted(times)
+        await _record_and_commit(sessionmaker, "pending-at-downgrade", rollback=False)
+        await asyncio.to_thread(command.downgrade, alembic_config(url), "0020")
+        assert await connection.fetchval("SELECT seq FROM audit_head") == 76
+        assert await connection.fetchval("SELECT count(*) FROM audit_pending") == 0
+    finally:
+        await connection.close()
+        await engine.dispose()
