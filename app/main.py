@@ -23,6 +23,7 @@ from app.accounts.me_cache import MeCache
 from app.accounts.passwords import PASSWORD_HASHES_WAITING, HashingGate
 from app.audit import routes as audit_routes
 from app.audit.checkpoints import run_checkpointer
+from app.audit.sequencer import run_sequencer
 from app.auth import routes as auth_routes
 from app.auth.guards import provide_audit_context, provide_optional_principal, provide_principal
 from app.auth.keys import KeyRing, load_keyring
@@ -88,6 +89,10 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
     upkeep_engine = create_engine(
         settings.database_url, pool_size=1, connect_timeout=settings.db_connect_timeout_seconds
     )
+    # The audit sequencer keeps one connection of its own, so a busy pool never delays it.
+    sequencer_engine = create_engine(
+        settings.database_url, pool_size=1, connect_timeout=settings.db_connect_timeout_seconds
+    )
     read_engine = (
         create_engine(
             settings.database_read_url,
@@ -112,6 +117,16 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
                 name="audit-checkpoints",
             ),
             asyncio.create_task(run_janitor(settings, upkeep_engine, store), name="storage-janitor"),
+            *(
+                [
+                    asyncio.create_task(
+                        run_sequencer(sequencer_engine, every_seconds=settings.audit_sequence_every_ms / 1000),
+                        name="audit-sequencer",
+                    )
+                ]
+                if settings.audit_sequence_every_ms
+                else []
+            ),
             asyncio.create_task(me_cache.run(), name="me-cache-listener"),
             asyncio.create_task(read_routing.run(), name="read-replica-staleness"),
         ]
@@ -123,6 +138,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             await asyncio.gather(*tasks, return_exceptions=True)
             await engine.dispose()
             await upkeep_engine.dispose()
+            await sequencer_engine.dispose()
             if read_engine is not None:
                 await read_engine.dispose()
             access_log.close()

@@ -83,6 +83,9 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     audit_checkpoint_every_events: int = 1000
     audit_checkpoint_every_seconds: int = 60
+    # Every server process and job worker sequences committed audit events into the log this often (at most one at
+    # a time; app/audit/sequencer.py); 0: this process never does (then another must).
+    audit_sequence_every_ms: int = 50
     # Checkpoints are stored under object-lock COMPLIANCE retention for this long: nobody, the holder of the
     # store's keys included, can delete or shorten them before then (0: no retention, for buckets without
     # object lock).
@@ -187,6 +190,7 @@ class Settings:
             ("AUDIT_CHECKPOINT_EVERY_EVENTS", "audit_checkpoint_every_events", 1, 10_000_000),
             ("AUDIT_CHECKPOINT_EVERY_SECONDS", "audit_checkpoint_every_seconds", 1, 24 * 3600),
             ("AUDIT_RETENTION_DAYS", "audit_retention_days", 0, 36500),
+            ("AUDIT_SEQUENCE_EVERY_MS", "audit_sequence_every_ms", 0, 10_000),
             ("DB_POOL_SIZE", "db_pool_size", 1, 200),
             ("DATABASE_READ_MAX_LAG_SECONDS", "database_read_max_lag_seconds", 2, 3600),
             ("JANITOR_MAX_AGE_SECONDS", "janitor_max_age_seconds", 60, 365 * 24 * 3600),
@@ -245,6 +249,7 @@ class Settings:
             "CORPORA_AUDIT_CHECKPOINT_EVERY_EVENTS": str(self.audit_checkpoint_every_events),
             "CORPORA_AUDIT_CHECKPOINT_EVERY_SECONDS": str(self.audit_checkpoint_every_seconds),
             "CORPORA_AUDIT_RETENTION_DAYS": str(self.audit_retention_days),
+            "CORPORA_AUDIT_SEQUENCE_EVERY_MS": str(self.audit_sequence_every_ms),
             "CORPORA_DB_POOL_SIZE": str(self.db_pool_size),
             "CORPORA_DATABASE_READ_MAX_LAG_SECONDS": str(self.database_read_max_lag_seconds),
             "CORPORA_JANITOR_MAX_AGE_SECONDS": str(self.janitor_max_age_seconds),

@@ -1,24 +1,28 @@
-"""Download grant throughput and latency (POST /api/v1/downloads) against a bare Litestar JSON endpoint.
+"""Download grant throughput and latency (POST /api/v1/downloads) against the physical floor of a metered grant.
 
 Setup: an embedded PostgreSQL and SeaweedFS under a temporary data dir (``app.cli.resolve``, which also
 migrates), ``corpora serve`` (granian, ``--workers`` workers, presigned mode, review not required) on one
-free port and the bare app of bench/_common.py, served the same way, on another. Over HTTP a provider
-publishes a product with one small file and a buyer obtains an entitlement with a large download quota
+free port; on two more, served the same way (granian, same workers, same settings), the floor app of
+bench/_floor.py on the same database and the bare app of bench/_common.py. Over HTTP a provider publishes a
+product with one small file and a buyer obtains an entitlement with a large download quota
 (bench/proxy_bench.py ``set_up_market``).
 
-Load: ``wrk`` (``--clients`` keep-alive connections, in its own process) with a Lua script that POSTs the
-grant body with the buyer's token; the bare endpoint gets the same connections (GET, as in me_bench.py).
-Every grant charges its entitlement, appends an audit event to the hash chain and inserts a grant row in one
-statement, then signs a receipt; the entitlement's row and the audit chain head stay locked until commit, so
-grants commit one at a time (each worker admits a few at once and queues their charges on its charge turn).
-With ``--entitlements N`` the load goes round N buyers with an entitlement each, which leaves the audit head as
-the shared lock.
+The floor: one transaction of one conditional ``UPDATE … RETURNING`` (a unit of quota, only while some remains)
+and one ``INSERT``, through the API's own engine settings and session dependency. Any metered grant costs at least
+that; a grant also authenticates, checks the entitlement, version and purpose, records its audit event (a row
+committed with the grant; the sequencer chains it shortly after, outside the grant's transaction), signs a
+receipt and presigns a URL.
 
-Prints grants/s, p50/p99, and the ratios to the targets (at least 20% of bare, at least 500 grants/s, p99
-below 100 ms on 2 cores); checks afterwards that the counters, the grant rows and the audit events agree.
-While the grants run, PostgreSQL's ``pg_stat_activity`` is sampled to show where the backends wait (the
-entitlement row, the audit head, or the service holding a transaction open); ``--profile`` adds a py-spy
-breakdown of the corpora workers under grant load.
+Load: ``wrk`` (``--clients`` keep-alive connections, in its own process) with Lua scripts that POST the grant
+body with the buyer's token, and the floor's body, going round ``--entitlements`` entitlements (the floor round
+as many quota rows); the bare endpoint gets the same connections (GET, as in me_bench.py). Rounds alternate
+floor, grants and bare.
+
+Prints grants/s, floor/s and their ratio (target at least 0.5), p50/p99, the Little's-law mean latency (clients ÷
+throughput) and p99 over it (target at most 1.5), and the service's and PostgreSQL's CPU per request; checks
+afterwards that the counters, the grant rows and the audit events agree (once the sequencer drained the pending
+events). While the grants run, PostgreSQL's ``pg_stat_activity`` is sampled to show where the backends wait;
+``--profile`` adds a py-spy breakdown of the corpora workers under grant load.
 """
 
 from __future__ import annotations
@@ -26,25 +30,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
-import collections
 import dataclasses
 import json
-import re
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import _common
+import _floor
+import _grant_profile
 import proxy_bench
 
-TARGET_BARE_RATIO = 0.20
-TARGET_GRANTS = 500.0
-TARGET_P99_MS = 100.0
+TARGET_FLOOR_RATIO = 0.5
+TARGET_P99_OVER_MEAN = 1.5
 FILE_SIZE = 4096
 GRANTS_PATH = "/api/v1/downloads"
 
@@ -72,6 +75,29 @@ def lua_script(markets: list[proxy_bench.Market]) -> str:
     )
 
 
+def floor_script(quotas: int) -> str:
+    bodies = ", ".join(lua_string(json.dumps({"quota": n})) for n in range(1, quotas + 1))
+    return LUA.format(bodies=bodies, auths=", ".join(lua_string("none") for _ in range(quotas)))
+
+
+def set_up_floor(database_url: str, quotas: int) -> None:
+    """The floor's tables, with ``quotas`` rows of a quota as large as the grants' entitlements."""
+    import asyncpg
+
+    async def create() -> None:
+        connection = await asyncpg.connect(_grant_profile.asyncpg_dsn(database_url))
+        try:
+            for statement in _floor.SCHEMA:
+                await connection.execute(statement)
+            await connection.execute(
+                "INSERT INTO bench_floor_quota SELECT n, 100000000 FROM generate_series(1, $1) AS n", quotas
+            )
+        finally:
+            await connection.close()
+
+    asyncio.run(create())
+
+
 def run_grants(
     url: str, script: Path, *, duration: float, connections: int, threads: int, server_pgid: int, db_pid: int | None
 ) -> _common.LoadResult:
@@ -94,85 +120,6 @@ def run_grants(
     return result
 
 
-# --- where PostgreSQL's backends are while grants run ---------------------------------------------------------
-
-_ACTIVITY = """
-SELECT state, coalesce(wait_event_type, ''), coalesce(wait_event, ''), left(query, 200)
-  FROM pg_stat_activity
- WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
-"""
-
-
-def _classify(state: str, wait_type: str, wait_event: str, query: str) -> str:
-    sql = " ".join(query.split()).lower()
-    if sql.startswith("with charged as"):
-        what = "the grant statement (charge, audit append, insert)"
-    elif "audit_append(" in sql:
-        what = "another audit append (audit_append: the chain head lock)"
-    elif sql.startswith(("commit", "begin", "rollback")):
-        what = sql.split()[0].upper()
-    else:
-        what = "other statements"
-    if state == "idle in transaction":
-        return f"idle in transaction (the service's turn) after {what}"
-    if state == "active" and wait_type == "Lock":
-        return f"waiting for a lock in {what}"
-    if state == "active" and wait_type:
-        return f"running {what}, waiting on {wait_type}:{wait_event}"
-    if state == "active":
-        return f"running {what}"
-    return "idle (no transaction)"
-
-
-class ActivitySampler:
-    """Samples ``pg_stat_activity`` every ``interval`` seconds in a thread with its own event loop."""
-
-    def __init__(self, database_url: str, interval: float = 0.02) -> None:
-        self.dsn = _asyncpg_dsn(database_url)
-        self.interval = interval
-        self.counts: collections.Counter[str] = collections.Counter()
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="pg-activity", daemon=True)
-
-    async def _run(self) -> None:
-        import asyncpg
-
-        connection = await asyncpg.connect(self.dsn)
-        try:
-            while not self._stop.is_set():
-                for state, wait_type, wait_event, query in await connection.fetch(_ACTIVITY):
-                    self.counts[_classify(state or "", wait_type, wait_event, query or "")] += 1
-                self.samples += 1
-                await asyncio.sleep(self.interval)
-        finally:
-            await connection.close()
-
-    def __enter__(self) -> ActivitySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def describe(self) -> str:
-        if not self.samples:
-            return "  (no samples)"
-        lines = []
-        for label, count in self.counts.most_common():
-            if label.startswith("idle (no"):
-                continue
-            lines.append(f"  {count / self.samples:6.1f}  {label}")
-        return "\n".join(lines) or "  (no backend was busy)"
-
-
-def _asyncpg_dsn(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 @dataclasses.dataclass
 class Ledger:
     downloads_used: int
@@ -180,13 +127,19 @@ class Ledger:
     events: int
 
 
-def ledger(database_url: str, entitlement_ids: list[str]) -> Ledger:
-    """Counters, grant rows and 'download.granted' events of the entitlements, summed, in one snapshot."""
+def ledger(database_url: str, entitlement_ids: list[str], *, wait: float = 10) -> Ledger:
+    """Counters, grant rows and 'download.granted' events of the entitlements, summed, in one snapshot taken once
+    the audit sequencer has no committed event left pending (waiting at most ``wait`` seconds)."""
     import asyncpg
 
     async def read() -> Ledger:
-        connection = await asyncpg.connect(_asyncpg_dsn(database_url))
+        connection = await asyncpg.connect(_grant_profile.asyncpg_dsn(database_url))
         try:
+            deadline = time.monotonic() + wait
+            while await connection.fetchval("SELECT EXISTS (SELECT FROM audit_pending)"):
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
             row = await connection.fetchrow(
                 """
                 SELECT (SELECT sum(downloads_used) FROM entitlements WHERE id::text = ANY($1::text[])),
@@ -204,123 +157,6 @@ def ledger(database_url: str, entitlement_ids: list[str]) -> Ledger:
     return asyncio.run(read())
 
 
-# --- profiling --------------------------------------------------------------------------------------------------
-
-
-def _in(package: str) -> str:
-    return rf"\((?:[^()]*/)?{package}/"
-
-
-INCLUSIVE = [
-    ("token verification (app/auth/middleware.py authenticate)", r"^authenticate "),
-    ("grant(): checks, charge, rows, audit, receipts (licensing/downloads/grants.py grant)", r"^grant \("),
-    ("  resolve_target: entitlement, product, version, files (one query)", r"^resolve_target "),
-    ("  _charge_and_record: charge, audit append, insert", r"^_charge_and_record "),
-    ("  sign_receipt: Ed25519 JWS", r"^sign_receipt "),
-    ("presigned URL (ObjectStore.presigned_get and the minio SDK)", r"^presigned_get |" + _in("minio")),
-    ("session dependency: commit, close (app/db.py provide_session)", r"^provide_session "),
-    ("SQLAlchemy, any frame", _in("sqlalchemy")),
-    ("asyncpg, any frame", _in("asyncpg")),
-    ("cryptography / jwt, any frame", _in("cryptography") + "|" + _in("jwt")),
-    ("msgspec encode/decode", r"msgspec"),
-    ("prometheus_client, any frame", _in("prometheus_client")),
-]
-
-LEAF_GROUPS = [
-    ("app, catalog, licensing (Corpora's own code)", _in("app") + "|" + _in("catalog") + "|" + _in("licensing")),
-    ("sqlalchemy", _in("sqlalchemy")),
-    ("asyncpg", _in("asyncpg")),
-    ("litestar", _in("litestar")),
-    ("minio / urllib3", _in("minio") + "|" + _in("urllib3")),
-    ("jwt / cryptography", _in("jwt") + "|" + _in("cryptography")),
-    ("prometheus_client", _in("prometheus_client")),
-    ("msgspec", r"msgspec"),
-    ("asyncio / event loop", _in("asyncio") + r"|selectors\.py"),
-    ("threads (anyio worker threads, concurrent.futures)", _in("anyio") + r"|threading\.py|concurrent/futures"),
-]
-
-IDLE_LEAF = re.compile(
-    r"^(?:\S+\.)?(?:select|poll|wait|_worker|_wait_for_tstate_lock|get) \((?:[^()]*/)?(?:selectors|threading|queue|"
-    r"concurrent/futures/thread|multiprocessing/\S+|asyncio/\S+|anyio/\S+)\.py"
-)
-
-
-def summarise_profile(path: Path) -> str:
-    samples: list[tuple[list[str], int]] = []
-    skipped: collections.Counter[str] = collections.Counter()
-    for line in path.read_text().splitlines():
-        stack, _, number = line.rpartition(" ")
-        if not (stack and number.isdigit()):
-            continue
-        parts = stack.split(";")
-        processes = sum(1 for part in parts if part.startswith("process "))
-        frames = [part for part in parts if part and not part.startswith(("process ", "thread "))]
-        if processes < 2:
-            skipped["in the supervisor process"] += int(number)
-        elif not frames:
-            skipped["without a Python frame"] += int(number)
-        elif IDLE_LEAF.search(frames[-1]):
-            skipped["waiting (event loop select, idle threads)"] += int(number)
-        else:
-            samples.append((frames, int(number)))
-    total = sum(count for _, count in samples)
-    if total == 0:
-        return "py-spy recorded no busy samples in the worker processes"
-    left_out = ", ".join(f"{count} {why}" for why, count in skipped.most_common()) or "none"
-    lines = [f"{total} busy samples in the worker processes (left out: {left_out})", "", "inclusive:"]
-    for label, pattern in INCLUSIVE:
-        regex = re.compile(pattern)
-        hit = sum(count for frames, count in samples if any(regex.search(frame) for frame in frames))
-        lines.append(f"  {100 * hit / total:5.1f}%  {label}")
-    groups: collections.Counter[str] = collections.Counter()
-    functions: collections.Counter[str] = collections.Counter()
-    for frames, count in samples:
-        leaf = frames[-1]
-        functions[re.sub(r":\d+\)$", ")", leaf)] += count
-        groups[next((label for label, pattern in LEAF_GROUPS if re.search(pattern, leaf)), "other")] += count
-    lines += ["", "self time by library of the innermost frame:"]
-    lines += [f"  {100 * count / total:5.1f}%  {group}" for group, count in groups.most_common()]
-    lines += ["", "top self-time functions:"]
-    lines += [f"  {100 * count / total:5.1f}%  {function}" for function, count in functions.most_common(15)]
-    return "\n".join(lines)
-
-
-def profile(url: str, script: Path, api: _common.Proc, args: argparse.Namespace) -> None:
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(py_spy).exists():
-        raise SystemExit("--profile needs py-spy: pip install py-spy")
-    out = Path(args.profile).resolve()
-    duration = max(2, round(args.seconds))
-    recorder = subprocess.Popen(
-        [
-            *(py_spy, "record", "--pid", str(api.pid), "--subprocesses", "--rate", "100"),
-            *("--duration", str(duration + 1), "--format", "raw", "--output", str(out)),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        time.sleep(1)  # py-spy attaches
-        run_grants(
-            url,
-            script,
-            duration=duration,
-            connections=args.clients,
-            threads=args.threads,
-            server_pgid=api.pid,
-            db_pid=None,
-        )
-        _, stderr = recorder.communicate(timeout=60)
-    finally:
-        if recorder.poll() is None:
-            recorder.kill()
-            recorder.wait()
-    if recorder.returncode != 0 or not out.exists():
-        raise RuntimeError(f"py-spy failed ({recorder.returncode}): {stderr.decode(errors='replace')}")
-    print(f"\nprofile of POST {GRANTS_PATH} ({duration}s under load; collapsed stacks in {out}):")
-    print(summarise_profile(out))
-
-
 # --- main -------------------------------------------------------------------------------------------------------
 
 
@@ -328,26 +164,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=(
             "Throughput and latency of download grants (POST /api/v1/downloads on corpora serve, embedded "
-            "PostgreSQL and SeaweedFS, one entitlement with a large quota) under concurrent clients, against a "
-            "bare Litestar JSON endpoint served the same way, in one run. Targets: grants/s at least "
-            f"{TARGET_BARE_RATIO:.0%} of bare, at least {TARGET_GRANTS:.0f} grants/s, p99 below "
-            f"{TARGET_P99_MS:.0f} ms (on 2 cores). Needs wrk (apt-get install -y wrk)."
+            "PostgreSQL and SeaweedFS) under concurrent clients, against the physical floor of a metered grant (one "
+            "transaction: a conditional UPDATE ... RETURNING and an INSERT) and a bare Litestar JSON endpoint, all "
+            f"served the same way, in one run. Targets: grants/s at least {TARGET_FLOOR_RATIO:g} x the floor; p99 "
+            f"at most {TARGET_P99_OVER_MEAN:g} x the Little's-law mean (clients / throughput). Needs wrk "
+            "(apt-get install -y wrk)."
         )
     )
     parser.add_argument("--clients", type=int, default=64, help="concurrent keep-alive connections (default 64)")
     parser.add_argument("--seconds", type=float, default=10, help="seconds per measurement (default 10)")
     parser.add_argument("--warmup", type=float, default=2, help="seconds of unmeasured load first (default 2)")
-    parser.add_argument("--workers", type=int, default=2, help="granian workers, both servers (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="granian workers, every server (default 2)")
     parser.add_argument(
         "--entitlements",
         type=int,
         default=1,
-        help="buyers, each with its own entitlement, that the load goes round (default 1: every grant queues on one "
-        "entitlement's row lock; more leave the audit chain head as the shared lock)",
+        help="buyers, each with its own entitlement, that the load goes round, and as many quota rows for the "
+        "floor (default 1: every grant, and every floor request, queues on one row's lock)",
     )
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1; the cores are shared)")
     parser.add_argument(
-        "--rounds", type=int, default=1, help="alternate bare and grants this many times, report medians (default 1)"
+        "--rounds", type=int, default=1, help="alternate floor, grants and bare this many times, report medians"
     )
     parser.add_argument(
         "--profile",
@@ -357,6 +194,76 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--keep-data", action="store_true", help="keep the temporary data dir and server logs")
     parser.add_argument("--no-fail", action="store_true", help="exit 0 even when a target is missed (default: exit 1)")
     return parser
+
+
+@dataclasses.dataclass
+class Series:
+    """One endpoint's results over the rounds."""
+
+    name: str
+    results: list[_common.LoadResult] = dataclasses.field(default_factory=list)
+
+    def median(self, value: str) -> float:
+        values = [getattr(r, value) for r in self.results if getattr(r, value) is not None]
+        return statistics.median(values) if values else float("nan")
+
+    @property
+    def rps(self) -> float:
+        return statistics.median(r.rps for r in self.results)
+
+    def per_request_us(self, cpu: str) -> float:
+        values = [1e6 * getattr(r, cpu) / r.requests for r in self.results if getattr(r, cpu) is not None]
+        return statistics.median(values) if values else float("nan")
+
+
+def report(floor: Series, grants: Series, bare: Series, clients: int) -> list[tuple[bool, str]]:
+    share = _common.ratio(grants.rps, floor.rps)
+    print()
+    for series, path in ((floor, f"POST {_floor.FLOOR_PATH}"), (grants, f"POST {GRANTS_PATH}"), (bare, "GET bare")):
+        mean_ms = 1000 * clients / series.rps if series.rps else float("nan")
+        p99 = series.median("p99_ms")
+        print(
+            f"{series.name:7} ({path}): {series.rps:8.0f}/s  p50 {series.median('p50_ms'):7.1f} ms  p99 {p99:7.1f} ms"
+            f"  Little's-law mean {mean_ms:7.1f} ms  p99/mean {p99 / mean_ms:5.2f}  CPU per request: service "
+            f"{series.per_request_us('server_cpu_s'):6.0f} us, PostgreSQL {series.per_request_us('db_cpu_s'):6.0f} us"
+        )
+    mean_ms = 1000 * clients / grants.rps if grants.rps else float("nan")
+    tail = grants.median("p99_ms") / mean_ms
+    print(f"grants / bare: {_common.ratio(grants.rps, bare.rps):.3f}")
+    return [
+        (share >= TARGET_FLOOR_RATIO, f"grants / floor: {share:.3f} (target >= {TARGET_FLOOR_RATIO:g})"),
+        (
+            tail <= TARGET_P99_OVER_MEAN,
+            f"grant p99 / Little's-law mean ({clients} / {grants.rps:.0f} per s = {mean_ms:.1f} ms): {tail:.2f} "
+            f"(target <= {TARGET_P99_OVER_MEAN:g})",
+        ),
+    ]
+
+
+def measure(
+    name: str, url: str, script: Path, args: argparse.Namespace, server: _common.Proc, db_pid: int | None
+) -> _common.LoadResult:
+    if args.warmup > 0:
+        run_grants(
+            url,
+            script,
+            duration=args.warmup,
+            connections=args.clients,
+            threads=args.threads,
+            server_pgid=server.pid,
+            db_pid=None,
+        )
+    result = run_grants(
+        url,
+        script,
+        duration=args.seconds,
+        connections=args.clients,
+        threads=args.threads,
+        server_pgid=server.pid,
+        db_pid=db_pid,
+    )
+    print(f"  {name:6} {result.describe()}", flush=True)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -380,10 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.cli import resolve
     from app.settings import Settings
 
-    bare_rps: list[float] = []
-    grant_rps: list[float] = []
-    grant_p50: list[float] = []
-    grant_p99: list[float] = []
+    floor, grants, bare = Series("floor"), Series("grants"), Series("bare")
     with _common.exit_on_sigterm():
         print("starting embedded PostgreSQL and SeaweedFS, migrating ...", flush=True)
         started = time.monotonic()
@@ -395,10 +299,16 @@ def main(argv: list[str] | None = None) -> int:
             log_dir.mkdir()
             with _common.Processes(log_dir) as procs:
                 url, api = proxy_bench.start_corpora(procs, runtime.settings.as_env(), args.workers)
+                set_up_floor(database_url, args.entitlements)
+                floor_port = _common.free_port()
+                floor_env = {**os.environ, **runtime.settings.as_env()}
+                floor_server = procs.start("floor", _floor.command(floor_port, args.workers), env=floor_env)
+                floor_url = f"http://127.0.0.1:{floor_port}{_floor.FLOOR_PATH}"
                 bare_port = _common.free_port()
-                bare = procs.start("bare", _common.granian_bare_cmd(bare_port, args.workers))
+                bare_server = procs.start("bare", _common.granian_bare_cmd(bare_port, args.workers))
                 bare_url = f"http://127.0.0.1:{bare_port}{_common.BARE_PATH}"
-                _common.wait_http(bare_url, bare)
+                _common.wait_http(bare_url, bare_server)
+                _common.wait_http(floor_url, floor_server)
                 source = data_dir / "small.bin"
                 sha = proxy_bench.write_random_file(source, FILE_SIZE)
                 market = proxy_bench.set_up_market(url, source, FILE_SIZE, sha, downloads=100_000_000)
@@ -407,9 +317,23 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"ready in {time.monotonic() - started:.1f}s", flush=True)
                 grants_url = f"{url}{GRANTS_PATH}"
                 script = data_dir / "grant.lua"
+                floor_lua = data_dir / "floor.lua"
+                floor_lua.write_text(floor_script(args.entitlements))
                 for round_no in range(1, args.rounds + 1):
                     if args.rounds > 1:
                         print(f"round {round_no}/{args.rounds}")
+                    result = measure("floor", floor_url, floor_lua, args, floor_server, postmaster)
+                    _common.require_clean(result, "floor")
+                    floor.results.append(result)
+
+                    script.write_text(lua_script(markets))
+                    with _grant_profile.ActivitySampler(database_url) as activity:
+                        result = measure("grants", grants_url, script, args, api, postmaster)
+                    print("  PostgreSQL client backends, on average per sample, while the grants ran:")
+                    print(activity.describe(), flush=True)
+                    _common.require_clean(result, "grants")
+                    grants.results.append(result)
+
                     if args.warmup > 0:
                         _common.run_load(bare_url, tool="wrk", duration=args.warmup, connections=args.clients)
                     result = _common.run_load(
@@ -418,41 +342,11 @@ def main(argv: list[str] | None = None) -> int:
                         duration=args.seconds,
                         connections=args.clients,
                         threads=args.threads,
-                        server_pgid=bare.pid,
+                        server_pgid=bare_server.pid,
                     )
                     _common.require_clean(result, "bare")
                     print(f"  bare   {result.describe()}", flush=True)
-                    bare_rps.append(result.rps)
-
-                    script.write_text(lua_script(markets))
-                    if args.warmup > 0:
-                        run_grants(
-                            grants_url,
-                            script,
-                            duration=args.warmup,
-                            connections=args.clients,
-                            threads=args.threads,
-                            server_pgid=api.pid,
-                            db_pid=None,
-                        )
-                    with ActivitySampler(database_url) as activity:
-                        result = run_grants(
-                            grants_url,
-                            script,
-                            duration=args.seconds,
-                            connections=args.clients,
-                            threads=args.threads,
-                            server_pgid=api.pid,
-                            db_pid=postmaster,
-                        )
-                    print(f"  grants {result.describe()}", flush=True)
-                    print("  PostgreSQL client backends, on average per sample, while the grants ran:")
-                    print(activity.describe(), flush=True)
-                    _common.require_clean(result, "grants")
-                    grant_rps.append(result.rps)
-                    if result.p50_ms is not None and result.p99_ms is not None:
-                        grant_p50.append(result.p50_ms)
-                        grant_p99.append(result.p99_ms)
+                    bare.results.append(result)
 
                 time.sleep(1)  # requests wrk abandoned at the end finish server-side
                 book = ledger(database_url, [m.entitlement_id for m in markets])
@@ -463,32 +357,12 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 if not consistent:
                     raise RuntimeError("the counters, grant rows and audit events disagree")
-
-                bare_med, grants_med = statistics.median(bare_rps), statistics.median(grant_rps)
-                share = _common.ratio(grants_med, bare_med)
-                p99 = statistics.median(grant_p99) if grant_p99 else float("nan")
-                p50 = statistics.median(grant_p50) if grant_p50 else float("nan")
-                checks = [
-                    (share >= TARGET_BARE_RATIO, f"grants / bare: {share:.3f} (target >= {TARGET_BARE_RATIO:.2f})"),
-                    (
-                        grants_med >= TARGET_GRANTS,
-                        f"grants/s: {grants_med:.0f} = {grants_med / TARGET_GRANTS:.2f} x the target of "
-                        f"{TARGET_GRANTS:.0f}",
-                    ),
-                    (
-                        p99 < TARGET_P99_MS,
-                        f"p99: {p99:.1f} ms = {p99 / TARGET_P99_MS:.2f} x the limit of {TARGET_P99_MS:.0f} ms "
-                        f"(p50 {p50:.1f} ms)",
-                    ),
-                ]
-                print()
-                print(f"bare Litestar JSON endpoint (GET {_common.BARE_PATH}): {bare_med:10.0f} req/s")
-                print(f"download grants (POST {GRANTS_PATH}):        {grants_med:10.0f} grants/s")
+                checks = report(floor, grants, bare, args.clients)
                 for ok, line in checks:
                     print(f"  {'meets ' if ok else 'MISSES'}  {line}")
                 sys.stdout.flush()
                 if args.profile:
-                    profile(grants_url, script, api, args)
+                    _grant_profile.profile(grants_url, script, api, args, run_grants)
         finally:
             runtime.stop()
     return 0 if all(ok for ok, _ in checks) or args.no_fail else 1

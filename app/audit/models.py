@@ -44,7 +44,7 @@ class AuditEvent(Base):
 
 
 class AuditHead(Base):
-    """The single row holding the chain head; its row lock serialises appends."""
+    """The single row holding the chain head; its row lock serialises sequencing batches (migration 0021)."""
 
     __tablename__ = "audit_head"
     __table_args__ = (
@@ -78,10 +78,11 @@ class AuditTreeNode(Base):
 
 
 class AuditPending(Base):
-    """An event recorded by a transaction that has not committed yet.
+    """An event recorded in its transaction and not yet sequenced into the log.
 
-    A deferred trigger (migration 0006) appends each row to the chain when its transaction commits and
-    deletes it, so no committed transaction leaves a row here.
+    Committed with the change it describes; the sequencer (app/audit/sequencer.py, ``audit_sequence`` of migration
+    0021) moves committed rows into ``audit_events`` in batches shortly after, deleting them. Triggers refuse any
+    other UPDATE, DELETE or TRUNCATE.
     """
 
     __tablename__ = "audit_pending"
@@ -95,3 +96,6 @@ class AuditPending(Base):
     request_id: Mapped[str | None] = mapped_column(String(64))
     client_addr: Mapped[str | None] = mapped_column(String(64))
     details: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # when the transaction recorded it (database clock): the event's occurred_at, unless an event already
+    # sequenced has a later one
+    recorded_at: Mapped[dt.datetime] = mapped_column(server_default=text("clock_timestamp()"))

@@ -187,7 +187,8 @@ async def _filters(
     description=(
         "Events of the hash-chained audit log, filtered by organisation, action, actor and time, in keyset pages "
         "(`cursor`, `limit` up to 500). Each event carries its `prev_hash` and `hash` (hex) so a reader can "
-        "check the links. `order=asc` pages oldest first. " + VISIBILITY_RULES
+        "check the links. `order=asc` pages oldest first. An event is listed once it is sequenced into the log, "
+        "within about a second of the commit of the change it records. " + VISIBILITY_RULES
     ),
     tags=["audit"],
     security=BEARER,
@@ -335,8 +336,8 @@ async def export_events(
         "Recomputes the SHA-256 chain from the first event and compares it with every signed checkpoint in the "
         "object store (each checkpoint's Ed25519 signature is verified first; a rejected one makes `ok` false). "
         "Detects altered, deleted and reordered events, a truncated tail and a consistent rewrite of the chain "
-        "before a checkpoint. `first_bad_event` is the first event that cannot be trusted. Platform auditors "
-        "and admins only."
+        "before a checkpoint. `first_bad_event` is the first event that cannot be trusted; `pending_events` counts "
+        "committed events not yet sequenced into the log. Platform auditors and admins only."
     ),
     tags=["audit"],
     security=BEARER,

@@ -69,6 +69,13 @@ class VerifyOut(msgspec.Struct):
         ),
     ]
     seconds: float
+    pending_events: Annotated[
+        int,
+        msgspec.Meta(
+            description="events committed but not yet sequenced into the log (the sequencer reaches each within "
+            "about a second of its commit); they are not part of this check"
+        ),
+    ] = 0
 
 
 class CheckpointOut(msgspec.Struct):

@@ -12,9 +12,14 @@ everything else as UTF-8), and ``details`` exactly as PostgreSQL prints the stor
 (``details::text``). Hashing the database's own rendering of ``details`` keeps the chain independent of
 how any client would re-serialise numbers or order keys.
 
-The database function ``audit_append`` (migration 0006) renders these bytes in SQL when an event joins the
-chain, at its transaction's commit; verification renders them again in Python from the column values,
-independently of that SQL.
+The database function ``audit_sequence`` (migration 0021) renders these bytes in SQL when an event joins the
+chain, in a batch shortly after its transaction committed (app/audit/sequencer.py); verification renders them
+again in Python from the column values, independently of that SQL.
+
+An event's position (``seq``, ``occurred_at``, its hashes) is only known once it is sequenced. What a transaction
+can state about its own event is :func:`content_digest`: the same canonical form without ``seq`` and
+``occurred_at``, ``sha256([actor, org_id, action, target_type, target_id, request_id, client_addr, details])``,
+which ``audit_content_digest`` computes in SQL (download receipts carry it).
 """
 
 from __future__ import annotations
@@ -109,6 +114,23 @@ CHAIN_COLUMNS = (
 )
 
 
+def content_digest(
+    *,
+    actor: str,
+    org_id: uuid.UUID | str | None,
+    action: str,
+    target_type: str | None,
+    target_id: str | None,
+    request_id: str | None,
+    client_addr: str | None,
+    details_json: str | bytes,
+) -> bytes:
+    """The digest of an event's content, without its position in the log (see the module's description)."""
+    org = str(org_id) if org_id is not None else None
+    encoded = _encode((actor, org, action, target_type, target_id, request_id, client_addr, _Raw(details_json)))
+    return _sha256(encoded).digest()
+
+
 def row_hash(row: Sequence[Any]) -> bytes:
     """The hash a row of ``CHAIN_COLUMNS`` should carry, from its own ``prev_hash`` and content."""
     seq, occurred, actor, org, action, ttype, tid, rid, addr, details, prev_hash = row[:11]
@@ -171,10 +193,11 @@ async def record(
     target_id: object | None = None,
     details: Mapping[str, Any] | None = None,
 ) -> None:
-    """Record one event in the caller's transaction; it joins the chain when the transaction commits.
+    """Record one event in the caller's transaction; it joins the log shortly after the transaction commits.
 
-    Nothing is locked until the commit, where the event takes the next sequence number and its hash. A
-    rolled-back transaction records nothing and leaves no gap.
+    Nothing shared is locked: the event is a row of ``audit_pending`` committed with the caller's change, and the
+    sequencer gives it its sequence number and hashes within a second of the commit. A rolled-back transaction
+    records nothing and leaves no gap.
     """
     await session.execute(_PENDING, _event_values(context, action, org_id, target_type, target_id, details))
 
@@ -212,6 +235,7 @@ class ChainReport:
     tree_size: int = 0
     root_hash: str | None = None
     roots_checked: int = 0
+    pending_events: int = 0  # committed, not yet sequenced (a normal state for up to about a second)
 
 
 _CHAIN_QUERY = (
@@ -356,11 +380,7 @@ async def verify_chain(
             last + 1,
             f"the log ends at event {last} but a signed checkpoint covers event {max(beyond)}: the tail was truncated",
         )
-    # Committed transactions leave nothing pending (the chaining trigger empties it at commit); a visible
-    # row means the trigger was bypassed and the event never joined the chain.
-    stranded = await session.scalar(select(func.count()).select_from(AuditPending))
-    if stranded:
-        return report(
-            last + 1, f"{stranded} recorded event(s) never joined the chain: the chaining trigger was bypassed"
-        )
-    return report(None, None)
+    verified = report(None, None)
+    # Committed events the sequencer has not reached yet: part of the record, not yet of the log.
+    verified.pending_events = int(await session.scalar(select(func.count()).select_from(AuditPending)) or 0)
+    return verified

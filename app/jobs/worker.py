@@ -10,6 +10,7 @@ out of retries, stays in ``procrastinate_jobs`` with status ``failed`` for an op
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
@@ -21,6 +22,7 @@ from procrastinate.job_context import JobContext
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from app.audit.sequencer import run_sequencer
 from app.auth.keys import KeyRing, load_keyring
 from app.db import create_engine, libpq_url
 from app.egress import Egress
@@ -126,7 +128,26 @@ async def run_worker(
             }
             if queues is not None:
                 options["queues"] = list(queues)
-            await app.run_worker_async(**options)
+            async with _sequencing(settings):
+                await app.run_worker_async(**options)
+
+
+@contextlib.asynccontextmanager
+async def _sequencing(settings: Settings) -> AsyncIterator[None]:
+    """The audit sequencer beside the jobs (app/audit/sequencer.py), on a connection of its own."""
+    if not settings.audit_sequence_every_ms or settings.database_url is None:
+        yield
+        return
+    engine = create_engine(settings.database_url, pool_size=1)
+    task = asyncio.create_task(
+        run_sequencer(engine, every_seconds=settings.audit_sequence_every_ms / 1000), name="audit-sequencer"
+    )
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await engine.dispose()
 
 
 _DUE = text(

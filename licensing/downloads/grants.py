@@ -265,11 +265,12 @@ async def resolve_target(
     return Target(entitlement, buyer_org, slug, version, version_id, manifest_digest, files)
 
 
-# The charge, the audit events and the grant rows in one statement: from the UPDATE on, this transaction
-# holds the entitlement's row lock (and from the first append the audit chain head's) until it commits, and
-# every other grant under the entitlement waits; one round trip keeps that short. The WHERE clause is the
-# quota check: when it fails nothing is charged, appended or inserted. Each append takes its org from the
-# charged row, so no event is appended unless the charge succeeded.
+# The charge, the audit events and the grant rows in one statement: from the UPDATE on, this transaction holds
+# the entitlement's row lock until it commits, and every other grant under the entitlement waits; one round trip
+# keeps that short. The WHERE clause is the quota check: when it fails nothing is charged, recorded or inserted.
+# Each event takes its org from the charged row, so none is recorded unless the charge succeeded. Recording an
+# event locks nothing shared (the sequencer chains it after the commit), so grants under different entitlements
+# commit concurrently; each grant row keeps its event's content digest, which the receipt carries.
 _CHARGE_AND_RECORD = text(
     """
 WITH charged AS (
@@ -285,12 +286,12 @@ WITH charged AS (
                          CAST(:sha256s AS text[]), CAST(:sizes AS bigint[]), CAST(:details AS jsonb[]))
         AS f(id, file_id, path, sha256, size, details)
 ), events AS (
-    SELECT f.id, e.event_hash
-    FROM charged AS c
-    CROSS JOIN files AS f
-    CROSS JOIN LATERAL audit_append(CAST(:actor AS text), c.buyer_org_id, 'download.granted', 'download',
-                                    CAST(f.id AS text), CAST(:request_id AS text), CAST(:client_addr AS text),
-                                    f.details) AS e
+    INSERT INTO audit_pending (actor, org_id, action, target_type, target_id, request_id, client_addr, details)
+    SELECT CAST(:actor AS text), c.buyer_org_id, 'download.granted', 'download', CAST(f.id AS text),
+           CAST(:request_id AS text), CAST(:client_addr AS text), f.details
+    FROM charged AS c CROSS JOIN files AS f
+    RETURNING target_id, audit_content_digest(actor, org_id, action, target_type, target_id, request_id,
+                                              client_addr, details) AS digest
 ), inserted AS (
 INSERT INTO download_grants (id, entitlement_id, user_id, api_key_id, file_id, version_id, path, sha256, size,
                              purpose, mode, manifest_digest, granted_at, window_ends_at, url_expires_at, refreshed,
@@ -298,8 +299,8 @@ INSERT INTO download_grants (id, entitlement_id, user_id, api_key_id, file_id, v
 SELECT f.id, CAST(:entitlement_id AS uuid), CAST(:user_id AS uuid), CAST(:api_key_id AS uuid), f.file_id,
        CAST(:version_id AS uuid), f.path, f.sha256, f.size, CAST(:purpose AS text), CAST(:mode AS text),
        CAST(:manifest_digest AS text), CAST(:now AS timestamptz), CAST(:window_ends_at AS timestamptz),
-       CAST(:url_expires_at AS timestamptz), 0, f.size, 0, encode(e.event_hash, 'hex')
-FROM files AS f JOIN events AS e ON e.id = f.id
+       CAST(:url_expires_at AS timestamptz), 0, f.size, 0, encode(e.digest, 'hex')
+FROM files AS f JOIN events AS e ON e.target_id = CAST(f.id AS text)
 RETURNING id, audit_hash
 )
 SELECT i.id, i.audit_hash, c.buyer_org_id, c.downloads_used, c.downloads_limit, c.bytes_used, c.bytes_limit
@@ -311,7 +312,7 @@ FROM inserted AS i CROSS JOIN charged AS c
 async def _charge_and_record(
     session: AsyncSession, context: AuditContext, target: Target, rows: Sequence[DownloadGrant]
 ) -> None:
-    """Charge the rows' downloads and bytes, append their audit events and insert them; or refuse, changing
+    """Charge the rows' downloads and bytes, record their audit events and insert them; or refuse, changing
     nothing, with what remains of the quota."""
     first = rows[0]
     entitlement = target.entitlement
@@ -411,7 +412,12 @@ async def _refuse_charge(
 def sign_receipt(
     keyring: KeyRing, grant: DownloadGrant, *, product: str, version: str, buyer_org: str, issuer: str
 ) -> str:
-    """An Ed25519 JWS the buyer keeps as proof of lawful acquisition; verifiable with the public JWKS."""
+    """An Ed25519 JWS the buyer keeps as proof of lawful acquisition; verifiable with the public JWKS.
+
+    ``audit_event_hash`` is the content digest of the grant's ``download.granted`` event
+    (``app.audit.service.content_digest``): the event joins the log after the grant commits, so its chain hash is
+    not known yet; the digest identifies the event once it is there (recompute it from the event's fields).
+    """
     key = keyring.active
     claims = {
         "iss": issuer,
@@ -520,10 +526,11 @@ async def grant(
     # URLs are made first: once the charge is sent, every other grant under the entitlement waits for this
     # transaction to commit.
     urls = [await locate(row) for row in rows]
-    # Grants commit one at a time whatever their entitlement (the audit chain head stays locked from the append
-    # to the commit), so charges in this process queue here first, losing no parallelism: PostgreSQL then sees
-    # one waiter per process rather than dozens, whose lock queue costs more CPU than the grants. The turn
-    # ends when the statement returns, so the next charge is already waiting in PostgreSQL when this commits.
+    # Grants under one entitlement commit one at a time (its row stays locked from the charge to the commit), so
+    # charges in this process queue here first: PostgreSQL then sees one waiter per process rather than dozens,
+    # whose lock queue costs more CPU than the grants. The turn ends when the statement returns, so the next
+    # charge is already waiting in PostgreSQL when this commits, and charges under other entitlements (which
+    # share no lock since audit events are sequenced after commit) only wait for a statement, not a commit.
     async with charge_turn:
         await _charge_and_record(session, context, target, rows)
     return [

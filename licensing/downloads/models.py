@@ -55,4 +55,6 @@ class DownloadGrant(Base):
     refreshed: Mapped[int] = mapped_column(Integer, default=0)
     bytes_charged: Mapped[int] = mapped_column(BigInteger)
     bytes_served: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The receipt's audit_event_hash: the content digest of the grant's audit event (app.audit.service
+    # content_digest); for grants made before migration 0021, the event's chain hash.
     audit_hash: Mapped[str] = mapped_column(String(64))

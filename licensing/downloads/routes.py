@@ -165,9 +165,10 @@ def _out(grant: grants.Grant) -> DownloadOut:
     )
 
 
-# Grants commit one at a time (see licensing.downloads.grants.grant), so a process gains nothing from working on
-# more than a few at once; the rest wait here, costing nothing, rather than in the event loop's queue, where
-# every one of them would delay the commit that the others are waiting for.
+# A grant is CPU work in this process around a few round trips (and grants under one entitlement commit one at a
+# time, see licensing.downloads.grants.grant), so a process gains nothing from working on more than a few at once;
+# the rest wait here, costing nothing, rather than in the event loop's queue, where every one of them would delay
+# the commits that the others are waiting for.
 GRANTS_IN_FLIGHT = 4
 
 

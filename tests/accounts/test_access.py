@@ -15,7 +15,7 @@ import httpx
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import Account, grant_platform_role, make_org, sign_up
+from tests.conftest import Account, grant_platform_role, make_org, sequence_audit, sign_up
 
 PROBLEM = "application/problem+json"
 
@@ -281,6 +281,7 @@ async def test_platform_auditors_read_but_never_write(
     tables = ("organizations", "memberships", "products", "api_keys", "audit_events")
 
     async def counts() -> dict[str, int]:
+        await sequence_audit(db)
         return {t: await db.fetchval(f"SELECT count(*) FROM {t} WHERE true") for t in tables}  # noqa: S608
 
     before = await counts()

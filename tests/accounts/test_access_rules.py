@@ -18,7 +18,7 @@ from litestar.testing import AsyncTestClient
 
 from app.settings import Settings
 from tests.catalog.helpers import make_product, make_version, upload
-from tests.conftest import Account, grant_platform_role, make_org, sign_up
+from tests.conftest import Account, grant_platform_role, make_org, sequence_audit, sign_up
 from tests.licensing.test_licensing import assert_problem, live_client, make_offer, post_order
 
 Client = AsyncTestClient[Litestar]
@@ -229,6 +229,7 @@ async def test_members_are_listed_changed_and_removed_and_the_last_owner_stays(
         org,
     )
     assert {(r["email"], r["role"]) for r in roles} == {(owner.email, "owner"), (admin.email, "admin")}
+    await sequence_audit(db)
     events = await db.fetch(
         "SELECT action FROM audit_events e JOIN organizations o ON o.id = e.org_id WHERE o.slug = $1 "
         "AND action IN ('org.member_role_changed', 'org.member_removed') ORDER BY seq",

@@ -39,7 +39,7 @@ from app.auth.service import ADDRESS_FAILURE_FACTOR
 from app.auth.tokens import issue_access_token
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import PASSWORD, Account, make_org, sign_up, unique_email
+from tests.conftest import PASSWORD, Account, make_org, sequence_audit, sign_up, unique_email
 
 PROBLEM = "application/problem+json"
 WRONG_PASSWORD = "not the password at all"
@@ -437,6 +437,7 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(
     # The spent token presented again: refused, and the whole family with it.
     assert_problem(await refresh(client, first), 401, "unauthorized")
     assert_problem(await refresh(client, pair["refresh_token"]), 401, "unauthorized")
+    await sequence_audit(db)
     events = await db.fetch(
         "SELECT actor, details FROM audit_events WHERE action = 'auth.refresh_reuse_detected' AND target_id = $1",
         account.id,
@@ -474,10 +475,12 @@ async def test_wrong_password_is_refused_and_audited(
     client: AsyncTestClient[Litestar], address_client: AsyncTestClient[Any], db: asyncpg.Connection
 ) -> None:
     account = await sign_up(client)
+    await sequence_audit(db)
     before = await db.fetchval("SELECT count(*) FROM audit_events WHERE action = 'auth.login_failed'")
     response = await password_login(address_client, account.email, WRONG_PASSWORD)
     body = assert_problem(response, 401, "unauthorized")
     assert "access_token" not in body
+    await sequence_audit(db)
     events = await db.fetch(
         "SELECT target_type, details, client_addr FROM audit_events"
         " WHERE action = 'auth.login_failed' AND target_id = $1",
@@ -487,6 +490,7 @@ async def test_wrong_password_is_refused_and_audited(
     assert events[0]["target_type"] == "user"
     assert json.loads(events[0]["details"])["username"] == account.email
     assert events[0]["client_addr"] is not None
+    await sequence_audit(db)
     after = await db.fetchval("SELECT count(*) FROM audit_events WHERE action = 'auth.login_failed'")
     assert after == before + 1
     # The same message for an account that does not exist: no account enumeration.

@@ -15,7 +15,7 @@ import pytest
 from app.auth.middleware import client_address
 from app.main import create_app
 from app.settings import Settings, SettingsError
-from tests.conftest import PASSWORD, unique_email
+from tests.conftest import PASSWORD, sequence_audit, unique_email
 
 PROXIES = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
 
@@ -70,6 +70,7 @@ async def _signed_up_from(settings: Settings, db: asyncpg.Connection, peer: str,
     finally:
         await app.state.engine.dispose()
     assert created.status_code == 201, created.text
+    await sequence_audit(db)
     return await db.fetchval("SELECT client_addr FROM audit_events WHERE request_id = $1", request_id)
 
 

@@ -15,7 +15,7 @@ from litestar.testing import AsyncTestClient
 from app.settings import Settings
 from tests.accounts.test_access_rules import in_a_day, in_review
 from tests.catalog.helpers import make_product, make_version
-from tests.conftest import Account, grant_platform_role, make_org, sign_up
+from tests.conftest import Account, grant_platform_role, make_org, sequence_audit, sign_up
 from tests.licensing.test_licensing import make_offer, order_ok
 from tests.statements import counting_client
 
@@ -95,6 +95,7 @@ async def test_list_pages_cost_a_fixed_number_of_statements(
     await _add_members(db, many_org, MANY - 1)
     await _add_models(db, one_org, 1)
     await _add_models(db, many_org, MANY)
+    await sequence_audit(db)  # the audit events recorded above join the log
 
     def h(account: Account) -> dict[str, str]:
         return account.headers

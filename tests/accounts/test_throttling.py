@@ -24,7 +24,7 @@ from app.auth.service import ACCOUNT_FAILURE_FACTOR
 from app.main import create_app
 from app.settings import Settings
 from tests.accounts.test_auth import BASE_URL, WRONG_PASSWORD, FromAddress, assert_problem
-from tests.conftest import PASSWORD, sign_up, unique_email
+from tests.conftest import PASSWORD, sequence_audit, sign_up, unique_email
 from tests.live_server import live_server
 
 PROXY = "127.0.0.1"
@@ -57,6 +57,7 @@ async def login_from(client: httpx.AsyncClient, client_address: str, email: str,
 
 
 async def failed_checks(db: asyncpg.Connection, user_id: str) -> int:
+    await sequence_audit(db)
     count: int = await db.fetchval(
         "SELECT count(*) FROM audit_events WHERE action = 'auth.login_failed' AND target_id = $1", user_id
     )

@@ -10,13 +10,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from litestar.testing import AsyncTestClient
 
 from app.audit.cli import verify
 from app.db import libpq_url
 from app.embedded import _postgres_bin
 from app.settings import Settings
-from tests.conftest import create_database, sign_up
+from tests.conftest import create_database, sequence_audit, sign_up
 
 
 def run(command: list[str]) -> None:
@@ -25,10 +26,11 @@ def run(command: list[str]) -> None:
 
 
 async def test_a_dump_restored_into_a_fresh_database_verifies(
-    client: AsyncTestClient[Any], settings: Settings, tmp_path: Path
+    client: AsyncTestClient[Any], db: asyncpg.Connection, settings: Settings, tmp_path: Path
 ) -> None:
     assert settings.database_url is not None
     await sign_up(client)  # audit events to back up
+    await sequence_audit(db)
     anchored = await verify(settings, checkpoint=True)
     assert anchored["ok"], anchored
     assert anchored["checkpoint_written"]

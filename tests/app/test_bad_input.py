@@ -23,7 +23,7 @@ from litestar.testing import AsyncTestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.conftest import PASSWORD, Account, make_org, sign_up, unique_email, unique_slug
+from tests.conftest import PASSWORD, Account, make_org, sequence_audit, sign_up, unique_email, unique_slug
 
 PROBLEM = "application/problem+json"
 TABLES = ("users", "organizations", "memberships", "api_keys", "refresh_tokens", "audit_events")
@@ -51,6 +51,7 @@ def error_fields(body: dict[str, Any]) -> list[str]:
 
 async def counts(db: asyncpg.Connection) -> dict[str, int]:
     """Rows per table; audit events of background jobs (actor ``system``) may come and go meanwhile."""
+    await sequence_audit(db)
     found = {table: await db.fetchval(f"SELECT count(*) FROM {table}") for table in TABLES}  # noqa: S608
     found["audit_events"] = await db.fetchval("SELECT count(*) FROM audit_events WHERE actor <> 'system'")
     return found

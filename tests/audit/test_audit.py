@@ -24,7 +24,16 @@ from app.audit import checkpoints
 from app.audit.service import verify_chain
 from app.db import create_engine
 from app.settings import Settings
-from tests.conftest import Account, Servers, asyncpg_dsn, grant_platform_role, make_org, sign_up, unique_slug
+from tests.conftest import (
+    Account,
+    Servers,
+    asyncpg_dsn,
+    grant_platform_role,
+    make_org,
+    sequence_audit,
+    sign_up,
+    unique_slug,
+)
 
 EVENTS = "/api/v1/audit/events"
 
@@ -97,6 +106,7 @@ async def test_concurrent_changes_leave_a_gap_free_chain_that_verifies(
         )
     )
     assert [r.status_code for r in responses] == [201] * 50
+    await sequence_audit(db)
 
     seqs = [row["seq"] for row in await db.fetch("SELECT seq FROM audit_events ORDER BY seq")]
     assert seqs == list(range(1, len(seqs) + 1)), "sequence numbers have gaps or duplicates"
@@ -125,6 +135,7 @@ async def test_concurrent_changes_leave_a_gap_free_chain_that_verifies(
 
 @pytest.mark.parametrize("replica", [False, True], ids=["origin", "replica-role"])
 async def test_triggers_refuse_update_delete_and_truncate(db: asyncpg.Connection, replica: bool) -> None:
+    await sequence_audit(db)
     seq = await db.fetchval("SELECT max(seq) FROM audit_events")
     assert seq is not None
     statements: list[tuple[str, tuple[Any, ...]]] = [
@@ -144,8 +155,9 @@ async def test_triggers_refuse_update_delete_and_truncate(db: asyncpg.Connection
 
 
 async def test_members_see_only_their_orgs_events_and_plain_users_are_refused(
-    client: AsyncTestClient[Any], people: People
+    client: AsyncTestClient[Any], db: asyncpg.Connection, people: People
 ) -> None:
+    await sequence_audit(db)
     owner_a, plain, colleague, auditor = people.owner_a, people.plain, people.colleague, people.auditor
     org_a, org_b = people.org_a, people.org_b
 
@@ -189,7 +201,7 @@ async def test_members_see_only_their_orgs_events_and_plain_users_are_refused(
 
 
 async def test_api_keys_need_the_audit_read_scope_and_stay_in_their_org(
-    client: AsyncTestClient[Any], people: People
+    client: AsyncTestClient[Any], db: asyncpg.Connection, people: People
 ) -> None:
     owner = people.owner_a
     other = await make_org(client, owner)
@@ -205,6 +217,7 @@ async def test_api_keys_need_the_audit_read_scope_and_stay_in_their_org(
         return {"Authorization": f"Bearer {created.json()['key']}"}
 
     reader = await key(["audit:read"])
+    await sequence_audit(db)
     listed = await client.get(EVENTS, headers=reader)
     assert listed.status_code == 200
     assert {e["org"] for e in listed.json()["items"]} == {people.org_a}
@@ -227,6 +240,7 @@ async def test_events_filters_and_keyset_pages(
             f"/api/v1/orgs/{org}/members", json={"email": member.email, "role": "member"}, headers=owner.headers
         )
         assert response.status_code == 201
+    await sequence_audit(db)
 
     first = await client.get(EVENTS, params={"org": org, "limit": 2}, headers=owner.headers)
     assert first.status_code == 200
@@ -296,12 +310,13 @@ async def test_events_filters_and_keyset_pages(
     assert event["details"]["kind"] == "both"
 
 
-async def test_export_jsonl_and_csv(client: AsyncTestClient[Any], people: People) -> None:
+async def test_export_jsonl_and_csv(client: AsyncTestClient[Any], db: asyncpg.Connection, people: People) -> None:
     owner, member = people.owner_a, people.plain
     org = await make_org(client, owner)
     await client.post(
         f"/api/v1/orgs/{org}/members", json={"email": member.email, "role": "auditor"}, headers=owner.headers
     )
+    await sequence_audit(db)
     expected = [e["seq"] for e in reversed(await _all_events(client, owner, org=org))]
     assert len(expected) == 2
 
@@ -355,6 +370,7 @@ async def test_checkpoints_are_signed_listed_and_checked(
 ) -> None:
     auditor = people.auditor
     state = app.state
+    await sequence_audit(db)
     written = await checkpoints.write_checkpoint(state.settings, sessionmaker, state.object_store, state.keyring)
     assert written is not None
     head = await db.fetchrow("SELECT seq, hash FROM audit_head WHERE id = 1")

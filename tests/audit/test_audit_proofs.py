@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from litestar.testing import AsyncTestClient
 
 from tests.catalog.helpers import make_product
-from tests.conftest import Account, Servers, asyncpg_dsn, grant_platform_role, make_org, sign_up
+from tests.conftest import Account, Servers, asyncpg_dsn, grant_platform_role, make_org, sequence_audit, sign_up
 
 INCLUSION = "/api/v1/audit/proofs/inclusion"
 CONSISTENCY = "/api/v1/audit/proofs/consistency"
@@ -119,6 +119,11 @@ async def world(client: AsyncTestClient[Any], servers: Servers) -> dict[str, Any
             headers=owner.headers,
         )
         assert invited.status_code == 201, invited.text
+    connection = await asyncpg.connect(asyncpg_dsn(servers.database_url))
+    try:
+        await sequence_audit(connection)
+    finally:
+        await connection.close()
     return {"a": owner_a, "b": owner_b, "auditor": auditor, "org_a": org_a, "org_b": org_b}
 
 
@@ -270,9 +275,12 @@ async def test_bundles_never_hold_another_organisations_events(
     assert seqs <= b_events
 
 
-async def test_events_export_and_bundles_filter_by_product(client: AsyncTestClient[Any], world: dict[str, Any]) -> None:
+async def test_events_export_and_bundles_filter_by_product(
+    client: AsyncTestClient[Any], db: asyncpg.Connection, world: dict[str, Any]
+) -> None:
     owner: Account = world["a"]
     slug = await make_product(client, owner, world["org_a"])
+    await sequence_audit(db)
     listed = await client.get(
         "/api/v1/audit/events", params={"org": world["org_a"], "product": slug}, headers=owner.headers
     )

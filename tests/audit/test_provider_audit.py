@@ -14,7 +14,7 @@ from litestar.testing import AsyncTestClient
 
 from app.audit.bundle_format import verify_bundle
 from tests.audit.test_audit_proofs import _verify_bundle_cli, jws_claims, leaf_hashes, mth, root_from_path
-from tests.conftest import Servers, sign_up
+from tests.conftest import Servers, sequence_audit, sign_up
 from tests.licensing.helpers import Market, download_body, market
 
 EVENTS = "/api/v1/audit/events"
@@ -39,6 +39,7 @@ async def _secrets(db: asyncpg.Connection, download_ids: list[str]) -> set[str]:
     """What must never reach the provider: the buyer member's actor and the request ids of the grant events.
     (Their client address is the test client's, shared by every caller here: the redacted events' address is
     checked to be null instead.)"""
+    await sequence_audit(db)
     rows = await db.fetch(
         "SELECT actor, request_id, client_addr FROM audit_events"
         " WHERE target_type = 'download' AND target_id = ANY($1)",
@@ -136,6 +137,7 @@ async def test_a_providers_bundle_proves_the_redacted_grants_and_an_altered_leaf
 ) -> None:
     m = await market(client, db)
     ids = await _trade(client, m)
+    await sequence_audit(db)
     hidden = await _secrets(db, ids) | {m.buyer.id, m.buyer.email}
     response = await client.get(BUNDLE, params={"org": m.provider_org}, headers=m.provider.headers)
     assert response.status_code == 200, response.text

@@ -17,7 +17,7 @@ from app.main import create_app
 from app.settings import Settings
 from catalog.uploads import blob_key, staging_key
 from tests.catalog.helpers import make_product, make_version
-from tests.conftest import Account, make_org, sign_up
+from tests.conftest import Account, make_org, sequence_audit, sign_up
 
 
 def _spec(path: str, content: bytes) -> dict[str, Any]:
@@ -80,6 +80,7 @@ async def test_a_batch_uploads_to_the_content_key_and_audits_every_file(
 
     ids = [i["file_id"] for i in items]
     for action in ("file.upload_started", "file.verified"):
+        await sequence_audit(db)
         count = await db.fetchval(
             "SELECT count(*) FROM audit_events WHERE action = $1 AND target_id = ANY($2::text[])", action, ids
         )
@@ -97,6 +98,7 @@ async def test_a_batch_uploads_to_the_content_key_and_audits_every_file(
     # Completing again is idempotent (no new event), and planning again finds the files verified.
     again = await _complete(client, owner, slug, done)
     assert {i["status"] for i in again.json()["items"]} == {"verified"}
+    await sequence_audit(db)
     count = await db.fetchval(
         "SELECT count(*) FROM audit_events WHERE action = 'file.verified' AND target_id = ANY($1::text[])", ids
     )
@@ -164,6 +166,7 @@ async def test_bad_items_are_refused_one_by_one_and_leave_nothing(
     assert await app.state.object_store.size_of(staging_key(uuid.UUID(staged["file_id"]))) is None
     assert await db.fetchval("SELECT count(*) FROM blobs WHERE sha256 = $1", hashlib.sha256(bad).hexdigest()) == 0
     assert await db.fetchval("SELECT count(*) FROM version_files WHERE id = $1", uuid.UUID(staged["file_id"])) == 0
+    await sequence_audit(db)
     reason = await db.fetchval(
         "SELECT details->>'reason' FROM audit_events WHERE action = 'file.rejected' AND target_id = $1",
         staged["file_id"],

@@ -10,7 +10,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from tests.catalog.helpers import PROVENANCE, make_product, make_version, unique_product_slug, upload
-from tests.conftest import Account, make_org, sign_up
+from tests.conftest import Account, make_org, sequence_audit, sign_up
 
 SHA = hashlib.sha256(b"x").hexdigest()
 
@@ -301,6 +301,7 @@ async def test_withdrawal_needs_a_reason(
     )
     base = f"/api/v1/products/{slug}/versions/1.0.0"
     events = "SELECT count(*) FROM audit_events WHERE target_id = $1"
+    await sequence_audit(db)
     before = await db.fetchval(events, f"{slug}@1.0.0")
     problem = _assert_problem(await client.post(f"{base}/withdraw", json=body, headers=owner.headers), 422)
     assert problem["type"] == "validation-error"
@@ -311,6 +312,7 @@ async def test_withdrawal_needs_a_reason(
         slug,
     )
     assert dict(row) == {"state": "published", "withdrawn_at": None, "withdrawn_reason": None}
+    await sequence_audit(db)
     assert await db.fetchval(events, f"{slug}@1.0.0") == before
 
     withdrawn = await client.post(f"{base}/withdraw", json={"reason": "rights dispute"}, headers=owner.headers)

@@ -28,7 +28,7 @@ from catalog import search
 from catalog.terms import product_terms, query_terms
 from demo.seed import seed_catalogue
 from tests.catalog.helpers import make_product, make_version
-from tests.conftest import Account, Servers, grant_platform_role, make_org, sign_up
+from tests.conftest import Account, Servers, grant_platform_role, make_org, sequence_audit, sign_up
 
 Client = AsyncTestClient[Litestar]
 PROBLEM = "application/problem+json"
@@ -426,6 +426,7 @@ async def test_seeded_catalogue_facets_match_the_database(
     assert result.last_listed_seq is not None
     assert result.first_listed_seq is not None
     assert result.last_listed_seq - result.first_listed_seq == 299
+    await sequence_audit(db)
     event = await db.fetchrow(
         "SELECT details FROM audit_events WHERE action = 'catalog.seeded' AND target_id = $1", result.run
     )

@@ -15,7 +15,7 @@ from litestar.testing import AsyncTestClient
 from app.settings import Settings
 from catalog.uploads import blob_key
 from tests.catalog.helpers import make_product, make_version, upload
-from tests.conftest import grant_platform_role, make_org, sign_up
+from tests.conftest import grant_platform_role, make_org, sequence_audit, sign_up
 
 
 async def test_single_and_multipart_upload_publish_and_review(
@@ -187,6 +187,7 @@ async def test_content_the_org_already_stores_completes_without_an_upload(
     )
     assert done.status_code == 200, done.text
     assert done.json()["status"] == "verified"
+    await sequence_audit(db)
     reused = await db.fetchval(
         "SELECT details->>'reused' FROM audit_events WHERE action = 'file.verified' AND target_id = $1",
         plan["file_id"],

@@ -23,7 +23,7 @@ from app.settings import Settings
 from catalog.janitor import ADVISORY_LOCK_KEY, sweep
 from catalog.uploads import blob_key, staging_key
 from tests.catalog.helpers import make_product, make_version, upload
-from tests.conftest import make_org, sign_up
+from tests.conftest import make_org, sequence_audit, sign_up
 
 DAY = dt.timedelta(days=1)
 
@@ -102,6 +102,7 @@ async def test_abandoned_upload_and_orphan_blob_are_swept_verified_files_stay(
     assert not [u for u in await store.multipart_uploads(staged) if u[1] == upload_id]
     assert await store.size_of(staged) is None
     assert await store.size_of(staging_key(small_id)) is None
+    await sequence_audit(db)
     events = await db.fetch(
         "SELECT actor, target_id, details FROM audit_events WHERE action = 'file.abandoned' AND target_id = ANY($1)",
         [str(file_id), str(small_id)],

@@ -16,7 +16,7 @@ import pytest_asyncio
 from litestar.testing import AsyncTestClient
 
 from tests.catalog.helpers import make_product, upload
-from tests.conftest import Account, grant_platform_role, make_org, sign_up
+from tests.conftest import Account, grant_platform_role, make_org, sequence_audit, sign_up
 
 VALID: dict[str, Any] = {
     "sources": [
@@ -260,6 +260,7 @@ async def _stored(db: asyncpg.Connection, slug: str, version: str) -> tuple[int,
         slug,
         version,
     )
+    await sequence_audit(db)
     events = await db.fetchval("SELECT count(*) FROM audit_events WHERE target_id = $1", f"{slug}@{version}")
     return versions, events
 
@@ -305,6 +306,7 @@ async def test_a_patch_with_bad_provenance_changes_nothing(
     created = await _create(client, provider, "0.9.0", VALID)
     assert created.status_code == 201, created.text
     path = f"/api/v1/products/{provider.slug}/versions/0.9.0"
+    await sequence_audit(db)
     events = await db.fetchval("SELECT count(*) FROM audit_events WHERE target_id = $1", f"{provider.slug}@0.9.0")
     bad = copy.deepcopy(VALID)
     bad["activities"][0]["ended_at"] = "2024-01-01T00:00:00Z"
@@ -312,6 +314,7 @@ async def test_a_patch_with_bad_provenance_changes_nothing(
     assert refused.status_code == 422, refused.text
     assert refused.json()["errors"][0]["field"] == "provenance.activities[0].ended_at"
     assert _given((await client.get(path, headers=provider.owner.headers)).json()["provenance"]) == VALID
+    await sequence_audit(db)
     assert await db.fetchval("SELECT count(*) FROM audit_events WHERE target_id = $1", f"{provider.slug}@0.9.0") == (
         events
     )

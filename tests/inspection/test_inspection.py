@@ -28,7 +28,7 @@ from litestar.testing import AsyncTestClient
 from app.main import create_app
 from app.settings import Settings
 from tests.catalog.helpers import make_product, make_version, upload
-from tests.conftest import RunJobs, grant_platform_role, make_org, sign_up
+from tests.conftest import RunJobs, grant_platform_role, make_org, sequence_audit, sign_up
 
 SENTENCES = {
     "en": "The central bank raised interest rates again this quarter, which surprised many market analysts.",
@@ -207,6 +207,7 @@ async def test_preview_masks_what_the_profile_found(
     assert not any("@example.org" in t for t in texts)
     assert (await client.get(url, params={"path": "news.jsonl", "limit": 21}, headers=buyer.headers)).status_code == 422
     assert (await client.get(url, params={"path": "nope.jsonl"}, headers=buyer.headers)).status_code == 404
+    await sequence_audit(db)
     events = await db.fetchval(
         "SELECT count(*) FROM audit_events WHERE action = 'version.previewed' AND target_id = $1", f"{slug}@1.0.0"
     )

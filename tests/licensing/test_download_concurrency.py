@@ -182,13 +182,16 @@ class Ledger:
 
 
 async def ledger(db: asyncpg.Connection, entitlement_id: str) -> Ledger:
-    """Grants, their audit events and the counters, read in one statement (one snapshot)."""
+    """Grants, their audit events and the counters, read in one statement (one snapshot). An event is either still
+    pending or sequenced into the log (the sequencer moves it in one transaction), never both, never neither."""
     row = await db.fetchrow(
         """
         WITH it AS (SELECT CAST($1 AS text) AS key, CAST(CAST($1 AS text) AS uuid) AS id)
         SELECT (SELECT coalesce(array_agg(g.id::text), '{}') FROM download_grants AS g, it
                  WHERE g.entitlement_id = it.id) AS grants,
-               (SELECT coalesce(array_agg(a.target_id), '{}') FROM audit_events AS a, it
+               (SELECT coalesce(array_agg(a.target_id), '{}')
+                  FROM (SELECT action, target_id, details FROM audit_events
+                        UNION ALL SELECT action, target_id, details FROM audit_pending) AS a, it
                  WHERE a.action = 'download.granted' AND a.details->>'entitlement_id' = it.key) AS events,
                (SELECT coalesce(sum(g.size), 0) FROM download_grants AS g, it
                  WHERE g.entitlement_id = it.id) AS bytes_granted,
@@ -269,6 +272,18 @@ async def test_two_server_processes_never_overshoot_the_quota(real_servers: list
     assert len(book.events) == 10
     granted = {r.json()["download_id"] for r in responses if r.status_code == 201}
     assert granted == book.grants
+    # The servers' own sequencers move each event into the log shortly after its grant committed.
+    deadline = time.monotonic() + 5
+    while await db.fetchval(
+        "SELECT count(*) FROM audit_pending WHERE details->>'entitlement_id' = $1", m.entitlement_id
+    ):
+        assert time.monotonic() < deadline, "recorded events were not sequenced within 5 s"
+        await asyncio.sleep(0.05)
+    sequenced = await db.fetchval(
+        "SELECT count(*) FROM audit_events WHERE action = 'download.granted' AND details->>'entitlement_id' = $1",
+        m.entitlement_id,
+    )
+    assert sequenced == 10
     # Each server counted its workers' grants and refusals in /metrics; together they count every answer.
     counted: collections.Counter[tuple[str, str]] = collections.Counter()
     for url in real_servers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import uuid
 from typing import Any
 
@@ -12,7 +13,7 @@ import httpx
 import jwt
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import sign_up
+from tests.conftest import sequence_audit, sign_up
 from tests.licensing.helpers import download_body, market
 
 
@@ -39,11 +40,18 @@ async def test_presigned_download_with_verifiable_receipt(client: AsyncTestClien
     assert claims["download_id"] == body["download_id"]
     assert claims["sha256"] == body["sha256"]
     assert claims["purpose"] == "research"
-    event_hash = await db.fetchval(
-        "SELECT encode(hash, 'hex') FROM audit_events WHERE action = 'download.granted' AND target_id = $1",
+    # The receipt names its audit event by the digest of the event's content (the event joins the log after
+    # the grant commits); recomputed here from the sequenced event's fields.
+    await sequence_audit(db)
+    event = await db.fetchrow(
+        "SELECT actor, org_id, action, target_type, target_id, request_id, client_addr, details::text AS details"
+        " FROM audit_events WHERE action = 'download.granted' AND target_id = $1",
         body["download_id"],
     )
-    assert claims["audit_event_hash"] == event_hash
+    assert event is not None
+    head = [str(v) if isinstance(v, uuid.UUID) else v for k, v in event.items() if k != "details"]
+    encoded = "[" + ",".join(json.dumps(v, ensure_ascii=False) for v in head) + "," + event["details"] + "]"
+    assert claims["audit_event_hash"] == hashlib.sha256(encoded.encode()).hexdigest()
 
     entitlement = (await client.get(f"/api/v1/entitlements/{m.entitlement_id}", headers=m.buyer.headers)).json()
     assert entitlement["quota"]["downloads_used"] == 1
@@ -72,6 +80,7 @@ async def test_grants_stop_at_the_download_quota(client: AsyncTestClient[Any], d
         await db.fetchval("SELECT count(*) FROM download_grants WHERE entitlement_id = $1::uuid", m.entitlement_id)
         == 10
     )
+    await sequence_audit(db)
     events = await db.fetchval(
         "SELECT count(*) FROM audit_events WHERE action = 'download.granted' AND details->>'entitlement_id' = $1",
         m.entitlement_id,
@@ -256,6 +265,7 @@ async def test_a_resume_through_the_convenience_path_charges_nothing_new(
     assert rest.status_code == 206
     assert rest.content == content[100:]
     assert await quota() == (1, len(content))
+    await sequence_audit(db)
     events = await db.fetch(
         "SELECT action FROM audit_events WHERE target_id = $1 ORDER BY seq", first.headers["x-corpora-download-id"]
     )

@@ -15,7 +15,7 @@ from litestar.testing import AsyncTestClient
 
 from tests.accounts.test_access import assert_problem
 from tests.catalog.helpers import make_version, upload
-from tests.conftest import grant_platform_role, sign_up
+from tests.conftest import grant_platform_role, sequence_audit, sign_up
 from tests.licensing.helpers import Market, download_body, market, publish
 from tests.licensing.test_models import canonical_digest, item, model
 from tests.licensing.test_takedowns import ONLY_NEW, ONLY_OLD, SHARED, SHARED_SHA, claim, decide, file_takedown, inbox
@@ -114,6 +114,7 @@ async def test_an_upheld_takedown_flags_the_models_trained_on_the_content_and_no
     verify(hook["secret"], delivered)
     assert delivered.json()["type"] == "model.flagged"
     assert delivered.json()["data"]["model_id"] == flagged["id"]
+    await sequence_audit(db)
     events = await db.fetch(
         "SELECT e.details, o.slug FROM audit_events e JOIN organizations o ON o.id = e.org_id "
         "WHERE e.action = 'model.flagged' AND e.target_type = 'model' AND e.target_id = $1",
@@ -151,6 +152,7 @@ async def test_a_dismissed_takedown_flags_nothing(client: Client, db: asyncpg.Co
     assert read.json() == trained_on_it
     assert await db.fetchval("SELECT count(*) FROM model_flags WHERE takedown_id = $1", uuid.UUID(takedown_id)) == 0
     assert [n for n in await inbox(client, m.buyer, m.buyer_org) if n["type"] == "model.flagged"] == []
+    await sequence_audit(db)
     flagged_events = await db.fetchval(
         "SELECT count(*) FROM audit_events WHERE action = 'model.flagged' AND target_id = $1", trained_on_it["id"]
     )

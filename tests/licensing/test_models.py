@@ -14,7 +14,7 @@ import asyncpg
 from litestar.testing import AsyncTestClient
 
 from tests.catalog.helpers import make_product, upload
-from tests.conftest import Account, grant_platform_role, make_org, sign_up
+from tests.conftest import Account, grant_platform_role, make_org, sequence_audit, sign_up
 from tests.licensing.helpers import download_body, market, publish
 
 Client = AsyncTestClient[Any]
@@ -265,6 +265,7 @@ async def test_an_accepted_manifest_records_downloads_licence_verdict_and_digest
     assert [a["product"] for a in manifest["verdict"]["duties"]["attribution"]] == [m.product]
     assert manifest["manifest_digest"] == canonical_digest(manifest)
 
+    await sequence_audit(db)
     event = await db.fetchrow(
         "SELECT actor, details FROM audit_events WHERE action = 'model.created' AND target_id = $1", manifest["id"]
     )

@@ -26,7 +26,7 @@ from app.db import create_engine
 from app.main import create_app
 from app.settings import Settings
 from licensing.sweeps import sweep
-from tests.conftest import Account, Servers, make_org
+from tests.conftest import Account, Servers, make_org, sequence_audit
 from tests.licensing.test_licensing import (
     Market,
     People,
@@ -660,6 +660,7 @@ async def test_order_and_entitlement_actions_need_the_orders_scope_and_a_role_th
     automatic = await make_offer(client, market.provider, market.product)
 
     async def events() -> int:
+        await sequence_audit(db)
         count: int = await db.fetchval(
             "SELECT count(*) FROM audit_events WHERE target_type IN ('order', 'entitlement')"
         )

@@ -20,7 +20,7 @@ from app.settings import Settings
 from catalog.uploads import blob_key
 from tests.accounts.test_access import assert_problem, member_of
 from tests.catalog.helpers import make_version, upload
-from tests.conftest import Account, grant_platform_role, make_org, sign_up
+from tests.conftest import Account, grant_platform_role, make_org, sequence_audit, sign_up
 from tests.licensing.helpers import Market, download_body, market, publish
 from tests.statements import counting_client
 from tests.webhook_helpers import Receiver, Worker, create_webhook, verify
@@ -87,6 +87,7 @@ async def inbox(client: Client, account: Account, org: str) -> list[dict[str, An
 
 
 async def audited(db: asyncpg.Connection, takedown_id: str) -> list[tuple[str, str]]:
+    await sequence_audit(db)
     rows = await db.fetch(
         "SELECT e.action, o.slug FROM audit_events e LEFT JOIN organizations o ON o.id = e.org_id "
         "WHERE e.target_type = 'takedown' AND e.target_id = $1 ORDER BY e.seq",
