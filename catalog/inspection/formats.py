@@ -178,8 +178,9 @@ def _lines(stream: IO[bytes]) -> Iterator[bytes]:
         yield line.rstrip(b"\r\n")
 
 
-def line_blocks(stream: IO[bytes]) -> Iterator[tuple[int, list[bytes]]]:
-    """(offset of the first line, lines without their newline) of the content, about a ``BLOCK`` at a time.
+def line_blocks(stream: IO[bytes]) -> Iterator[tuple[int, list[bytes], bool]]:
+    """(offset of the first line, lines without their newline, whether any holds a carriage return) of the
+    content, about a ``BLOCK`` at a time.
 
     The lines are those ``_lines`` gives, with a trailing carriage return kept (the reader strips it)."""
     offset = 0
@@ -192,10 +193,10 @@ def line_blocks(stream: IO[bytes]) -> Iterator[tuple[int, list[bytes]]]:
             continue
         rest = block[cut + 1 :]
         lines = block[:cut].split(b"\n")
-        yield offset, lines
+        yield offset, lines, block.find(b"\r", 0, cut) != -1
         offset += cut + 1
     if rest:
-        yield offset, [rest]
+        yield offset, [rest], b"\r" in rest
 
 
 def raw_records(opened: Opened) -> Iterator[Any]:
