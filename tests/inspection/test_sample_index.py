@@ -44,10 +44,13 @@ def test_indexed_draw_is_the_streamed_draw(monkeypatch: pytest.MonkeyPatch, path
         opened.append(CountingFile(content))
         return opened[-1]
 
+    opened_content = formats.open_content(io.BytesIO(content), path)
+    every = [formats.decode(opened_content.format, r) for r in formats.raw_records(opened_content)]
     for seed in (1, 2, 3):
         by_index = sampling.draw([indexed], 40, seed, open_file)
         by_stream = sampling.draw([streamed], 40, seed, open_file)
         assert by_index == by_stream
+        assert [item.record for item in by_stream] == [every[item.record_index] for item in by_stream]
         assert opened[-2].bytes_read < opened[-1].bytes_read
     assert sampling.draw([indexed], 40, 1, open_file) == sampling.draw([indexed], 40, 1, open_file)
 
