@@ -76,6 +76,12 @@ class RangeReader(io.RawIOBase):
         self._position = max(0, base + offset)
         return self._position
 
+    def fetch_range(self, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (fewer at the end), fetched without the reader's buffer or position:
+        safe to call from several threads when the fetch is."""
+        length = max(0, min(length, self._size - offset))
+        return self._fetch(offset, length) if length else b""
+
     def readinto(self, target: Any) -> int:
         view = memoryview(target).cast("B")
         if self._position >= self._size or not len(view):

@@ -14,7 +14,9 @@ import hashlib
 import io
 import itertools
 import random
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 import msgspec
@@ -96,28 +98,62 @@ def _read_streamed(opened: formats.Opened, wanted: set[int]) -> dict[int, Any]:
     return found
 
 
+_PARALLEL_RANGES = 8  # ranged reads of one file in flight at once: each costs a round trip more than its bytes
+
+
 def _read_indexed(source: IO[bytes], fmt: str, wanted: set[int], offsets: Sequence[tuple[int, int]]) -> dict[int, Any]:
     firsts = [record for record, _ in offsets]
     regions: dict[int, list[int]] = {}
     for number in sorted(wanted):
         regions.setdefault(bisect.bisect_right(firsts, number) - 1, []).append(number)
     size = source.seek(0, io.SEEK_END)
-    found: dict[int, Any] = {}
-    for region, numbers in regions.items():
+    read = _range_reading(source)
+
+    def region_records(region: int, numbers: list[int]) -> dict[int, Any]:
         first, start = offsets[region]
         end = offsets[region + 1][1] if region + 1 < len(offsets) else size
-        source.seek(start)
-        data = bytearray()
-        while len(data) < end - start and (part := source.read(end - start - len(data))):
-            data += part  # a ranged reader may answer part of a region from what it read before
-        lines = [line.rstrip(b"\r\n") for line in data.split(b"\n")]
-        if data.endswith(b"\n"):
-            lines.pop()  # what follows the last newline is no line
-        if fmt == "jsonl":
-            lines = [line for line in lines if line.strip()]
-        for number in numbers:
-            found[number] = formats.decode(fmt, lines[number - first])
+        following = offsets[region + 1][0] if region + 1 < len(offsets) else first
+        # read as far as the last pick should lie by the region's mean record length (with a margin), the rest
+        # of the region only when that falls short
+        mean = (end - start) / (following - first) if following > first else end - start
+        guess = min(end, start + int((numbers[-1] - first + 1) * mean * 1.25) + 4096)
+        lines = _region_lines(read(start, guess - start), fmt, complete=guess == end)
+        if len(lines) <= numbers[-1] - first:
+            lines = _region_lines(read(start, end - start), fmt, complete=True)
+        return {number: formats.decode(fmt, lines[number - first]) for number in numbers}
+
+    found: dict[int, Any] = {}
+    with ThreadPoolExecutor(_PARALLEL_RANGES) as pool:
+        for records in pool.map(region_records, regions, regions.values()):
+            found.update(records)
     return found
+
+
+def _region_lines(data: bytes, fmt: str, *, complete: bool) -> list[bytes]:
+    """The records in ``data`` read from a record's start: all lines when it runs to the region's end, else only
+    the lines its newlines end."""
+    lines = [line.rstrip(b"\r\n") for line in data.split(b"\n")]
+    if data.endswith(b"\n") or not complete:
+        lines.pop()  # what follows the last newline is no line, or no whole one
+    return [line for line in lines if line.strip()] if fmt == "jsonl" else lines
+
+
+def _range_reading(source: IO[bytes]) -> Callable[[int, int], bytes]:
+    """Reads of byte ranges that may run in threads at once: a ``RangeReader`` fetches each by itself, any other
+    file is read under a lock."""
+    if isinstance(source, formats.RangeReader):
+        return source.fetch_range
+    lock = threading.Lock()
+
+    def read(offset: int, length: int) -> bytes:
+        with lock:
+            source.seek(offset)
+            data = bytearray()
+            while len(data) < length and (part := source.read(length - len(data))):
+                data += part
+            return bytes(data)
+
+    return read
 
 
 def draw(
