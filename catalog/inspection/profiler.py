@@ -31,6 +31,7 @@ from catalog.inspection import formats, pii
 SAMPLE_RECORDS = 1000  # records the language and near-duplicate estimates use (each costs about 0.2 ms)
 SAMPLE_TEXT_CHARS = 1000
 LANGUAGE_SAMPLE = 1000  # records of the sample whose language is detected
+LANGUAGE_TEXT_CHARS = 300  # of each: detection costs about 0.4 ms for 300 characters, 1.2 ms for 1,000
 EXACT_TOKEN_RECORDS = 2_000
 TOKEN_STRIDE = 256
 MAX_FIELDS = 256
@@ -476,7 +477,7 @@ def profile(source: IO[bytes], path: str, stored_bytes: int) -> FileProfile:
         tokens=state.tokens if exact else math.floor(state.tokens * state.all_chars / max(state.token_chars, 1)),
         tokenizer=tokenizer_name(),
         tokens_exact=exact,
-        languages=_languages([t for t in language_texts if t.strip()]),
+        languages=_languages([t[:LANGUAGE_TEXT_CHARS] for t in language_texts if t.strip()]),
         language_sample=len(language_texts),
         duplicates=Duplicates(_rate(records - state.distinct.distinct(), records), _near_rate(texts), len(texts)),
         pii=state.counts,

@@ -99,22 +99,30 @@ def _read_streamed(opened: formats.Opened, wanted: set[int]) -> dict[int, Any]:
 
 
 _PARALLEL_RANGES = 8  # ranged reads of one file in flight at once: each costs a round trip more than its bytes
+# Picked regions within this many bytes of the first of their group are read in one request: an object store may
+# read (and decompress) a whole stored chunk for any range of it, so thousands of small ranges can cost more than
+# a few hundred larger ones.
+_SPAN = 8 * formats.BLOCK
 
 
 def _read_indexed(source: IO[bytes], fmt: str, wanted: set[int], offsets: Sequence[tuple[int, int]]) -> dict[int, Any]:
     firsts = [record for record, _ in offsets]
-    regions: dict[int, list[int]] = {}
+    groups: list[tuple[int, int, list[int]]] = []  # (first region, last region, picks)
     for number in sorted(wanted):
-        regions.setdefault(bisect.bisect_right(firsts, number) - 1, []).append(number)
+        region = bisect.bisect_right(firsts, number) - 1
+        if groups and offsets[region][1] < offsets[groups[-1][0]][1] + _SPAN:
+            groups[-1] = (groups[-1][0], region, [*groups[-1][2], number])
+        else:
+            groups.append((region, region, [number]))
     size = source.seek(0, io.SEEK_END)
     read = _range_reading(source)
 
-    def region_records(region: int, numbers: list[int]) -> dict[int, Any]:
-        first, start = offsets[region]
-        end = offsets[region + 1][1] if region + 1 < len(offsets) else size
-        following = offsets[region + 1][0] if region + 1 < len(offsets) else first
-        # read as far as the last pick should lie by the region's mean record length (with a margin), the rest
-        # of the region only when that falls short
+    def group_records(group: tuple[int, int, list[int]]) -> dict[int, Any]:
+        first_region, last_region, numbers = group
+        first, start = offsets[first_region]
+        following, end = offsets[last_region + 1] if last_region + 1 < len(offsets) else (first, size)
+        # read as far as the last pick should lie by the mean record length (with a margin), the rest only when
+        # that falls short
         mean = (end - start) / (following - first) if following > first else end - start
         guess = min(end, start + int((numbers[-1] - first + 1) * mean * 1.25) + 4096)
         lines = _region_lines(read(start, guess - start), fmt, complete=guess == end)
@@ -124,7 +132,7 @@ def _read_indexed(source: IO[bytes], fmt: str, wanted: set[int], offsets: Sequen
 
     found: dict[int, Any] = {}
     with ThreadPoolExecutor(_PARALLEL_RANGES) as pool:
-        for records in pool.map(region_records, regions, regions.values()):
+        for records in pool.map(group_records, groups):
             found.update(records)
     return found
 

@@ -34,6 +34,7 @@ def jsonl() -> bytes:
 )
 def test_indexed_draw_is_the_streamed_draw(monkeypatch: pytest.MonkeyPatch, path: str, content: bytes) -> None:
     monkeypatch.setattr(profiler, "OFFSET_SPACING", 1024)
+    monkeypatch.setattr(sampling, "_SPAN", 4096)  # picks far apart are read in separate requests
     result = profiler.profile(io.BytesIO(content), path, len(content))
     assert len(result.record_offsets) > 20
     indexed = sampling.SourceFile(path, "-", result.records, tuple(result.record_offsets))
