@@ -103,7 +103,7 @@ class RangeReader(io.RawIOBase):
             if streaming and following < self._size:
                 self._ahead = _Fetching(self._fetch, following, min(self._chunk, self._size - following))
         count = min(len(view), len(self._buffer) - offset)
-        view[:count] = self._buffer[offset : offset + count]
+        view[:count] = memoryview(self._buffer)[offset : offset + count]  # one copy, not two
         self._position += count
         return count
 
@@ -143,9 +143,7 @@ class _Counting(io.RawIOBase):
         return True
 
     def readinto(self, target: Any) -> int:
-        data = self._inner.read(len(target))
-        n = len(data)
-        target[:n] = data
+        n: int = self._inner.readinto(target)  # type: ignore[attr-defined]  # every stream opened here has it
         self.count += n
         return n
 
@@ -230,15 +228,13 @@ def line_blocks(stream: IO[bytes]) -> Iterator[tuple[int, list[bytes], bool]]:
     offset = 0
     rest = b""
     while block := stream.read(BLOCK):
-        block = rest + block
-        cut = block.rfind(b"\n")
-        if cut == -1:
-            rest = block
+        lines = block.split(b"\n")  # the block is split as read, not first joined to what the last one left
+        lines[0] = rest + lines[0]
+        rest = lines.pop()
+        if not lines:
             continue
-        rest = block[cut + 1 :]
-        lines = block[:cut].split(b"\n")
-        yield offset, lines, block.find(b"\r", 0, cut) != -1
-        offset += cut + 1
+        yield offset, lines, b"\r" in block or b"\r" in lines[0]
+        offset += sum(map(len, lines)) + len(lines)
     if rest:
         yield offset, [rest], b"\r" in rest
 

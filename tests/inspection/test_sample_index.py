@@ -21,6 +21,11 @@ class CountingFile(io.BytesIO):
         self.bytes_read += len(data)
         return data
 
+    def readinto(self, buffer: Any) -> int:
+        count = super().readinto(buffer)
+        self.bytes_read += count
+        return count
+
 
 def jsonl() -> bytes:
     lines = [json.dumps({"id": i, "text": f"record {i} " + "x" * (i % 37)}) for i in range(3000)]
