@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import io
+import threading
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
@@ -47,7 +48,10 @@ Record = Any  # a decoded record: a dict (JSON object, CSV row, Parquet row), an
 
 
 class RangeReader(io.RawIOBase):
-    """A seekable, read-only file over an object read with ranged GETs, ``chunk`` bytes per request."""
+    """A seekable, read-only file over an object read with ranged GETs, ``chunk`` bytes per request.
+
+    Once a reader streams on past its first chunk, the next chunk is fetched in a thread while the caller works on
+    the current one, so the network and the parsing overlap (two chunks in memory at most)."""
 
     def __init__(self, fetch: Callable[[int, int], bytes], size: int, chunk: int = 8 * BLOCK) -> None:
         self._fetch = fetch
@@ -56,6 +60,7 @@ class RangeReader(io.RawIOBase):
         self._position = 0
         self._buffer = b""
         self._buffer_at = 0
+        self._ahead: _Fetching | None = None
 
     def readable(self) -> bool:
         return True
@@ -71,6 +76,12 @@ class RangeReader(io.RawIOBase):
         self._position = max(0, base + offset)
         return self._position
 
+    def fetch_range(self, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (fewer at the end), fetched without the reader's buffer or position:
+        safe to call from several threads when the fetch is."""
+        length = max(0, min(length, self._size - offset))
+        return self._fetch(offset, length) if length else b""
+
     def readinto(self, target: Any) -> int:
         view = memoryview(target).cast("B")
         if self._position >= self._size or not len(view):
@@ -79,13 +90,46 @@ class RangeReader(io.RawIOBase):
         if not 0 <= offset < len(self._buffer):
             # read ahead a chunk when reading on from the last request; after a seek elsewhere fetch what is asked
             sequential = self._position == self._buffer_at + len(self._buffer)
+            streaming = sequential and len(self._buffer) > 0
             wanted = max(self._chunk, len(view)) if sequential else len(view)
             length = min(wanted, self._size - self._position)
-            self._buffer, self._buffer_at, offset = self._fetch(self._position, length), self._position, 0
+            ahead, self._ahead = self._ahead, None
+            if ahead is not None and ahead.offset == self._position and ahead.length >= length:
+                self._buffer = ahead.result()
+            else:
+                self._buffer = self._fetch(self._position, length)
+            self._buffer_at, offset = self._position, 0
+            following = self._position + len(self._buffer)
+            if streaming and following < self._size:
+                self._ahead = _Fetching(self._fetch, following, min(self._chunk, self._size - following))
         count = min(len(view), len(self._buffer) - offset)
-        view[:count] = self._buffer[offset : offset + count]
+        view[:count] = memoryview(self._buffer)[offset : offset + count]  # one copy, not two
         self._position += count
         return count
+
+
+class _Fetching:
+    """One ranged read running in a thread."""
+
+    def __init__(self, fetch: Callable[[int, int], bytes], offset: int, length: int) -> None:
+        self.offset = offset
+        self.length = length
+        self._data = b""
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fetch,), daemon=True)
+        self._thread.start()
+
+    def _run(self, fetch: Callable[[int, int], bytes]) -> None:
+        try:
+            self._data = fetch(self.offset, self.length)
+        except BaseException as exc:  # raised again in the reader's thread
+            self._error = exc
+
+    def result(self) -> bytes:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._data
 
 
 class _Counting(io.RawIOBase):
@@ -99,9 +143,7 @@ class _Counting(io.RawIOBase):
         return True
 
     def readinto(self, target: Any) -> int:
-        data = self._inner.read(len(target))
-        n = len(data)
-        target[:n] = data
+        n: int = self._inner.readinto(target)  # type: ignore[attr-defined]  # every stream opened here has it
         self.count += n
         return n
 
@@ -178,24 +220,23 @@ def _lines(stream: IO[bytes]) -> Iterator[bytes]:
         yield line.rstrip(b"\r\n")
 
 
-def line_blocks(stream: IO[bytes]) -> Iterator[tuple[int, list[bytes]]]:
-    """(offset of the first line, lines without their newline) of the content, about a ``BLOCK`` at a time.
+def line_blocks(stream: IO[bytes]) -> Iterator[tuple[int, list[bytes], bool]]:
+    """(offset of the first line, lines without their newline, whether any holds a carriage return) of the
+    content, about a ``BLOCK`` at a time.
 
     The lines are those ``_lines`` gives, with a trailing carriage return kept (the reader strips it)."""
     offset = 0
     rest = b""
     while block := stream.read(BLOCK):
-        block = rest + block
-        cut = block.rfind(b"\n")
-        if cut == -1:
-            rest = block
+        lines = block.split(b"\n")  # the block is split as read, not first joined to what the last one left
+        lines[0] = rest + lines[0]
+        rest = lines.pop()
+        if not lines:
             continue
-        rest = block[cut + 1 :]
-        lines = block[:cut].split(b"\n")
-        yield offset, lines
-        offset += cut + 1
+        yield offset, lines, b"\r" in block or b"\r" in lines[0]
+        offset += sum(map(len, lines)) + len(lines)
     if rest:
-        yield offset, [rest]
+        yield offset, [rest], b"\r" in rest
 
 
 def raw_records(opened: Opened) -> Iterator[Any]:

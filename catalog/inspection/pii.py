@@ -12,7 +12,6 @@ import bisect
 import ipaddress
 import re
 import sys
-import unicodedata
 from collections.abc import Iterator
 from functools import cache
 
@@ -119,18 +118,48 @@ def _overlaps(claimed: list[tuple[int, int]], start: int, end: int) -> bool:
 # any ID, card or phone without a leading "+" then shows as ten "D" in a row within one line.
 _DIGIT_MAP = bytes(ord("D") if 48 <= c <= 57 else 10 if c == 10 else ord("x") for c in range(256))
 _DIGIT_SEPARATORS = b" ().-"
-_TEN_DIGITS = b"D" * 10
 # A run of characters a number kind can consume, starting at a digit (a "+" or "(" may precede it).
 _NUMBER_RUN = re.compile(r"\d[\dXx ().+-]*")
 _LOCAL_PART_REVERSED = re.compile(r"[A-Za-z0-9._%+-]{0,65}")
 
 
 @cache
-def _decimal_table() -> np.ndarray:
-    """Code points that ``\\d`` matches beyond ASCII (fullwidth, Arabic-Indic, Devanagari digits...)."""
-    table = np.zeros(sys.maxunicode + 1, bool)
-    table[[c for c in range(128, sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Nd"]] = True
-    return table
+def _wide_digits() -> tuple[bytes, np.ndarray]:
+    """The digits ``\\d`` matches beyond ASCII (fullwidth, Arabic-Indic, Devanagari...), in UTF-8: a table
+    mapping the bytes that lead them to 1 (others to 0), and each one's bytes as a big-endian number padded to
+    four bytes."""
+    leads = bytearray(256)
+    keys = []
+    for code in range(128, sys.maxunicode + 1):
+        if chr(code).isdecimal():  # Unicode category Nd, what \\d matches in a str pattern
+            encoded = chr(code).encode()
+            leads[encoded[0]] = 1
+            keys.append(int.from_bytes(encoded.ljust(4, b"\0"), "big"))
+    return bytes(leads), np.array(sorted(keys), np.uint32)
+
+
+_KEEP_BYTES = np.array([0, 0, 0xFFFF0000, 0xFFFFFF00, 0xFFFFFFFF], np.uint32)  # by the length of the character
+
+
+def _wide_digit_positions(data: bytes) -> np.ndarray:
+    leads, keys = _wide_digits()
+    at = np.flatnonzero(np.frombuffer(data.translate(leads), np.bool_))  # bytes.translate: one C pass
+    if not len(at):
+        return at
+    padded = np.frombuffer(data + b"\0\0\0", np.uint8)
+    key = (
+        (padded[at].astype(np.uint32) << 24)
+        | (padded[at + 1].astype(np.uint32) << 16)
+        | (padded[at + 2].astype(np.uint32) << 8)
+        | padded[at + 3]
+    )
+    length = 2 + (padded[at] >= 0xE0) + (padded[at] >= 0xF0)
+    key &= _KEEP_BYTES[length]
+    found: np.ndarray = at[keys[np.searchsorted(keys, key).clip(max=len(keys) - 1)] == key]
+    return found
+
+
+_TEN_DIGITS = re.compile(b"D" * 10)
 
 
 def _line_numbers(newlines: np.ndarray, positions: np.ndarray) -> set[int]:
@@ -143,27 +172,18 @@ def count_into(texts: list[str], counts: dict[str, int]) -> None:
     No kind matches across a newline and each pattern treats a newline as it treats the end of the text, so the
     findings of a text are those of its lines. Cheap byte-level tests over all texts at once pick the lines that
     can hold each kind; only those run the patterns, and only those kinds, with the same claiming order."""
-    text = "\n".join(texts)
-    data = text.encode("utf-8", "surrogatepass")
+    data = "\n".join(texts).encode("utf-8", "surrogatepass")
     raw = np.frombuffer(data, np.uint8)
     newlines = np.flatnonzero(raw == 10)
     email = _line_numbers(newlines, np.flatnonzero(raw == 64))
     numbers = _line_numbers(newlines, np.flatnonzero(raw == 43))  # "+": international phone numbers
     squeezed = data.translate(_DIGIT_MAP, _DIGIT_SEPARATORS)
-    at = squeezed.find(_TEN_DIGITS)
-    if at != -1:
+    runs = [match.start() for match in _TEN_DIGITS.finditer(squeezed)]  # a literal: searched, not tried
+    if runs:
         squeezed_newlines = np.flatnonzero(np.frombuffer(squeezed, np.uint8) == 10)
-        runs = []
-        while at != -1:
-            runs.append(at)
-            end = squeezed.find(b"\n", at)
-            at = -1 if end == -1 else squeezed.find(_TEN_DIGITS, end)
         numbers |= _line_numbers(squeezed_newlines, np.array(runs))
-    if not text.isascii():  # digits of other scripts count too
-        points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
-        wide = np.flatnonzero(_decimal_table()[points])
-        if len(wide):
-            numbers |= _line_numbers(np.flatnonzero(points == 10), wide)
+    if not data.isascii():  # digits of other scripts count too
+        numbers |= _line_numbers(newlines, _wide_digit_positions(data))
     # An IPv4 address holds a dot before an ASCII digit, an IPv6 one two colons at most five bytes apart.
     dots = np.flatnonzero((raw[:-1] == 46) & (raw[1:] >= 48) & (raw[1:] <= 57))
     colons = np.flatnonzero(raw == 58)
@@ -171,14 +191,21 @@ def count_into(texts: list[str], counts: dict[str, int]) -> None:
     candidates = email | numbers | ip
     if not candidates:
         return
-    lines = text.split("\n")
+    # only the candidate lines are cut out of the bytes and decoded, never the whole text split
+    starts = np.concatenate([[0], newlines + 1]).tolist()
+    ends = [*newlines.tolist(), len(data)]
     for number in sorted(candidates):
-        for kind, _, _ in _line_findings(lines[number], number in email, number in numbers, number in ip):
-            counts[kind] += 1
+        line = data[starts[number] : ends[number]].decode("utf-8", "surrogatepass")
+        _count_line(line, number in email, number in numbers, number in ip, counts)
 
 
-def _line_findings(line: str, email: bool, numbers: bool, ip: bool) -> Iterator[tuple[str, int, int]]:
-    """``findings`` of one line, running only the kinds it may hold, each where it may match."""
+# An ID or a card consumes only characters of the run (its context characters are never digits), so a shorter run
+# cannot hold one: 18 characters for an ID, 13 digits for a card.
+_SHORTEST_RUN = {"cn_resident_id": 18, "bank_card": 13}
+
+
+def _count_line(line: str, email: bool, numbers: bool, ip: bool, counts: dict[str, int]) -> None:
+    """Count ``findings`` of one line, running only the kinds it may hold, each where it may match."""
     claimed: list[tuple[int, int]] = []
     if email:
         # An address's local part is the whole run of its characters before the "@" (the pattern's lookbehind
@@ -191,7 +218,7 @@ def _line_findings(line: str, email: bool, numbers: bool, ip: bool) -> Iterator[
             if at - start <= 64 and start >= end and (address := _EMAIL.match(line, start)):
                 end = address.end()
                 claimed.append(address.span())
-                yield "email", *address.span()
+                counts["email"] += 1
             at = line.find("@", at + 1)
     if numbers:
         # Every number kind consumes only digits, X, spaces and ().+- and starts at most one character before
@@ -200,22 +227,26 @@ def _line_findings(line: str, email: bool, numbers: bool, ip: bool) -> Iterator[
         for run in _NUMBER_RUN.finditer(line):
             start, end = run.span()
             if end - start >= 10 or line[start - 1 : start] == "+" or "+" in run.group():
-                windows.append((max(0, start - 1), min(len(line), end + 1)))
+                windows.append((max(0, start - 1), min(len(line), end + 1), end - start))
         for kind, pattern in _PATTERNS[1:4]:
             found = []
-            for start, end in windows:
+            shortest = _SHORTEST_RUN.get(kind, 0)
+            for start, end, length in windows:
+                if length < shortest:
+                    continue
                 for match in pattern.finditer(line, start, end):
                     span = match.span()
-                    if _overlaps(claimed, *span) or not _accept(kind, match.group()):
+                    if (claimed and _overlaps(claimed, *span)) or not _accept(kind, match.group()):
                         continue
                     found.append(span)
-                    yield kind, *span
-            claimed = sorted(claimed + found)
+                    counts[kind] += 1
+            if found:
+                claimed = sorted(claimed + found)
     if ip:
         for match in _IP.finditer(line):
             span = match.span()
-            if not _overlaps(claimed, *span) and _accept("ip_address", match.group()):
-                yield "ip_address", *span
+            if not (claimed and _overlaps(claimed, *span)) and _accept("ip_address", match.group()):
+                counts["ip_address"] += 1
 
 
 def mask(text: str) -> str:

@@ -14,7 +14,9 @@ import hashlib
 import io
 import itertools
 import random
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 import msgspec
@@ -67,6 +69,8 @@ def read_records(
         return found
     if offsets and opened.compression is None and opened.format in ("jsonl", "text"):
         return _read_indexed(source, opened.format, wanted, offsets)
+    if opened.format in ("jsonl", "text"):
+        return _read_streamed(opened, wanted)
     last = max(wanted)
     for number, raw in enumerate(formats.raw_records(opened)):
         if number in wanted:
@@ -76,28 +80,88 @@ def read_records(
     return found
 
 
+def _read_streamed(opened: formats.Opened, wanted: set[int]) -> dict[int, Any]:
+    """The lines at ``wanted`` of JSON Lines or text, split a block at a time (no Python step per line) and read
+    up to the last of them."""
+    picks = sorted(wanted)
+    found: dict[int, Any] = {}
+    first = 0
+    for _, lines, _ in formats.line_blocks(opened.stream):
+        if opened.format == "jsonl":
+            lines = list(filter(bytes.strip, lines))  # blank lines are no records
+        end = first + len(lines)
+        for number in picks[len(found) : bisect.bisect_left(picks, end)]:
+            found[number] = formats.decode(opened.format, lines[number - first].rstrip(b"\r\n"))
+        if len(found) == len(picks):
+            break
+        first = end
+    return found
+
+
+_PARALLEL_RANGES = 8  # ranged reads of one file in flight at once: each costs a round trip more than its bytes
+# Picked regions within this many bytes of the first of their group are read in one request: an object store may
+# read (and decompress) a whole stored chunk for any range of it, so thousands of small ranges can cost more than
+# a few hundred larger ones.
+_SPAN = 8 * formats.BLOCK
+
+
 def _read_indexed(source: IO[bytes], fmt: str, wanted: set[int], offsets: Sequence[tuple[int, int]]) -> dict[int, Any]:
     firsts = [record for record, _ in offsets]
-    regions: dict[int, list[int]] = {}
+    groups: list[tuple[int, int, list[int]]] = []  # (first region, last region, picks)
     for number in sorted(wanted):
-        regions.setdefault(bisect.bisect_right(firsts, number) - 1, []).append(number)
+        region = bisect.bisect_right(firsts, number) - 1
+        if groups and offsets[region][1] < offsets[groups[-1][0]][1] + _SPAN:
+            groups[-1] = (groups[-1][0], region, [*groups[-1][2], number])
+        else:
+            groups.append((region, region, [number]))
     size = source.seek(0, io.SEEK_END)
+    read = _range_reading(source)
+
+    def group_records(group: tuple[int, int, list[int]]) -> dict[int, Any]:
+        first_region, last_region, numbers = group
+        first, start = offsets[first_region]
+        following, end = offsets[last_region + 1] if last_region + 1 < len(offsets) else (first, size)
+        # read as far as the last pick should lie by the mean record length (with a margin), the rest only when
+        # that falls short
+        mean = (end - start) / (following - first) if following > first else end - start
+        guess = min(end, start + int((numbers[-1] - first + 1) * mean * 1.25) + 4096)
+        lines = _region_lines(read(start, guess - start), fmt, complete=guess == end)
+        if len(lines) <= numbers[-1] - first:
+            lines = _region_lines(read(start, end - start), fmt, complete=True)
+        return {number: formats.decode(fmt, lines[number - first]) for number in numbers}
+
     found: dict[int, Any] = {}
-    for region, numbers in regions.items():
-        first, start = offsets[region]
-        end = offsets[region + 1][1] if region + 1 < len(offsets) else size
-        source.seek(start)
-        data = bytearray()
-        while len(data) < end - start and (part := source.read(end - start - len(data))):
-            data += part  # a ranged reader may answer part of a region from what it read before
-        lines = [line.rstrip(b"\r\n") for line in data.split(b"\n")]
-        if data.endswith(b"\n"):
-            lines.pop()  # what follows the last newline is no line
-        if fmt == "jsonl":
-            lines = [line for line in lines if line.strip()]
-        for number in numbers:
-            found[number] = formats.decode(fmt, lines[number - first])
+    with ThreadPoolExecutor(_PARALLEL_RANGES) as pool:
+        for records in pool.map(group_records, groups):
+            found.update(records)
     return found
+
+
+def _region_lines(data: bytes, fmt: str, *, complete: bool) -> list[bytes]:
+    """The records in ``data`` read from a record's start: all lines when it runs to the region's end, else only
+    the lines its newlines end."""
+    lines = [line.rstrip(b"\r\n") for line in data.split(b"\n")]
+    if data.endswith(b"\n") or not complete:
+        lines.pop()  # what follows the last newline is no line, or no whole one
+    return [line for line in lines if line.strip()] if fmt == "jsonl" else lines
+
+
+def _range_reading(source: IO[bytes]) -> Callable[[int, int], bytes]:
+    """Reads of byte ranges that may run in threads at once: a ``RangeReader`` fetches each by itself, any other
+    file is read under a lock."""
+    if isinstance(source, formats.RangeReader):
+        return source.fetch_range
+    lock = threading.Lock()
+
+    def read(offset: int, length: int) -> bytes:
+        with lock:
+            source.seek(offset)
+            data = bytearray()
+            while len(data) < length and (part := source.read(length - len(data))):
+                data += part
+            return bytes(data)
+
+    return read
 
 
 def draw(

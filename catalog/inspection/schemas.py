@@ -21,6 +21,7 @@ class FileProfileOut(msgspec.Struct):
     tokens: int | None = None
     tokenizer: str | None = None
     tokens_exact: bool | None = None
+    token_sample: int | None = None  # records whose tokens were counted, the rest extrapolated by characters
     languages: dict[str, float] = msgspec.field(default_factory=dict)
     language_sample: int | None = None
     duplicates: Duplicates | None = None

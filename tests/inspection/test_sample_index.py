@@ -21,6 +21,11 @@ class CountingFile(io.BytesIO):
         self.bytes_read += len(data)
         return data
 
+    def readinto(self, buffer: Any) -> int:
+        count = super().readinto(buffer)
+        self.bytes_read += count
+        return count
+
 
 def jsonl() -> bytes:
     lines = [json.dumps({"id": i, "text": f"record {i} " + "x" * (i % 37)}) for i in range(3000)]
@@ -34,6 +39,7 @@ def jsonl() -> bytes:
 )
 def test_indexed_draw_is_the_streamed_draw(monkeypatch: pytest.MonkeyPatch, path: str, content: bytes) -> None:
     monkeypatch.setattr(profiler, "OFFSET_SPACING", 1024)
+    monkeypatch.setattr(sampling, "_SPAN", 4096)  # picks far apart are read in separate requests
     result = profiler.profile(io.BytesIO(content), path, len(content))
     assert len(result.record_offsets) > 20
     indexed = sampling.SourceFile(path, "-", result.records, tuple(result.record_offsets))
@@ -44,10 +50,13 @@ def test_indexed_draw_is_the_streamed_draw(monkeypatch: pytest.MonkeyPatch, path
         opened.append(CountingFile(content))
         return opened[-1]
 
+    opened_content = formats.open_content(io.BytesIO(content), path)
+    every = [formats.decode(opened_content.format, r) for r in formats.raw_records(opened_content)]
     for seed in (1, 2, 3):
         by_index = sampling.draw([indexed], 40, seed, open_file)
         by_stream = sampling.draw([streamed], 40, seed, open_file)
         assert by_index == by_stream
+        assert [item.record for item in by_stream] == [every[item.record_index] for item in by_stream]
         assert opened[-2].bytes_read < opened[-1].bytes_read
     assert sampling.draw([indexed], 40, 1, open_file) == sampling.draw([indexed], 40, 1, open_file)
 
