@@ -57,6 +57,7 @@ BIN = Path(sys.executable).parent
 S3_KEY, S3_SECRET, BUCKET = "rehearsal", "rehearsal-secret-key", "corpora"
 PASSWORD = "rehearsal password 2026"  # noqa: S105 - accounts of a throwaway rehearsal
 PARTITION_SECONDS = 10
+SEQUENCED_WITHIN_SECONDS = 30  # for audit events recorded before the last fault healed
 STEADY_SECONDS = 6  # workload before the first fault and after each heal
 FAULT_OBSERVE_SECONDS = 12  # workload while a fault lasts (the partition lasts PARTITION_SECONDS)
 CLIENT_TIMEOUT = 30.0
@@ -844,6 +845,12 @@ def window_report(outcomes: list[Outcome], start: float, end: float) -> dict[str
 async def check_invariants(topology: Topology, workload: Workload) -> dict[str, bool]:
     db = await asyncpg.connect(topology.database_url(proxied=False))
     try:
+        # Audit events are sequenced shortly after commit by the services' sequencers, which back off while the
+        # database is unreachable: give them the time to catch up after the last fault.
+        for _ in range(SEQUENCED_WITHIN_SECONDS * 2):
+            if not await db.fetchval("SELECT count(*) FROM audit_pending"):
+                break
+            await asyncio.sleep(0.5)
         orders = await db.fetchval(
             "SELECT count(*) FROM orders WHERE id = ANY($1::uuid[])", list(workload.acked["orders"])
         )

@@ -13,6 +13,7 @@ serialise the very commits this avoids serialising.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from typing import Any
@@ -54,12 +55,19 @@ async def run_sequencer(engine: AsyncEngine, *, every_seconds: float, limit: int
     while True:
         try:
             async with engine.connect() as connection:
-                driver = await _driver(connection)
-                while True:
-                    sequenced = int(await driver.fetchval(_TRY_BATCH, ADVISORY_LOCK_KEY, limit))
-                    delay = every_seconds
-                    if sequenced < limit:
-                        await asyncio.sleep(every_seconds)
+                try:
+                    driver = await _driver(connection)
+                    while True:
+                        sequenced = int(await driver.fetchval(_TRY_BATCH, ADVISORY_LOCK_KEY, limit))
+                        delay = every_seconds
+                        if sequenced < limit:
+                            await asyncio.sleep(every_seconds)
+                except Exception:
+                    # The pool never saw the driver fail: without this it would hand back the same dead
+                    # connection (a failover, a partition) on every retry.
+                    with contextlib.suppress(Exception):
+                        await connection.invalidate()
+                    raise
         except asyncio.CancelledError:
             raise
         except Exception as exc:

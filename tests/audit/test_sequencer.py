@@ -154,6 +154,33 @@ async def test_concurrent_sequencers_put_every_committed_event_in_the_log_once_a
     assert report.tree_size == report.head_seq >= before + len(targets) - len(rolled_back)
 
 
+async def test_the_sequencer_reconnects_after_its_connection_is_killed(
+    engine: AsyncEngine, db: asyncpg.Connection
+) -> None:
+    """A failover or a partition closes the sequencer's connection: it takes a new one and goes on sequencing."""
+    sessionmaker = async_sessionmaker(engine, expire_on_commit=False)
+    application = f"sequencer-{uuid.uuid4().hex[:8]}"
+    sequencer = asyncio.create_task(run_sequencer(engine, every_seconds=0.01))
+    try:
+        for round_ in range(2):
+            target = f"reconnect-{round_}-{uuid.uuid4()}"
+            await _record_and_commit(sessionmaker, target, rollback=False)
+            deadline = asyncio.get_running_loop().time() + NOT_BLOCKED_SECONDS
+            while not await db.fetchval("SELECT count(*) FROM audit_events WHERE target_id = $1", target):
+                assert asyncio.get_running_loop().time() < deadline, f"round {round_}: nothing was sequenced"
+                await asyncio.sleep(0.02)
+            # Every connection that is polling the sequencer's statement is killed, as a failover would.
+            killed = await db.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE query LIKE '%audit_sequence(%' AND pid <> pg_backend_pid() AND application_name <> $1",
+                application,
+            )
+            assert round_ == 1 or killed >= 1
+    finally:
+        sequencer.cancel()
+        await asyncio.gather(sequencer, return_exceptions=True)
+
+
 async def test_the_content_digest_is_the_same_in_sql_and_in_python(engine: AsyncEngine) -> None:
     awkward = 'q" b\\ n\n t\t \x07 \u00e9 \u2028 \U0001f600'
     context = AuditContext(actor=awkward, request_id=None, client_addr="::1")
