@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import _common
+import _pyspy
 
 GRANTS_PATH = "/api/v1/downloads"
 
@@ -136,30 +137,9 @@ LEAF_GROUPS = [
     ("threads (anyio worker threads, concurrent.futures)", _in("anyio") + r"|threading\.py|concurrent/futures"),
 ]
 
-IDLE_LEAF = re.compile(
-    r"^(?:\S+\.)?(?:select|poll|wait|_worker|_wait_for_tstate_lock|get) \((?:[^()]*/)?(?:selectors|threading|queue|"
-    r"concurrent/futures/thread|multiprocessing/\S+|asyncio/\S+|anyio/\S+)\.py"
-)
-
 
 def summarise_profile(path: Path) -> str:
-    samples: list[tuple[list[str], int]] = []
-    skipped: collections.Counter[str] = collections.Counter()
-    for line in path.read_text().splitlines():
-        stack, _, number = line.rpartition(" ")
-        if not (stack and number.isdigit()):
-            continue
-        parts = stack.split(";")
-        processes = sum(1 for part in parts if part.startswith("process "))
-        frames = [part for part in parts if part and not part.startswith(("process ", "thread "))]
-        if processes < 2:
-            skipped["in the supervisor process"] += int(number)
-        elif not frames:
-            skipped["without a Python frame"] += int(number)
-        elif IDLE_LEAF.search(frames[-1]):
-            skipped["waiting (event loop select, idle threads)"] += int(number)
-        else:
-            samples.append((frames, int(number)))
+    samples, skipped = _pyspy.busy_samples(path)
     total = sum(count for _, count in samples)
     if total == 0:
         return "py-spy recorded no busy samples in the worker processes"

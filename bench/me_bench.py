@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import _common
+import _pyspy
 import httpx
 
 TARGET_RATIO = 0.50
@@ -194,32 +195,9 @@ LEAF_GROUPS = [
 ]
 
 
-# Innermost frames of a thread that is waiting, not working: the event loop's select, idle executor threads.
-IDLE_LEAF = re.compile(
-    r"^(?:\S+\.)?(?:select|poll|wait|_worker|_wait_for_tstate_lock) \((?:[^()]*/)?(?:selectors|threading|"
-    r"concurrent/futures/thread|multiprocessing/\S+|asyncio/\S+)\.py"
-)
-
-
 def summarise_profile(path: Path) -> str:
     """Where the corpora worker processes spent their time, from py-spy's raw (collapsed) output."""
-    samples: list[tuple[list[str], int]] = []
-    skipped = collections.Counter[str]()
-    for line in path.read_text().splitlines():
-        stack, _, number = line.rpartition(" ")
-        if not (stack and number.isdigit()):
-            continue
-        parts = stack.split(";")
-        processes = sum(1 for part in parts if part.startswith("process "))
-        frames = [part for part in parts if part and not part.startswith(("process ", "thread "))]
-        if processes < 2:
-            skipped["in the supervisor process"] += int(number)
-        elif not frames:
-            skipped["without a Python frame (granian's native threads)"] += int(number)
-        elif IDLE_LEAF.search(frames[-1]):
-            skipped["waiting (event loop select, idle threads)"] += int(number)
-        else:
-            samples.append((frames, int(number)))
+    samples, skipped = _pyspy.busy_samples(path)
     total = sum(count for _, count in samples)
     if total == 0:
         return "py-spy recorded no busy samples in the worker processes"

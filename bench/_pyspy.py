@@ -1,0 +1,36 @@
+"""Reading py-spy's raw (collapsed) output of a server's worker processes, for the benchmarks' ``--profile``."""
+
+from __future__ import annotations
+
+import collections
+import re
+from pathlib import Path
+
+# The innermost frame of a thread that waits rather than works (event loop select, idle pool threads).
+IDLE_LEAF = re.compile(
+    r"^(?:\S+\.)?(?:select|poll|wait|_worker|_wait_for_tstate_lock|get) \((?:[^()]*/)?(?:selectors|threading|queue|"
+    r"concurrent/futures/thread|multiprocessing/\S+|asyncio/\S+|anyio/\S+)\.py"
+)
+
+
+def busy_samples(path: Path) -> tuple[list[tuple[list[str], int]], collections.Counter[str]]:
+    """The worker processes' busy stacks (frames outermost first, with their sample counts), and how many samples
+    were left out, by why."""
+    samples: list[tuple[list[str], int]] = []
+    skipped = collections.Counter[str]()
+    for line in path.read_text().splitlines():
+        stack, _, number = line.rpartition(" ")
+        if not (stack and number.isdigit()):
+            continue
+        parts = stack.split(";")
+        processes = sum(1 for part in parts if part.startswith("process "))
+        frames = [part for part in parts if part and not part.startswith(("process ", "thread "))]
+        if processes < 2:
+            skipped["in the supervisor process"] += int(number)
+        elif not frames:
+            skipped["without a Python frame (granian's native threads)"] += int(number)
+        elif IDLE_LEAF.search(frames[-1]):
+            skipped["waiting (event loop select, idle threads)"] += int(number)
+        else:
+            samples.append((frames, int(number)))
+    return samples, skipped
