@@ -7,11 +7,7 @@ import argparse
 import asyncio
 import collections
 import re
-import shutil
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -164,22 +160,13 @@ def summarise_profile(path: Path) -> str:
 
 def profile(url: str, script: Path, api: _common.Proc, args: argparse.Namespace, run_grants: Any) -> None:
     """Sample the corpora workers with py-spy while ``run_grants`` (grant_bench.run_grants) loads them."""
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(py_spy).exists():
-        raise SystemExit("--profile needs py-spy: pip install py-spy")
     out = Path(args.profile).resolve()
     duration = max(2, round(args.seconds))
-    recorder = subprocess.Popen(
-        [
-            *(py_spy, "record", "--pid", str(api.pid), "--subprocesses", "--rate", "100"),
-            *("--duration", str(duration + 1), "--format", "raw", "--output", str(out)),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        time.sleep(1)  # py-spy attaches
-        run_grants(
+    _pyspy.record(
+        api.pid,
+        out,
+        duration,
+        lambda: run_grants(
             url,
             script,
             duration=duration,
@@ -187,13 +174,7 @@ def profile(url: str, script: Path, api: _common.Proc, args: argparse.Namespace,
             threads=args.threads,
             server_pgid=api.pid,
             db_pid=None,
-        )
-        _, stderr = recorder.communicate(timeout=60)
-    finally:
-        if recorder.poll() is None:
-            recorder.kill()
-            recorder.wait()
-    if recorder.returncode != 0 or not out.exists():
-        raise RuntimeError(f"py-spy failed ({recorder.returncode}): {stderr.decode(errors='replace')}")
+        ),
+    )
     print(f"\nprofile of POST {GRANTS_PATH} ({duration}s under load; collapsed stacks in {out}):")
     print(summarise_profile(out))

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import collections
 import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 # The innermost frame of a thread that waits rather than works (event loop select, idle pool threads).
 IDLE_LEAF = re.compile(
@@ -34,3 +42,30 @@ def busy_samples(path: Path) -> tuple[list[tuple[list[str], int]], collections.C
         else:
             samples.append((frames, int(number)))
     return samples, skipped
+
+
+def record(pid: int, out: Path, duration: int, load: Callable[[], T]) -> T:
+    """Sample ``pid`` and its worker processes with py-spy into ``out`` (raw) while ``load()`` runs for about
+    ``duration`` seconds; what ``load`` returns."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        raise SystemExit("--profile needs py-spy: pip install py-spy")
+    recorder = subprocess.Popen(
+        [
+            *(py_spy, "record", "--pid", str(pid), "--subprocesses", "--rate", "100"),
+            *("--duration", str(duration + 1), "--format", "raw", "--output", str(out)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        time.sleep(1)  # py-spy attaches
+        answer = load()
+        _, stderr = recorder.communicate(timeout=60)
+    finally:
+        if recorder.poll() is None:
+            recorder.kill()
+            recorder.wait()
+    if recorder.returncode != 0 or not out.exists():
+        raise RuntimeError(f"py-spy failed ({recorder.returncode}): {stderr.decode(errors='replace')}")
+    return answer

@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -228,22 +227,11 @@ def summarise_profile(path: Path) -> str:
 
 
 def profile(servers: Servers, email: str, args: argparse.Namespace) -> None:
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(py_spy).exists():
-        raise SystemExit("--profile needs py-spy: pip install py-spy")
     out = Path(args.profile).resolve()
     token = access_token(servers.corpora_url, email)
     duration = max(2, round(args.duration))
-    recorder = subprocess.Popen(
-        [
-            *(py_spy, "record", "--pid", str(servers.corpora.pid), "--subprocesses", "--rate", "100"),
-            *("--duration", str(duration + 1), "--format", "raw", "--output", str(out)),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        time.sleep(1)  # py-spy attaches
+
+    def load() -> _common.LoadResult:
         result = _common.run_load(
             f"{servers.corpora_url}{ME_PATH}",
             tool=args.tool,
@@ -253,13 +241,9 @@ def profile(servers: Servers, email: str, args: argparse.Namespace) -> None:
             headers={"Authorization": f"Bearer {token}"},
         )
         _common.require_clean(result, "/me under the profiler")
-        _, stderr = recorder.communicate(timeout=60)
-    finally:
-        if recorder.poll() is None:
-            recorder.kill()
-            recorder.wait()
-    if recorder.returncode != 0 or not out.exists():
-        raise RuntimeError(f"py-spy failed ({recorder.returncode}): {stderr.decode(errors='replace')}")
+        return result
+
+    result = _pyspy.record(servers.corpora.pid, out, duration, load)
     print(
         f"\nprofile of GET {ME_PATH}, {duration}s under load ({result.rps:.0f} req/s while sampled; stacks in {out}):"
     )
