@@ -35,7 +35,7 @@ from app.metrics import RequestMetrics
 from app.notifications import routes as notifications_routes
 from app.objectstore import ObjectStore, ObjectStoreUnavailable
 from app.openapi import document_problems
-from app.process import die_with_parent
+from app.process import die_with_parent, freeze_startup_heap
 from app.replica import ReadRouting, provide_read_session
 from app.settings import Settings
 from app.validation import check_request
@@ -237,4 +237,6 @@ def app_from_env() -> Litestar:
     die_with_parent(signal.SIGTERM)  # a worker never outlives its supervisor, however that ends
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redact.install()
-    return create_app(Settings.from_env())
+    app = create_app(Settings.from_env())
+    freeze_startup_heap()
+    return app

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import gc
 import os
 import pwd
 import signal
@@ -179,6 +180,14 @@ class ServeGuard:
                 _stop_marked(marker)
         if self._lock is not None:
             self._lock.close()
+
+
+def freeze_startup_heap() -> None:
+    """Called by a server worker once its app is built. What exists then (modules, mappers, routes, schemas)
+    lives as long as the worker: frozen out of the garbage collector, so a full collection under load scans only
+    what requests made. Unfrozen, one took ~80 ms, a pause every request in flight waited out."""
+    gc.collect()
+    gc.freeze()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import create_engine, provide_session
+from app.process import freeze_startup_heap
 from app.settings import Settings
 
 FLOOR_PATH = "/floor"
@@ -69,12 +70,14 @@ def floor_app() -> Litestar:
     async def ready() -> dict[str, bool]:
         return {"ready": True}
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[floor, ready],
         dependencies={"session": Provide(provide_session)},
         state=State({"sessionmaker": async_sessionmaker(engine, expire_on_commit=False)}),
         openapi_config=None,
     )
+    freeze_startup_heap()  # as the API's workers do (app.main.app_from_env)
+    return app
 
 
 def serve(port: int, workers: int) -> None:
