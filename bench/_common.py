@@ -177,6 +177,16 @@ def cpu_seconds(*, pgid: int | None = None, root_pid: int | None = None) -> floa
     return total / ticks
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU time (all but idle and iowait) every core of the machine has spent since boot; None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(value) for value in fields]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # user..steal less idle, iowait
+
+
 def wait_http(url: str, proc: Proc, *, timeout: float = 60) -> None:
     """Wait until ``url`` answers 200, failing early if ``proc`` exits."""
     deadline = time.monotonic() + timeout

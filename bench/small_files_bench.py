@@ -13,7 +13,11 @@ Measured one after the other, with the same number of parallel transfers:
 (c) pull: the version is published, a buyer orders a free offer, and ``client.pull.pull`` downloads every
     file: grants in pipelined batches (``POST /downloads/manifest`` with ``paths``), GETs of the presigned
     URLs, SHA-256 checks, receipts verified against the JWKS.
-(d) direct download: the same objects fetched with the ``minio`` SDK from a thread pool.
+(d) direct download: the same objects fetched with the ``minio`` SDK from a thread pool, each written to a file.
+
+Profiling the pushed files (a background job per file) is waited for before (b), so no phase shares the machine
+with it. CPU per file is printed for each phase: this process (the client), the API's processes, and the rest
+of the machine (PostgreSQL and SeaweedFS).
 
 Prints files/s for each and the ratios push / direct upload and pull / direct download (target: 0.50 each).
 Every process is stopped and the data dir removed at the end, also on failure or Ctrl-C.
@@ -24,12 +28,14 @@ from __future__ import annotations
 import argparse
 import atexit
 import concurrent.futures
+import contextlib
 import io
 import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +59,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=2, help="granian workers of corpora serve (default 2)")
     parser.add_argument("--no-fail", action="store_true", help="exit 0 even when a ratio is below the target")
     return parser
+
+
+class CpuMeter:
+    """CPU spent during one phase: by this process (the client), by the API server's processes, and by the rest
+    of the machine (PostgreSQL, SeaweedFS), so each phase's cost per file can be read side by side."""
+
+    def __init__(self, server_pgid: int) -> None:
+        self.server_pgid = server_pgid
+        self.phases: dict[str, tuple[float, float, float]] = {}
+
+    def _now(self) -> tuple[float, float, float]:
+        times = os.times()
+        return (
+            times.user + times.system,
+            _common.cpu_seconds(pgid=self.server_pgid) or 0.0,
+            _common.machine_busy_seconds() or 0.0,
+        )
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        before = self._now()
+        try:
+            yield
+        finally:
+            client, server, machine = (after - start for after, start in zip(self._now(), before, strict=True))
+            self.phases[name] = (client, server, max(0.0, machine - client - server))
+
+    def report(self, files: int) -> None:
+        print(f"\nCPU per file (us): {'client':>8s} {'API':>8s} {'store+db':>9s} {'total':>8s}")
+        for name, (client, server, rest) in self.phases.items():
+            total = client + server + rest
+            print(
+                f"  {name:16s} {1e6 * client / files:8.0f} {1e6 * server / files:8.0f} "
+                f"{1e6 * rest / files:9.0f} {1e6 * total / files:8.0f}"
+            )
 
 
 def store_client(settings: Any) -> Any:
@@ -83,20 +124,35 @@ def direct_upload(settings: Any, files: list[Path], parallel: int) -> float:
     return time.monotonic() - started
 
 
-def direct_download(settings: Any, keys: list[str], parallel: int) -> float:
+def direct_download(settings: Any, keys: list[str], parallel: int, out: Path) -> float:
+    """Each object fetched with ``get_object`` and written to a file of its own under ``out``: the least a
+    download to disk does, as pull does it."""
     client = store_client(settings)
+    out.mkdir()
 
     def get(key: str) -> int:
         response = client.get_object(settings.s3_bucket, key)
         try:
-            return len(response.read())
+            data = response.read()
         finally:
             response.close()
             response.release_conn()
+        (out / key.rsplit("/", 1)[-1]).write_bytes(data)
+        return len(data)
 
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
         list(pool.map(get, keys))
+    return time.monotonic() - started
+
+
+def wait_for_inspection(api: str, token: str, slug: str) -> float:
+    """Wait until the platform has profiled every pushed file (one background job per file), so the phases
+    measured after the push do not share the machine with that work; returns the seconds waited."""
+    started = time.monotonic()
+    with httpx.Client(base_url=f"{api}/api/v1", timeout=60, headers={"Authorization": f"Bearer {token}"}) as client:
+        while _ok(client.get(f"/products/{slug}/versions/1.0.0/profile"))["status"] in ("pending", "running"):
+            time.sleep(0.5)
     return time.monotonic() - started
 
 
@@ -176,37 +232,44 @@ def main(argv: list[str] | None = None) -> int:
                 for path in files:
                     path.write_bytes(os.urandom(args.size_kib * KIB))
 
-                pushed = push(
-                    f"{slug}@1.0.0",
-                    corpus,
-                    api=api,
-                    token=token,
-                    parallel=args.parallel,
-                    quiet=True,
-                    progress_bars=False,
-                    cache_dir=data_dir / "push-cache",
-                )
+                meter = CpuMeter(server.pid)
+                with meter.phase("push"):
+                    pushed = push(
+                        f"{slug}@1.0.0",
+                        corpus,
+                        api=api,
+                        token=token,
+                        parallel=args.parallel,
+                        quiet=True,
+                        progress_bars=False,
+                        cache_dir=data_dir / "push-cache",
+                    )
                 if not pushed.ok or pushed.files_uploaded != args.files:
                     raise RuntimeError(f"the push did not upload every file: {pushed.describe()}")
-                upload_seconds = direct_upload(runtime.settings, files, args.parallel)
+                waited = wait_for_inspection(api, token, slug)
+                print(f"the pushed files were profiled {waited:.1f} s after the push; measuring on", flush=True)
+                with meter.phase("direct upload"):
+                    upload_seconds = direct_upload(runtime.settings, files, args.parallel)
 
                 buyer = entitle_buyer(api, token, slug)
-                pulled = pull(
-                    f"{slug}@1.0.0",
-                    data_dir / "pulled",
-                    api=api,
-                    token=buyer,
-                    purpose="research",
-                    parallel=args.parallel,
-                    quiet=True,
-                    progress_bars=False,
-                )
+                with meter.phase("pull"):
+                    pulled = pull(
+                        f"{slug}@1.0.0",
+                        data_dir / "pulled",
+                        api=api,
+                        token=buyer,
+                        purpose="research",
+                        parallel=args.parallel,
+                        quiet=True,
+                        progress_bars=False,
+                    )
                 if not pulled.ok or pulled.files_downloaded != args.files:
                     raise RuntimeError(f"the pull did not download every file: {pulled.describe()}")
                 with httpx.Client(base_url=f"{api}/api/v1", timeout=60) as client:
                     version = _ok(client.get(f"/products/{slug}/versions/1.0.0"))
                 keys = [blob_key(f["sha256"]) for f in version["files"]]
-                download_seconds = direct_download(runtime.settings, keys, args.parallel)
+                with meter.phase("direct download"):
+                    download_seconds = direct_download(runtime.settings, keys, args.parallel, data_dir / "direct")
         finally:
             runtime.stop()
 
@@ -224,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, ratio in (("push / direct upload", push_ratio), ("pull / direct download", pull_ratio)):
         verdict = "meets" if ratio >= TARGET_RATIO else "is BELOW"
         print(f"ratio {name}: {ratio:.2f} ({verdict} the target of {TARGET_RATIO:.2f})", flush=True)
+    meter.report(args.files)
     ok = push_ratio >= TARGET_RATIO and pull_ratio >= TARGET_RATIO
     return 0 if ok or args.no_fail else 1
 
