@@ -1,14 +1,16 @@
-"""The inspection jobs: profiling one stored file, fetching one crawled source's opt-out evidence."""
+"""The inspection jobs: profiling stored files, fetching one crawled source's opt-out evidence."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import uuid
-from typing import IO, cast
+from typing import IO, Any, cast
 
 import anyio
 import msgspec
+import urllib3
 from minio.error import S3Error
 from sqlalchemy import select, update
 
@@ -18,7 +20,7 @@ from app.objectstore import ObjectStore, ObjectStoreUnavailable
 from catalog.inspection import optout, profiler
 from catalog.inspection.formats import RangeReader
 from catalog.inspection.models import FileProfileRow, OptOutEvidence
-from catalog.inspection.triggers import OPT_OUT_TASK, PROFILE_TASK
+from catalog.inspection.triggers import OPT_OUT_TASK, PROFILE_TASK, SINGLE_PROFILE_TASK
 from catalog.models import VersionFile
 from catalog.uploads import blob_key
 
@@ -29,12 +31,16 @@ def range_reader(store: ObjectStore, key: str, size: int) -> IO[bytes]:
     """A seekable file over the stored object (read in a worker thread, never on the event loop)."""
 
     def fetch(offset: int, length: int) -> bytes:
-        response = store.client.get_object(store.bucket, key, offset=offset, length=length)
+        # Told apart from the content's own errors (a corrupt gzip stream is an OSError too): only these retry.
         try:
-            return response.read(decode_content=False)
-        finally:
-            response.close()
-            response.release_conn()
+            response = store.client.get_object(store.bucket, key, offset=offset, length=length)
+            try:
+                return response.read(decode_content=False)
+            finally:
+                response.close()
+                response.release_conn()
+        except (S3Error, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ObjectStoreUnavailable(f"reading {key}: {exc}") from exc
 
     return cast(IO[bytes], RangeReader(fetch, size))
 
@@ -45,42 +51,67 @@ def _printable(message: str) -> str:
     return "".join(c if c.isprintable() else "\ufffd" for c in message)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Stored:
+    file_id: uuid.UUID
+    path: str
+    size: int
+    sha256: str
+
+
 @job(PROFILE_TASK)
-async def profile_file(deps: JobDeps, file_id: str) -> None:
+async def profile_files(deps: JobDeps, file_ids: list[str]) -> None:
+    """Profile a batch of files (one large file, or many small ones): one transaction to start them and one to
+    record what was found, rather than a job and three transactions per file, which cost small files more than
+    profiling them."""
     async with deps.sessionmaker() as session, session.begin():
-        found = (
+        rows = (
             await session.execute(
                 select(FileProfileRow, VersionFile)
                 .join(VersionFile, VersionFile.id == FileProfileRow.file_id)
-                .where(FileProfileRow.file_id == uuid.UUID(file_id))
+                .where(
+                    FileProfileRow.file_id.in_([uuid.UUID(f) for f in file_ids]), FileProfileRow.finished_at.is_(None)
+                )
+                .order_by(VersionFile.path)
                 .with_for_update(of=FileProfileRow)
             )
-        ).one_or_none()
-        if found is None or found[0].finished_at is not None:
-            return  # the file was removed from its draft, or another attempt finished it
-        row, file = found
-        row.started_at, row.failed_at, row.error = utcnow(), None, None
-        path, size, sha256 = file.path, file.size, file.sha256
+        ).all()  # files removed from their draft, or finished by another attempt, are not here
+        stored = [_Stored(file.id, file.path, file.size, file.sha256) for _, file in rows]
+        for row, _ in rows:
+            row.started_at, row.failed_at, row.error = utcnow(), None, None
+    done: list[tuple[uuid.UUID, dict[str, Any]]] = []
+    failed: list[tuple[uuid.UUID, str]] = []
     try:
-        reader = range_reader(deps.store, blob_key(sha256), size)
-        result = await anyio.to_thread.run_sync(profiler.profile, reader, path, size)
-    except (ObjectStoreUnavailable, S3Error, OSError):
-        raise  # the store is down or slow: retried with backoff
-    except Exception as exc:  # the content cannot be read as its format claims: record it, do not retry
-        log.warning("profiling %s failed: %s", path, exc)
-        async with deps.sessionmaker() as session, session.begin():
-            await session.execute(
-                update(FileProfileRow)
-                .where(FileProfileRow.file_id == uuid.UUID(file_id))
-                .values(failed_at=utcnow(), error=_printable(f"{type(exc).__name__}: {exc}")[:1000])
-            )
-        return
-    async with deps.sessionmaker() as session, session.begin():
-        await session.execute(
-            update(FileProfileRow)
-            .where(FileProfileRow.file_id == uuid.UUID(file_id))
-            .values(finished_at=utcnow(), failed_at=None, error=None, profile=msgspec.to_builtins(result))
-        )
+        for file in stored:
+            try:
+                reader = range_reader(deps.store, blob_key(file.sha256), file.size)
+                result = await anyio.to_thread.run_sync(profiler.profile, reader, file.path, file.size)
+            except ObjectStoreUnavailable:
+                raise  # the store is down or slow: retried with backoff (what was profiled is kept below)
+            except Exception as exc:  # the content cannot be read as its format claims: recorded, not retried
+                log.warning("profiling %s failed: %s", file.path, exc)
+                failed.append((file.file_id, _printable(f"{type(exc).__name__}: {exc}")[:1000]))
+            else:
+                done.append((file.file_id, msgspec.to_builtins(result)))
+    finally:
+        if done or failed:
+            async with deps.sessionmaker() as session, session.begin():
+                now = utcnow()
+                for file_id, found in done:
+                    await session.execute(
+                        update(FileProfileRow)
+                        .where(FileProfileRow.file_id == file_id)
+                        .values(finished_at=now, failed_at=None, error=None, profile=found)
+                    )
+                for file_id, error in failed:
+                    failure = update(FileProfileRow).where(FileProfileRow.file_id == file_id)
+                    await session.execute(failure.values(failed_at=now, error=error))
+
+
+@job(SINGLE_PROFILE_TASK)
+async def profile_file(deps: JobDeps, file_id: str) -> None:
+    """A job queued by an earlier release, one per file."""
+    await profile_files(deps, [file_id])
 
 
 async def _keep(deps: JobDeps, fetched: optout.Fetched) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import exists, func, select
@@ -13,32 +14,65 @@ from app.jobs import Deferred, enqueue_many
 from catalog.inspection.models import FileProfileRow, OptOutEvidence
 from catalog.models import VersionFile
 
-PROFILE_TASK = "inspection.profile_file"
+PROFILE_TASK = "inspection.profile_files"
+SINGLE_PROFILE_TASK = "inspection.profile_file"  # one file per job, as an earlier release queued them
+# A profile job takes files until they hold this many bytes or number this many; a larger file goes alone. Small
+# files share a job (each job and transaction costs more than profiling a small file); large ones still spread
+# over every free worker.
+BATCH_BYTES = 16 * 1024 * 1024
+BATCH_FILES = 100
 OPT_OUT_TASK = "inspection.fetch_opt_out_evidence"
 
 
 async def profile_when_verified(session: AsyncSession, version_id: uuid.UUID) -> int:
-    """Once every file of the version is verified, queue a profile of each file not profiled yet (one job per
-    file, so free workers share a version's files). Returns how many were queued."""
+    """Once every file of the version is verified, queue profiles of the files not profiled yet, in batches (see
+    ``BATCH_BYTES``), so free workers share a version's files. Returns how many files were queued."""
     pending = await session.scalar(
         select(exists().where(VersionFile.version_id == version_id, VersionFile.status != "verified"))
     )
     if pending:
         return 0
-    added = await session.scalars(
-        insert(FileProfileRow)
-        .from_select(
-            ["id", "version_id", "file_id"],
-            select(func.gen_random_uuid(), VersionFile.version_id, VersionFile.id).where(
-                VersionFile.version_id == version_id
-            ),
+    added = set(
+        await session.scalars(
+            insert(FileProfileRow)
+            .from_select(
+                ["id", "version_id", "file_id"],
+                select(func.gen_random_uuid(), VersionFile.version_id, VersionFile.id).where(
+                    VersionFile.version_id == version_id
+                ),
+            )
+            .on_conflict_do_nothing(index_elements=["file_id"])
+            .returning(FileProfileRow.file_id)
         )
-        .on_conflict_do_nothing(index_elements=["file_id"])
-        .returning(FileProfileRow.file_id)
     )
-    jobs = [Deferred(PROFILE_TASK, {"file_id": str(file_id)}) for file_id in added]
-    await enqueue_many(session, jobs)
-    return len(jobs)
+    if not added:
+        return 0
+    sizes = (
+        await session.execute(
+            select(VersionFile.id, VersionFile.size)
+            .where(VersionFile.version_id == version_id)
+            .order_by(VersionFile.size, VersionFile.path)
+        )
+    ).all()
+    await enqueue_many(session, [Deferred(PROFILE_TASK, {"file_ids": batch}) for batch in _batches(sizes, added)])
+    return len(added)
+
+
+def _batches(sizes: Sequence[Any], added: set[uuid.UUID]) -> list[list[str]]:
+    batches: list[list[str]] = []
+    batch: list[str] = []
+    held = 0
+    for file_id, size in sizes:
+        if file_id not in added:
+            continue
+        if batch and (held + size > BATCH_BYTES or len(batch) == BATCH_FILES):
+            batches.append(batch)
+            batch, held = [], 0
+        batch.append(str(file_id))
+        held += size
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 async def fetch_opt_out_evidence(

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
+import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -25,8 +26,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from litestar.testing import AsyncTestClient
 
+from app.jobs.registry import DEFAULT_QUEUE
 from app.main import create_app
 from app.settings import Settings
+from catalog.inspection import triggers
 from tests.catalog.helpers import make_product, make_version, upload
 from tests.conftest import RunJobs, grant_platform_role, make_org, sequence_audit, sign_up
 
@@ -473,3 +476,77 @@ async def test_opt_out_fetch_keeps_to_the_egress_rules(
     assert item["robots_txt"] == {"status": None, "sha256": None, "disallows": []}
     assert item["reserved_for_ai"] is None
     assert "EgressRefused" in item["error"]
+
+
+async def test_files_completed_together_are_profiled_in_batches(
+    client: AsyncTestClient[Any], run_jobs: RunJobs, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small files share a profile job, a file past the batch's bytes goes alone, and a file that cannot be read
+    as its format fails alone (recorded, not retried) while the rest of its batch is profiled."""
+    monkeypatch.setattr(triggers, "BATCH_BYTES", 4096)
+    owner = await sign_up(client)
+    slug = await make_product(client, owner, await make_org(client, owner, "provider"))
+    await make_version(client, owner, slug)
+    contents = {f"data/part-{n}.jsonl": b'{"n": %d}\n' % n for n in range(5)}
+    # gzip's magic, then an unknown compression method: an OSError from the parser, not from the store
+    contents["data/broken.jsonl.gz"] = b"\x1f\x8b\x07\x00 this is not a gzip stream"
+    contents["big.txt"] = b"one line of text\n" * 300  # 5,100 bytes: more than a batch holds
+    specs = [
+        {"path": p, "size": len(c), "sha256": hashlib.sha256(c).hexdigest(), "media_type": "text/plain"}
+        for p, c in contents.items()
+    ]
+    uploads = f"/api/v1/products/{slug}/versions/1.0.0/uploads"
+    planned = await client.post(uploads, json={"files": specs}, headers=owner.headers)
+    assert planned.status_code == 200, planned.text
+    done = []
+    async with httpx.AsyncClient(timeout=60) as s3:
+        for item in planned.json()["items"]:
+            put = await s3.put(item["upload"]["url"], content=contents[item["path"]], headers=item["upload"]["headers"])
+            assert put.status_code == 200, put.text
+            done.append({"file_id": item["file_id"], "version_id": put.headers["x-amz-version-id"]})
+    completed = await client.post(f"{uploads}/complete", json={"files": done}, headers=owner.headers)
+    assert completed.status_code == 200, completed.text
+
+    ids = {item["path"]: item["file_id"] for item in planned.json()["items"]}
+    queued = [
+        json.loads(args)["file_ids"]
+        for args in await db.fetchval(
+            "SELECT array_agg(args::text) FROM procrastinate_jobs WHERE task_name = 'inspection.profile_files'"
+        )
+    ]
+    batches = [set(batch) for batch in queued if set(batch) <= set(ids.values())]
+    assert batches == [{ids[p] for p in contents if p != "big.txt"}, {ids["big.txt"]}]
+
+    await run_jobs()
+    profile = (await client.get(f"/api/v1/products/{slug}/versions/1.0.0/profile", headers=owner.headers)).json()
+    by_path = {f["path"]: f for f in profile["files"]}
+    assert by_path["data/broken.jsonl.gz"]["status"] == "failed"
+    assert by_path["data/broken.jsonl.gz"]["error"].startswith("BadGzipFile")
+    assert {p: f["status"] for p, f in by_path.items() if p != "data/broken.jsonl.gz"} == dict.fromkeys(
+        [p for p in contents if p != "data/broken.jsonl.gz"], "done"
+    )
+    assert by_path["big.txt"]["records"] == 300
+    assert by_path["data/part-3.jsonl"]["records"] == 1
+
+
+async def test_a_profile_job_queued_per_file_still_runs(
+    client: AsyncTestClient[Any], run_jobs: RunJobs, db: asyncpg.Connection
+) -> None:
+    """Jobs queued one per file (as an earlier release did) are still run."""
+    owner, _, slug = await provider_with_files(client, run_jobs, {"a.txt": b"one\ntwo\n"})
+    file_id = await db.fetchval(
+        "SELECT f.id FROM version_files f JOIN product_versions v ON v.id = f.version_id "
+        "JOIN products p ON p.id = v.product_id WHERE p.slug = $1",
+        slug,
+    )
+    await db.execute("UPDATE file_profiles SET finished_at = NULL, profile = NULL WHERE file_id = $1", file_id)
+    await db.execute(
+        "SELECT procrastinate_defer_jobs_v1(ARRAY[ROW($1, $2, 0, NULL, NULL, $3::jsonb, NULL)"
+        "::procrastinate_job_to_defer_v1])",
+        DEFAULT_QUEUE,
+        triggers.SINGLE_PROFILE_TASK,
+        json.dumps({"file_id": str(file_id)}),
+    )
+    await run_jobs()
+    profile = (await client.get(f"/api/v1/products/{slug}/versions/1.0.0/profile", headers=owner.headers)).json()
+    assert [(f["status"], f["records"]) for f in profile["files"]] == [("done", 2)]
