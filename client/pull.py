@@ -10,8 +10,9 @@ and renamed once its SHA-256 matches the version's manifest.
   the grant it was started with while that grant's window lasts. Expired URLs are renewed with
   ``POST /downloads/refresh``, which charges nothing.
 - Receipts (Ed25519 JWS, the proof of lawful acquisition) are kept beside the data, in
-  ``DIR/.corpora/receipts/<download_id>.jws``, indexed by ``DIR/.corpora/receipts.json`` (and, until a run
-  ends, by its journal ``receipts.journal``).
+  ``DIR/.corpora/receipts/<download_id>.jws``, indexed by ``DIR/.corpora/receipts.json``. Until a run ends they
+  are in its journal ``receipts.journal``, written a batch at a time before any of the batch is downloaded; the
+  files are written when the run ends (or by the next run, after a crash).
 - Presigned URLs go straight to the object store, without the API token; proxy URLs (``CORPORA_DOWNLOAD_MODE=
   proxy``) are the API's own and carry it.
 
@@ -373,6 +374,7 @@ class State:
         self._journal: IO[str] | None = None  # open for appending while the run writes to it
         self.downloads: dict[str, dict[str, Any]] = {}
         self.verified: dict[str, list[Any]] = {}
+        self.unwritten: dict[str, str] = {}  # receipts journaled, their files not written yet, by download id
         self._open: dict[tuple[str, ...], dict[str, Any]] | None = None  # uncompleted grants, built on first use
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
             data = json.loads(self.index.read_text())
@@ -388,6 +390,8 @@ class State:
         if "grant" in change:
             entry = change["grant"]
             self.downloads[str(entry["download_id"])] = {**self.downloads.get(str(entry["download_id"]), {}), **entry}
+            if "jws" in change:  # the first receipt of a grant is the one kept
+                self.unwritten.setdefault(str(entry["download_id"]), change["jws"])
         else:
             self.downloads[change["completed"]]["completed_at"] = change["at"]
             self.verified[change["path"]] = change["verified"]
@@ -404,8 +408,16 @@ class State:
         self._journal.flush()
 
     def save(self) -> None:
-        """Write the whole index and empty the journal (the caller holds the lock)."""
+        """Write the journaled receipts' files and the whole index, then empty the journal (the caller holds the
+        lock)."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        if self.unwritten:
+            self.receipts.mkdir(exist_ok=True)
+            for download_id, jws in self.unwritten.items():
+                receipt = self.receipts / f"{download_id}.jws"
+                if not receipt.exists():  # kept from an earlier run: a refresh's receipt adds nothing
+                    receipt.write_text(jws + "\n")
+            self.unwritten.clear()
         data = {
             "version": 1,
             "downloads": sorted(self.downloads.values(), key=lambda d: (d["granted_at"], d["path"])),
@@ -433,19 +445,15 @@ class State:
                     f"the receipt of {item['path']} does not verify: {exc}. Nothing of it was downloaded; pull "
                     "again, and if it persists, the API at this address is not the platform that signs receipts."
                 ) from None
-        # Written before the lock is taken: a batch's hundred files would otherwise hold up every download that
-        # finishes meanwhile. Each file is named by its download, so no other thread writes it.
-        self.receipts.mkdir(parents=True, exist_ok=True)
-        for item in items:
-            receipt = self.receipts / f"{item['download_id']}.jws"
-            if str(item["download_id"]) not in self.downloads or not receipt.exists():
-                receipt.write_text(item["receipt"] + "\n")
+        # Journaled with the grants, one write a batch: a file per receipt written now, while downloads run, cost
+        # small files more than their transfer (each system call hands the interpreter lock between threads).
         with self.lock:
             self._append(*(self._grant_entry(item, entitlement_id, purpose) for item in items))
 
     def _grant_entry(self, item: dict[str, Any], entitlement_id: str, purpose: str) -> dict[str, Any]:
         earlier = self.downloads.get(str(item["download_id"]), {})
         return {
+            "jws": item["receipt"],
             "grant": {
                 "download_id": str(item["download_id"]),
                 "product": item["product"],
@@ -461,7 +469,7 @@ class State:
                 "receipt": f"receipts/{item['download_id']}.jws",
                 "granted_at": earlier.get("granted_at") or _now().isoformat(),
                 "completed_at": earlier.get("completed_at"),
-            }
+            },
         }
 
     def complete(self, download_id: str, path: str, file: Path, sha256: str) -> None:

@@ -335,8 +335,9 @@ def test_help_explains_with_an_example(capsys: pytest.CaptureFixture[str]) -> No
 async def test_a_killed_pull_loses_no_grant(
     shop: Market, client: AsyncTestClient[Any], db: asyncpg.Connection, tmp_path: Path
 ) -> None:
-    """Each grant and completion reaches the disk when it happens: a process killed before the run ends (no
-    index written) leaves state from which the next run renews the open grant instead of buying it again."""
+    """Each grant (with its receipt) and completion reaches the disk when it happens: a process killed before the
+    run ends (no index, no receipt files written) leaves state from which the next run renews the open grant
+    instead of buying it again, and writes every receipt."""
     m = shop
     body = {
         "entitlement_id": m.entitlement_id,
@@ -359,6 +360,7 @@ async def test_a_killed_pull_loses_no_grant(
     done.write_bytes(m.files["data/a.txt"])
     state.complete(str(items["data/a.txt"]["download_id"]), "data/a.txt", done, items["data/a.txt"]["sha256"])
     del state  # killed: nothing more is written
+    assert not (out / ".corpora/receipts").exists()  # the receipts are in the journal only
 
     assert not (out / ".corpora/receipts.json").exists()
     after = pull_module.State(out, verifier)
@@ -373,3 +375,8 @@ async def test_a_killed_pull_loses_no_grant(
     assert not (out / ".corpora/receipts.journal").exists()
     index = json.loads((out / ".corpora/receipts.json").read_text())
     assert sorted(d["path"] for d in index["downloads"]) == ["data/a.txt", "data/b.txt"]
+    for entry in index["downloads"]:
+        kept = (out / ".corpora" / entry["receipt"]).read_text().strip()
+        assert kept == items[entry["path"]]["receipt"]
+        key = next(k for k in jwks["keys"] if k["kid"] == jwt.get_unverified_header(kept)["kid"])
+        assert jwt.decode(kept, jwt.PyJWK(key), algorithms=["EdDSA"])["download_id"] == entry["download_id"]
