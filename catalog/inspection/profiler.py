@@ -263,7 +263,7 @@ def _languages(texts: list[str]) -> dict[str, float]:
 
 @cache
 def _lsh_bands() -> tuple[int, int]:
-    """The bands and rows of an LSH for ``NEAR_DUPLICATE_JACCARD``: datasketch integrates for them (~15 ms), and
+    """The bands and rows of an LSH for ``NEAR_DUPLICATE_JACCARD``: datasketch integrates for them (~7 ms), and
     they never change."""
     lsh = MinHashLSH(threshold=NEAR_DUPLICATE_JACCARD, num_perm=MINHASH_PERMUTATIONS)
     return lsh.b, lsh.r
