@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from functools import cache
 from importlib.metadata import version as package_version
 from itertools import chain
+from operator import attrgetter
 from typing import IO, Any
 
 import msgspec
@@ -303,10 +304,14 @@ def _record_text(record: Any) -> str:
     """Every string and integer of the record, one a line, depth first (``formats.strings_of``)."""
     if type(record) is str:
         return record
-    if type(record) is not dict:
+    if type(record) is dict:
+        values: Any = record.values()
+    elif isinstance(record, msgspec.Struct):  # a record decoded as its file's ``_Shape``
+        values = msgspec.structs.astuple(record)
+    else:
         return "\n".join(formats.strings_of(record))
     parts = []
-    for value in record.values():  # the common flat object without a generator per value
+    for value in values:  # the common flat object without a generator per value
         kind = type(value)
         if kind is str:
             parts.append(value)
@@ -329,11 +334,15 @@ class _Profile:
         self.tokens = self.token_chars = self.all_chars = self.tokenized = 0
         self.records = 0
 
-    def add(self, records: list[Any], keys: list[bytes], *, fields: bool = False) -> None:
-        """Count a batch of records; ``fields``: also the types and nulls of their fields (JSON formats)."""
+    def add(
+        self, records: list[Any], keys: list[bytes], *, fields: bool = False, columns: _Columns | None = None
+    ) -> None:
+        """Count a batch of records; ``fields``: also the types and nulls of their fields (JSON formats);
+        ``columns``: the records seen column by column, when the caller has them."""
         self.distinct.add(np.fromiter(map(hash, keys), np.int64, len(keys)))
         record_types = list(map(type, records))
-        columns = _Columns.of(records) if record_types.count(dict) == len(records) else None
+        if columns is None and record_types.count(dict) == len(records):
+            columns = _Columns.of(records)
         if fields:
             self.fields.add(records, columns)
         texts = columns.leaves() if columns is not None else None
@@ -360,18 +369,18 @@ _SKIPPED = frozenset((float, bool, _NONE))  # values whose text ``_record_text``
 
 
 class _Columns:
-    """Object records that all hold the same keys in the same order (the common case), seen column by column:
-    the values of a field are every ``width``-th of all values, so nothing takes a Python step per value."""
+    """Object records that all hold the same fields (the common case), seen column by column, so nothing takes a
+    Python step per value."""
 
-    def __init__(self, names: list[str], values: list[Any], kinds: list[type]) -> None:
+    def __init__(self, names: list[str], columns: list[list[Any]]) -> None:
         self.names = names
-        self.values = values
-        self.width = len(names)
-        self.kinds = [set(kinds[p :: self.width]) for p in range(self.width)]
-        self.nulls = [kinds[p :: self.width].count(_NONE) if _NONE in k else 0 for p, k in enumerate(self.kinds)]
+        self.columns = columns
+        self.kinds = [set(map(type, column)) for column in columns]
+        self.nulls = [column.count(None) if _NONE in k else 0 for column, k in zip(columns, self.kinds, strict=True)]
 
     @classmethod
     def of(cls, records: list[dict[str, Any]]) -> _Columns | None:
+        """The columns of dicts that all hold the same keys in the same order, else None."""
         if not records:
             return None
         names = list(records[0])
@@ -382,13 +391,12 @@ class _Columns:
         if any(keys[p :: len(names)].count(name) != len(records) for p, name in enumerate(names)):
             return None
         values = list(chain.from_iterable(map(dict.values, records)))
-        return cls(names, values, list(map(type, values)))
+        return cls(names, [values[p :: len(names)] for p in range(len(names))])
 
     def leaves(self) -> list[str] | None:
         """The strings and integers of the records (what ``_record_text`` takes), or None when a value nests."""
         strings: list[str] = []
-        for position, kinds in enumerate(self.kinds):
-            column = self.values[position :: self.width]
+        for column, kinds in zip(self.columns, self.kinds, strict=True):
             if kinds <= {str, _NONE}:
                 strings += filter(None, column)  # an empty string holds nothing either
             elif kinds <= {int, _NONE}:
@@ -398,6 +406,49 @@ class _Columns:
                     return None
                 strings += (v if type(v) is str else str(v) for v in column if type(v) is str or type(v) is int)
         return strings
+
+
+class _Shape:
+    """The flat shape of a file's object records (each field one of string, integer, number, boolean or null),
+    learnt from its first batch. Later batches decode straight into a struct of that shape, which costs less than
+    decoding dicts and needs no check that their keys line up; a batch that does not fit is decoded as dicts."""
+
+    def __init__(self, names: list[str], types: list[Any]) -> None:
+        self.names = names
+        fields = [(f"f{position}", kind | None, None) for position, kind in enumerate(types)]  # absent: null
+        rename = {f"f{position}": name for position, name in enumerate(names)}
+        self.struct = msgspec.defstruct("Record", fields, rename=rename, forbid_unknown_fields=True, gc=False)
+        self.getters = [attrgetter(f"f{position}") for position in range(len(names))]
+        self.decoder = msgspec.json.Decoder(list[self.struct])  # type: ignore[name-defined]
+
+    @classmethod
+    def learn(cls, columns: _Columns | None) -> _Shape | None:
+        """The shape of records seen as ``columns``; None when a field nests or mixes kinds."""
+        if columns is None:
+            return None
+        types: list[Any] = []
+        for seen in columns.kinds:
+            kinds = seen - {_NONE}
+            if not kinds <= _FLAT or (bool in kinds and len(kinds) > 1):
+                return None
+            if not kinds:  # only nulls so far: whatever comes, the columns' kinds are read from the values
+                types.append(Any)
+            else:
+                types.append(int | float if kinds == {int, float} else kinds.pop())
+            if types[-1] not in (str, int, float, bool, Any, int | float):
+                return None
+        return cls(columns.names, types)
+
+    def decode(self, lines: list[bytes]) -> list[Any] | None:
+        """The lines as records of this shape, or None when one does not fit (or does not parse)."""
+        try:
+            records: list[Any] = self.decoder.decode(b"[" + b",".join(lines) + b"]")
+        except msgspec.DecodeError:  # ValidationError included
+            return None
+        return records
+
+    def columns(self, records: list[Any]) -> _Columns:
+        return _Columns(self.names, [list(map(get, records)) for get in self.getters])
 
 
 _FLAT = frozenset((str, int, float, bool, _NONE))
@@ -439,6 +490,7 @@ def profile(source: IO[bytes], path: str, stored_bytes: int) -> FileProfile:
     arrow_fields: dict[str, tuple[str, int]] = {}
     invalid = 0
     decoder = msgspec.json.Decoder()
+    shape: _Shape | None = None  # of the JSON Lines records, once a batch showed one
     offsets = _Offsets() if opened.compression is None else None
 
     fmt = opened.format
@@ -454,12 +506,18 @@ def profile(source: IO[bytes], path: str, stored_bytes: int) -> FileProfile:
             if offsets is not None:
                 positions = None if len(kept) == len(lines) else [i for i, line in enumerate(lines) if line.strip()]
                 offsets.add(state.records, offset, raw, positions)
+            if shape is not None and (shaped := shape.decode(kept)) is not None:
+                state.add(shaped, kept, fields=True, columns=shape.columns(shaped))
+                continue
             try:
                 decoded = list(map(decoder.decode, kept))
             except msgspec.DecodeError:
                 decoded = [formats.decode(fmt, line) for line in kept]
-            invalid += list(map(type, decoded)).count(str)
-            state.add(decoded, kept, fields=True)
+            kinds = list(map(type, decoded))
+            invalid += kinds.count(str)
+            columns = _Columns.of(decoded) if kinds.count(dict) == len(decoded) else None
+            shape = _Shape.learn(columns)
+            state.add(decoded, kept, fields=True, columns=columns)
     elif fmt == "json":
         for batch in _batches(formats.raw_records(opened), BATCH_RECORDS):
             state.add(batch, [msgspec.json.encode(r, order="sorted") for r in batch], fields=True)
