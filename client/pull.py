@@ -597,7 +597,7 @@ class Item:
 
 class Downloader:
     def __init__(self, api: Api, out: Path, state: State, progress: Progress, report: PullReport, parallel: int):
-        import httpx
+        import urllib3
 
         self.api = api
         self.out = out
@@ -606,19 +606,20 @@ class Downloader:
         self.report = report
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        limits = httpx.Limits(max_connections=parallel * 2, max_keepalive_connections=parallel * 2)
-        timeout = httpx.Timeout(120, connect=10)
-        # Presigned URLs carry their own signature: the API token must never travel to the object store.
-        self.direct = httpx.Client(timeout=timeout, limits=limits, headers={"User-Agent": "corpora-pull"})
-        self.proxied = httpx.Client(
-            timeout=timeout,
-            limits=limits,
-            headers={"User-Agent": "corpora-pull", "Authorization": f"Bearer {api.token}"},
+        self.folders: set[Path] = set()  # made already
+        # urllib3 for the transfers themselves: a 10 KiB GET from SeaweedFS cost 440-480 us of client CPU against
+        # httpx's 620-810 (its URL parsing and cookie handling on every response), and 16 threads moved 1,900
+        # files/s against 1,000-1,400.
+        # No retries of its own: ``fetch`` retries, resuming. Presigned URLs carry their own signature: the API
+        # token travels only with proxied downloads, to the API.
+        self.pool = urllib3.PoolManager(
+            maxsize=parallel * 2, block=False, retries=False, timeout=urllib3.Timeout(connect=10, read=120)
         )
+        self.headers = {"User-Agent": "corpora-pull", "Accept-Encoding": "identity"}
+        self.proxy_headers = {**self.headers, "Authorization": f"Bearer {api.token}"}
 
     def close(self) -> None:
-        self.direct.close()
-        self.proxied.close()
+        self.pool.clear()
 
     def _count(self, **amounts: int) -> None:
         with self.lock:
@@ -633,13 +634,18 @@ class Downloader:
     def fetch(self, item: Item) -> None:
         """Download ``item`` into ``<file>.part`` (continuing what is there), verify it, and move it into place."""
         import httpx
+        import urllib3
 
         final = self.out / item.path
         part = final.with_name(final.name + ".part")
-        part.parent.mkdir(parents=True, exist_ok=True)
-        part.touch()
+        if part.parent not in self.folders:  # each a system call, which hands the interpreter lock around
+            part.parent.mkdir(parents=True, exist_ok=True)
+            self.folders.add(part.parent)
         hasher = hashlib.sha256()
-        offset = part.stat().st_size
+        try:
+            offset = part.stat().st_size
+        except FileNotFoundError:
+            offset = 0
         if offset > item.size:
             part.unlink()
             offset = 0
@@ -658,15 +664,15 @@ class Downloader:
                     raise _Stopped
                 if item.mode == "presigned" and item.expires_at - _now() < URL_MARGIN:
                     self._refresh(item)
-                headers = {"Accept-Encoding": "identity"}
+                headers = self.proxy_headers if item.mode == "proxy" else self.headers
                 if offset:
-                    headers["Range"] = f"bytes={offset}-"
+                    headers = {**headers, "Range": f"bytes={offset}-"}
                     if item.mode == "proxy":
                         headers["If-Range"] = f'"{item.sha256}"'
-                client = self.proxied if item.mode == "proxy" else self.direct
                 try:
-                    with client.stream("GET", item.url, headers=headers) as response:
-                        status = response.status_code
+                    response = self.pool.request("GET", item.url, headers=headers, preload_content=False)
+                    try:
+                        status = response.status
                         if status == 206 and not response.headers.get("content-range", "").startswith(
                             f"bytes {offset}-"
                         ):
@@ -676,7 +682,7 @@ class Downloader:
                                 offset, hasher = 0, hashlib.sha256()
                                 self.progress.advance(bar, -part.stat().st_size)
                             with part.open("ab" if offset else "wb") as sink:
-                                for data in response.iter_raw(CHUNK):
+                                for data in response.stream(CHUNK, decode_content=False):
                                     if self.stop.is_set():
                                         raise _Stopped
                                     sink.write(data)
@@ -685,24 +691,27 @@ class Downloader:
                                     self._count(bytes_downloaded=len(data))
                                     self.progress.advance(bar, len(data))
                             continue
-                        response.read()
-                        if status in (0, 416):  # the partial file is not a prefix the server recognises
-                            problem = f"the server answered {response.status_code} to a resume"
-                            part.unlink(missing_ok=True)
-                            self.progress.advance(bar, -offset)
-                            offset, hasher = 0, hashlib.sha256()
-                            continue
-                        if item.mode == "presigned" and status in (400, 403) and not refreshed:
-                            # Expired (or otherwise refused) signature: a fresh URL, charged nothing.
-                            self._refresh(item)
-                            refreshed = True
-                            continue
-                        if item.mode == "proxy" and 400 <= status < 500:
-                            raise explain(response, f"downloading {item.path}")
-                        problem = f"{status}: {response.text[:200]}"
-                        if status < 500:
-                            break
-                except httpx.TransportError as exc:
+                        body = response.read(decode_content=True)
+                    finally:
+                        response.release_conn()
+                    if status in (0, 416):  # the partial file is not a prefix the server recognises
+                        problem = f"the server answered {response.status} to a resume"
+                        part.unlink(missing_ok=True)
+                        self.progress.advance(bar, -offset)
+                        offset, hasher = 0, hashlib.sha256()
+                        continue
+                    if item.mode == "presigned" and status in (400, 403) and not refreshed:
+                        # Expired (or otherwise refused) signature: a fresh URL, charged nothing.
+                        self._refresh(item)
+                        refreshed = True
+                        continue
+                    if item.mode == "proxy" and 400 <= status < 500:
+                        answer = httpx.Response(status, headers=dict(response.headers), content=body)
+                        raise explain(answer, f"downloading {item.path}")
+                    problem = f"{status}: {body[:200].decode(errors='replace')}"
+                    if status < 500:
+                        break
+                except urllib3.exceptions.HTTPError as exc:  # connecting, a timeout, a broken stream
                     problem = f"{type(exc).__name__}: {exc}"
                 time.sleep(delay)
                 delay = min(delay * 2, 20)

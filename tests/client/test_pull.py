@@ -18,6 +18,7 @@ import httpx
 import jwt
 import pytest
 import pytest_asyncio
+import urllib3
 from litestar.testing import AsyncTestClient
 
 from app.cli import build_parser
@@ -71,15 +72,23 @@ class Sent:
 
 @pytest.fixture
 def requests(monkeypatch: pytest.MonkeyPatch) -> list[Sent]:
-    """Every request the (synchronous) pull client sends."""
+    """Every request the (synchronous) pull client sends: to the API through httpx, transfers through urllib3."""
     seen: list[Sent] = []
     original = httpx.Client.send
+    original_transfer = urllib3.PoolManager.urlopen
 
     def send(self: httpx.Client, request: httpx.Request, **kwargs: Any) -> httpx.Response:
         seen.append(Sent(request.method, request.url, request.headers))
         return original(self, request, **kwargs)
 
+    def transfer(self: urllib3.PoolManager, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        headers = httpx.Headers(kwargs.get("headers") or {})
+        if headers.get("user-agent") == "corpora-pull":  # not the in-process server's object-store client
+            seen.append(Sent(method, httpx.URL(url), headers))
+        return original_transfer(self, method, url, *args, **kwargs)
+
     monkeypatch.setattr(httpx.Client, "send", send)
+    monkeypatch.setattr(urllib3.PoolManager, "urlopen", transfer)
     return seen
 
 
@@ -112,19 +121,21 @@ async def test_pull_resumes_skips_and_keeps_receipts(
     before = await quota(db, m.entitlement_id)
 
     # The first run crashes one MiB into the big file, as a killed process would.
-    original = httpx.Response.iter_raw
+    original = urllib3.HTTPResponse.stream
     crashed: list[bool] = []
 
-    def crashing(self: httpx.Response, chunk_size: int | None = None) -> Iterator[bytes]:
-        for data in original(self, chunk_size):
+    def crashing(
+        self: urllib3.HTTPResponse, amt: int | None = None, decode_content: bool | None = None
+    ) -> Iterator[bytes]:
+        for data in original(self, amt, decode_content):
             yield data
             if self.headers.get("content-length") == str(len(big)) and not crashed:
                 crashed.append(True)
                 raise RuntimeError("the process died")
 
-    monkeypatch.setattr(httpx.Response, "iter_raw", crashing)
+    monkeypatch.setattr(urllib3.HTTPResponse, "stream", crashing)
     first = await run(live, m, out)
-    monkeypatch.setattr(httpx.Response, "iter_raw", original)
+    monkeypatch.setattr(urllib3.HTTPResponse, "stream", original)
     assert not first.ok
     assert first.grants_new == 3
     assert first.files_downloaded == 2
