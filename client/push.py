@@ -40,6 +40,7 @@ from typing import IO, Any
 from urllib.parse import quote
 
 import httpx
+import urllib3
 from tqdm import tqdm
 
 from client import push_batch
@@ -500,14 +501,15 @@ class Uploader:
         self.stop = threading.Event()
         self.counter_lock = threading.Lock()
         self.transfers = concurrent.futures.ThreadPoolExecutor(parallel, thread_name_prefix="push-transfer")
-        self.s3 = httpx.Client(
-            timeout=httpx.Timeout(120, connect=10),
-            limits=httpx.Limits(max_connections=parallel * 2, max_keepalive_connections=parallel * 2),
+        # urllib3 for the PUTs to the object store: less CPU per request than httpx (see client/pull.py), which
+        # small files feel. No retries of its own: ``_put`` retries, renewing the URL.
+        self.s3 = urllib3.PoolManager(
+            maxsize=parallel * 2, block=False, retries=False, timeout=urllib3.Timeout(connect=10, read=120)
         )
 
     def close(self) -> None:
         self.transfers.shutdown(wait=True, cancel_futures=True)
-        self.s3.close()
+        self.s3.clear()
 
     def _count(self, **amounts: int) -> None:
         with self.counter_lock:
@@ -543,17 +545,19 @@ class Uploader:
                     self.progress.advance(bar, len(chunk))
 
             try:
-                response = self.s3.put(url(renew), content=body(), headers={**headers, "Content-Length": str(length)})
-            except httpx.TransportError as exc:
+                response = self.s3.request(
+                    "PUT", url(renew), body=body(), headers={**headers, "Content-Length": str(length)}
+                )
+            except urllib3.exceptions.HTTPError as exc:
                 problem = f"{type(exc).__name__}: {exc}"
-                if isinstance(exc, httpx.ConnectError):
+                if isinstance(exc, urllib3.exceptions.NewConnectionError):
                     host = httpx.URL(url(False)).netloc.decode()
                     problem += (
                         f"; the object store at {host} named in the upload URLs is not reachable from here — its "
                         "operator must set CORPORA_S3_ENDPOINT to an address clients can reach"
                     )
                 response = None
-            if response is not None and response.status_code < 300:
+            if response is not None and response.status < 300:
                 etag = str(response.headers.get("etag") or "")
                 if not etag:
                     raise PushError(f"{file.path}: the object store answered without an ETag", fatal=False)
@@ -561,16 +565,17 @@ class Uploader:
                 return etag, response.headers.get("x-amz-version-id")
             self.progress.advance(bar, -sent)  # counted again when the part is sent again
             if response is not None:
-                problem = f"{response.status_code}: {response.text[:300]}"
-                if response.status_code == 404 and "NoSuchUpload" in response.text:
+                text = response.data.decode(errors="replace")
+                problem = f"{response.status}: {text[:300]}"
+                if response.status == 404 and "NoSuchUpload" in text:
                     raise PushError(
                         f"{file.path}: the object store no longer has this upload (it was discarded, e.g. by the "
                         "janitor after CORPORA_JANITOR_MAX_AGE_SECONDS). Run push again to start it over.",
                         fatal=False,
                     )
                 # An expired or otherwise refused signature: renew the URLs and try again.
-                renew = response.status_code in (400, 403)
-                if response.status_code < 500 and response.status_code not in (400, 403, 408, 429):
+                renew = response.status in (400, 403)
+                if response.status < 500 and response.status not in (400, 403, 408, 429):
                     break
             if attempt < RETRIES:
                 time.sleep(delay)
