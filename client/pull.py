@@ -16,9 +16,9 @@ and renamed once its SHA-256 matches the version's manifest.
 - Presigned URLs go straight to the object store, without the API token; proxy URLs (``CORPORA_DOWNLOAD_MODE=
   proxy``) are the API's own and carry it.
 
-This module imports neither Litestar nor the service, nor the catalogue: it is a plain HTTP client (httpx),
-driven by ``app.cli`` and usable from scripts through :func:`pull`. Only the standard library is imported at
-module level, so registering the command keeps ``corpora --help`` fast.
+This module imports neither Litestar nor the service, nor the catalogue: it is a plain HTTP client (httpx for
+the API, urllib3 for the transfers), driven by ``app.cli`` and usable from scripts through :func:`pull`. Only the
+standard library is imported at module level, so registering the command keeps ``corpora --help`` fast.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ the server checks size and SHA-256 before the file counts.
 - SHA-256 digests are cached per file (size and modification time) in a small state file under
   ``$XDG_CACHE_HOME/corpora`` (``~/.cache/corpora``), so a resumed push does not read everything twice.
 
-This module imports neither Litestar nor the service: it is a plain HTTP client (httpx), driven by
-``app.cli`` and usable from scripts through :func:`push`.
+This module imports neither Litestar nor the service: it is a plain HTTP client (httpx for the API, urllib3 for
+the object store), driven by ``app.cli`` and usable from scripts through :func:`push`.
 """
 
 from __future__ import annotations
