@@ -187,6 +187,20 @@ def machine_busy_seconds() -> float | None:
     return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # user..steal less idle, iowait
 
 
+def wait_for_quiet(*, busy_below: float = 0.15, interval: float = 0.5, timeout: float = 60) -> float:
+    """Wait until the machine's cores together are busy less than ``busy_below`` of one core over ``interval``
+    (work a phase left behind, such as sequencing its audit events, has finished); the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = machine_busy_seconds()
+        if before is None:
+            break
+        time.sleep(interval)
+        if ((machine_busy_seconds() or before) - before) / interval < busy_below:
+            break
+    return time.monotonic() - started
+
+
 def wait_http(url: str, proc: Proc, *, timeout: float = 60) -> None:
     """Wait until ``url`` answers 200, failing early if ``proc`` exits."""
     deadline = time.monotonic() + timeout

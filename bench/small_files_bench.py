@@ -4,22 +4,25 @@ Setup: an embedded PostgreSQL and SeaweedFS under a temporary data dir, then ``c
 review not required) on a free port. A provider signs up, creates an organisation, a product and a draft
 version; ``--files`` files of ``--size-kib`` random bytes are written.
 
-Measured one after the other, with the same number of parallel transfers:
+Measured one after the other, with the same number of parallel transfers, ``--rounds`` times each, alternated:
 
-(a) push: ``client.push.push`` of the directory into the draft: upload plans and completions in batches
-    (``POST …/uploads``, ``…/uploads/complete``, where the server verifies size and SHA-256), and a PUT per
-    file straight to its content-addressed key.
+(a) push: ``client.push.push`` of the directory into a draft version of its own (fresh random files each
+    round): upload plans and completions in batches (``POST …/uploads``, ``…/uploads/complete``, where the server
+    verifies size and SHA-256), and a PUT per file straight to its content-addressed key.
 (b) direct upload: the same files PUT with the ``minio`` SDK to the same object store from a thread pool.
-(c) pull: the version is published, a buyer orders a free offer, and ``client.pull.pull`` downloads every
-    file: grants in pipelined batches (``POST /downloads/manifest`` with ``paths``), GETs of the presigned
-    URLs, SHA-256 checks, receipts verified against the JWKS.
+(c) pull: the first version is published, a buyer orders a free offer, and ``client.pull.pull`` downloads every
+    file into a new folder: grants in pipelined batches (``POST /downloads/manifest`` with ``paths``), GETs of the
+    presigned URLs, SHA-256 checks, receipts verified against the JWKS.
 (d) direct download: the same objects fetched with the ``minio`` SDK from a thread pool, each written to a file.
 
-Profiling the pushed files (a background job per file) is waited for before (b), so no phase shares the machine
-with it. CPU per file is printed for each phase: this process (the client), the API's processes, and the rest
-of the machine (PostgreSQL and SeaweedFS).
+Profiling the pushed files (batched background jobs) is waited for before (b), and every phase starts once the
+machine is quiet (what the last one left behind, such as sequencing its audit events, has finished), so no phase
+shares the machine with another's work. CPU per file is printed for each phase: this process (the client), the
+API's processes, and the rest of the machine (PostgreSQL and SeaweedFS).
 
-Prints files/s for each and the ratios push / direct upload and pull / direct download (target: 0.50 each).
+Prints files/s for each round and the medians' ratios push / direct upload and pull / direct download (target:
+0.50 each). The direct transfers' own rate moves by up to 2x from run to run on a shared 2-core machine (16
+threads handing the interpreter lock around), which is why the rounds alternate.
 Every process is stopped and the data dir removed at the end, also on failure or Ctrl-C.
 """
 
@@ -32,6 +35,7 @@ import contextlib
 import io
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -57,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size-kib", type=int, default=10, help="size of each file in KiB (default 10)")
     parser.add_argument("--parallel", type=int, default=16, help="parallel transfers, every way (default 16)")
     parser.add_argument("--workers", type=int, default=2, help="granian workers of corpora serve (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="each phase this often, alternated (medians)")
     parser.add_argument("--no-fail", action="store_true", help="exit 0 even when a ratio is below the target")
     return parser
 
@@ -67,7 +72,7 @@ class CpuMeter:
 
     def __init__(self, server_pgid: int) -> None:
         self.server_pgid = server_pgid
-        self.phases: dict[str, tuple[float, float, float]] = {}
+        self.phases: dict[str, list[tuple[float, float, float]]] = {}
 
     def _now(self) -> tuple[float, float, float]:
         times = os.times()
@@ -79,21 +84,43 @@ class CpuMeter:
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        waited = _common.wait_for_quiet()
+        if waited > 1:
+            print(f"  ({waited:.1f} s until the machine was quiet before {name})", flush=True)
         before = self._now()
         try:
             yield
         finally:
             client, server, machine = (after - start for after, start in zip(self._now(), before, strict=True))
-            self.phases[name] = (client, server, max(0.0, machine - client - server))
+            self.phases.setdefault(name, []).append((client, server, max(0.0, machine - client - server)))
 
     def report(self, files: int) -> None:
         print(f"\nCPU per file (us): {'client':>8s} {'API':>8s} {'store+db':>9s} {'total':>8s}")
-        for name, (client, server, rest) in self.phases.items():
+        for name, rounds in self.phases.items():
+            client, server, rest = (sum(parts) / len(rounds) for parts in zip(*rounds, strict=True))
             total = client + server + rest
             print(
                 f"  {name:16s} {1e6 * client / files:8.0f} {1e6 * server / files:8.0f} "
                 f"{1e6 * rest / files:9.0f} {1e6 * total / files:8.0f}"
             )
+
+
+PHASES = (
+    "corpora push",
+    "direct upload (minio put_object)",
+    "corpora pull",
+    "direct download (minio get_object)",
+)
+
+
+def _report_round(rates: dict[str, list[float]], ours: str, direct: str) -> None:
+    tool = next(name for name in PHASES if name.endswith(ours))
+    baseline = next(name for name in PHASES if name.startswith(f"direct {direct}"))
+    print(
+        f"  {ours}: {rates[tool][-1]:7.1f} files/s, direct {direct}: {rates[baseline][-1]:7.1f} files/s "
+        f"({rates[tool][-1] / rates[baseline][-1]:.2f})",
+        flush=True,
+    )
 
 
 def store_client(settings: Any) -> Any:
@@ -111,12 +138,12 @@ def store_client(settings: Any) -> Any:
     )
 
 
-def direct_upload(settings: Any, files: list[Path], parallel: int) -> float:
+def direct_upload(settings: Any, files: list[Path], parallel: int, prefix: str) -> float:
     client = store_client(settings)
 
     def put(path: Path) -> None:
         data = path.read_bytes()
-        client.put_object(settings.s3_bucket, f"bench/direct/{path.name}", io.BytesIO(data), len(data))
+        client.put_object(settings.s3_bucket, f"bench/{prefix}/{path.name}", io.BytesIO(data), len(data))
 
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
@@ -146,12 +173,12 @@ def direct_download(settings: Any, keys: list[str], parallel: int, out: Path) ->
     return time.monotonic() - started
 
 
-def wait_for_inspection(api: str, token: str, slug: str) -> float:
-    """Wait until the platform has profiled every pushed file (one background job per file), so the phases
+def wait_for_inspection(api: str, token: str, slug: str, version: str = "1.0.0") -> float:
+    """Wait until the platform has profiled every pushed file (batched background jobs), so the phases
     measured after the push do not share the machine with that work; returns the seconds waited."""
     started = time.monotonic()
     with httpx.Client(base_url=f"{api}/api/v1", timeout=60, headers={"Authorization": f"Bearer {token}"}) as client:
-        while _ok(client.get(f"/products/{slug}/versions/1.0.0/profile"))["status"] in ("pending", "running"):
+        while _ok(client.get(f"/products/{slug}/versions/{version}/profile"))["status"] in ("pending", "running"):
             time.sleep(0.5)
     return time.monotonic() - started
 
@@ -225,65 +252,74 @@ def main(argv: list[str] | None = None) -> int:
                 api = f"http://127.0.0.1:{port}"
                 _common.wait_http(f"{api}/readyz", server, timeout=120)
                 token, slug = create_account(api)
-                create_version(api, token, slug, "1.0.0")
-                corpus = data_dir / "corpus"
-                corpus.mkdir()
-                files = [corpus / f"part-{n:06d}.bin" for n in range(args.files)]
-                for path in files:
-                    path.write_bytes(os.urandom(args.size_kib * KIB))
-
                 meter = CpuMeter(server.pid)
-                with meter.phase("push"):
-                    pushed = push(
-                        f"{slug}@1.0.0",
-                        corpus,
-                        api=api,
-                        token=token,
-                        parallel=args.parallel,
-                        quiet=True,
-                        progress_bars=False,
-                        cache_dir=data_dir / "push-cache",
-                    )
-                if not pushed.ok or pushed.files_uploaded != args.files:
-                    raise RuntimeError(f"the push did not upload every file: {pushed.describe()}")
-                waited = wait_for_inspection(api, token, slug)
-                print(f"the pushed files were profiled {waited:.1f} s after the push; measuring on", flush=True)
-                with meter.phase("direct upload"):
-                    upload_seconds = direct_upload(runtime.settings, files, args.parallel)
+                rates: dict[str, list[float]] = {name: [] for name in PHASES}
+                for round_no in range(args.rounds):
+                    version = f"1.0.{round_no}"
+                    create_version(api, token, slug, version)
+                    corpus = data_dir / f"corpus-{round_no}"
+                    corpus.mkdir()
+                    files = [corpus / f"part-{n:06d}.bin" for n in range(args.files)]
+                    for path in files:
+                        path.write_bytes(os.urandom(args.size_kib * KIB))
+                    with meter.phase("push"):
+                        pushed = push(
+                            f"{slug}@{version}",
+                            corpus,
+                            api=api,
+                            token=token,
+                            parallel=args.parallel,
+                            quiet=True,
+                            progress_bars=False,
+                            cache_dir=data_dir / "push-cache",
+                        )
+                    if not pushed.ok or pushed.files_uploaded != args.files:
+                        raise RuntimeError(f"the push did not upload every file: {pushed.describe()}")
+                    waited = wait_for_inspection(api, token, slug, version)
+                    print(f"the pushed files were profiled {waited:.1f} s after the push; measuring on", flush=True)
+                    with meter.phase("direct upload"):
+                        upload_seconds = direct_upload(runtime.settings, files, args.parallel, f"direct-{round_no}")
+                    rates["corpora push"].append(args.files / pushed.seconds)
+                    rates["direct upload (minio put_object)"].append(args.files / upload_seconds)
+                    _report_round(rates, "push", "upload")
+                    shutil.rmtree(corpus)
 
                 buyer = entitle_buyer(api, token, slug)
-                with meter.phase("pull"):
-                    pulled = pull(
-                        f"{slug}@1.0.0",
-                        data_dir / "pulled",
-                        api=api,
-                        token=buyer,
-                        purpose="research",
-                        parallel=args.parallel,
-                        quiet=True,
-                        progress_bars=False,
-                    )
-                if not pulled.ok or pulled.files_downloaded != args.files:
-                    raise RuntimeError(f"the pull did not download every file: {pulled.describe()}")
                 with httpx.Client(base_url=f"{api}/api/v1", timeout=60) as client:
-                    version = _ok(client.get(f"/products/{slug}/versions/1.0.0"))
-                keys = [blob_key(f["sha256"]) for f in version["files"]]
-                with meter.phase("direct download"):
-                    download_seconds = direct_download(runtime.settings, keys, args.parallel, data_dir / "direct")
+                    first = _ok(client.get(f"/products/{slug}/versions/1.0.0"))
+                keys = [blob_key(f["sha256"]) for f in first["files"]]
+                for round_no in range(args.rounds):
+                    with meter.phase("pull"):
+                        pulled = pull(
+                            f"{slug}@1.0.0",
+                            data_dir / f"pulled-{round_no}",
+                            api=api,
+                            token=buyer,
+                            purpose="research",
+                            parallel=args.parallel,
+                            quiet=True,
+                            progress_bars=False,
+                        )
+                    if not pulled.ok or pulled.files_downloaded != args.files:
+                        raise RuntimeError(f"the pull did not download every file: {pulled.describe()}")
+                    with meter.phase("direct download"):
+                        download_seconds = direct_download(
+                            runtime.settings, keys, args.parallel, data_dir / f"direct-{round_no}"
+                        )
+                    rates["corpora pull"].append(args.files / pulled.seconds)
+                    rates["direct download (minio get_object)"].append(args.files / download_seconds)
+                    _report_round(rates, "pull", "download")
+                    shutil.rmtree(data_dir / f"pulled-{round_no}")
+                    shutil.rmtree(data_dir / f"direct-{round_no}")
         finally:
             runtime.stop()
 
-    rates = {
-        "corpora push": args.files / pushed.seconds,
-        "direct upload (minio put_object)": args.files / upload_seconds,
-        "corpora pull": args.files / pulled.seconds,
-        "direct download (minio get_object)": args.files / download_seconds,
-    }
-    print()
-    for name, rate in rates.items():
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    print(f"\nmedians of {args.rounds} round(s):")
+    for name, rate in medians.items():
         print(f"{name:36s} {rate:9.1f} files/s")
-    push_ratio = rates["corpora push"] / rates["direct upload (minio put_object)"]
-    pull_ratio = rates["corpora pull"] / rates["direct download (minio get_object)"]
+    push_ratio = medians["corpora push"] / medians["direct upload (minio put_object)"]
+    pull_ratio = medians["corpora pull"] / medians["direct download (minio get_object)"]
     for name, ratio in (("push / direct upload", push_ratio), ("pull / direct download", pull_ratio)):
         verdict = "meets" if ratio >= TARGET_RATIO else "is BELOW"
         print(f"ratio {name}: {ratio:.2f} ({verdict} the target of {TARGET_RATIO:.2f})", flush=True)
