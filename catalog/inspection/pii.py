@@ -192,10 +192,12 @@ def count_into(texts: list[str], counts: dict[str, int]) -> None:
     if not candidates:
         return
     # only the candidate lines are cut out of the bytes and decoded, never the whole text split
-    starts = np.concatenate([[0], newlines + 1]).tolist()
-    ends = [*newlines.tolist(), len(data)]
-    for number in sorted(candidates):
-        line = data[starts[number] : ends[number]].decode("utf-8", "surrogatepass")
+    lines = np.array(sorted(candidates))
+    bounds = np.concatenate([[-1], newlines, [len(data)]])
+    for number, start, end in zip(
+        lines.tolist(), (bounds[lines] + 1).tolist(), bounds[lines + 1].tolist(), strict=True
+    ):
+        line = data[start:end].decode("utf-8", "surrogatepass")
         _count_line(line, number in email, number in numbers, number in ip, counts)
 
 
