@@ -17,8 +17,9 @@ REDACTED = "[redacted]"
 
 _URL_END = r"[^\s'\"<>]"
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # A presigned URL: its query string is the credential (X-Amz-Signature, X-Amz-Credential, ...).
-    (re.compile(rf"(https?://[^\s?#'\"<>]+)\?{_URL_END}*X-Amz-{_URL_END}*", re.I), rf"\1?{REDACTED}"),
+    # A presigned URL, or its path as urllib3 logs it (host apart): its query string is the credential
+    # (X-Amz-Signature, X-Amz-Credential, ...).
+    (re.compile(rf"((?:https?://)?[^\s?#'\"<>]+)\?{_URL_END}*X-Amz-{_URL_END}*", re.I), rf"\1?{REDACTED}"),
     # Credentials in a query string seen without their URL.
     (
         re.compile(r"([?&](?:X-Amz-[A-Za-z-]+|Signature|AWSAccessKeyId|access_token|token)=)[^&\s'\"<>]+", re.I),

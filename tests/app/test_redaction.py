@@ -101,3 +101,9 @@ def test_log_records_and_tracebacks_are_redacted() -> None:
     RedactingStream(stream).write(f"error: {url}\n")
     assert stream.getvalue() == f"error: https://s3.example.com/b/blobs/ab?{REDACTED}\n"
     assert redact("plain https://example.com/a?page=2") == "plain https://example.com/a?page=2"
+    # urllib3 logs the host apart from the path and its query
+    logged = (
+        'http://127.0.0.1:9000 "GET /b/blobs/ab?response-content-type=x&X-Amz-Credential=AKIA%2F&X-Amz-Signature=f00d'
+    )
+    assert redact(logged) == f'http://127.0.0.1:9000 "GET /b/blobs/ab?{REDACTED}'
+    assert redact('"GET /a?page=2 HTTP/1.1" 200') == '"GET /a?page=2 HTTP/1.1" 200'
