@@ -910,10 +910,11 @@ def _upload_all(
         # Many small files: batches of plans and completions (their PUTs share the transfer pool); large files
         # (and whatever a batch hands back) one at a time.
         small = [f for f in todo if f.size <= push_batch.SMALL]
+        large = [f for f in todo if f.size > push_batch.SMALL]
         futures: dict[concurrent.futures.Future[None], str] = {
             batch_pool.submit(batches.run, batch): f"a batch of {len(batch)} file(s)" for batch in batches.split(small)
         }
-        futures |= {files.submit(uploader.upload_file, file): file.path for file in todo if file not in small}
+        futures |= {files.submit(uploader.upload_file, file): file.path for file in large}
         running = set(futures)
         while running:
             finished, running = concurrent.futures.wait(running, timeout=0.5)
