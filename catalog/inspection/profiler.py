@@ -429,13 +429,13 @@ class _Shape:
         types: list[Any] = []
         for seen in columns.kinds:
             kinds = seen - {_NONE}
-            if not kinds <= _FLAT or (bool in kinds and len(kinds) > 1):
-                return None
             if not kinds:  # only nulls so far: whatever comes, the columns' kinds are read from the values
                 types.append(Any)
-            else:
-                types.append(int | float if kinds == {int, float} else kinds.pop())
-            if types[-1] not in (str, int, float, bool, Any, int | float):
+            elif kinds == {int, float}:
+                types.append(int | float)
+            elif len(kinds) == 1 and kinds <= _FLAT:
+                types.append(kinds.pop())
+            else:  # nested, or of mixed kinds: such records stay dicts
                 return None
         return cls(columns.names, types)
 
