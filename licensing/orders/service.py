@@ -128,6 +128,11 @@ async def place_order(
     if product.status != "published":
         raise conflict(f"'{product.slug}' is not published; only published products are ordered", "not-published")
     if entitled is not None:
+        # A retry whose first attempt committed after the lookup above sees that attempt's entitlement: the
+        # order is there now too, and this is its replay.
+        previous = await _order_for_key(session, principal.user_id, idempotency_key)
+        if previous is not None:
+            return _replay(previous, fingerprint)
         raise already_entitled(entitled)
     if product.org_id == org.id:
         raise forbidden("an organisation cannot order its own product")
