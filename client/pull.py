@@ -9,10 +9,11 @@ and renamed once its SHA-256 matches the version's manifest.
 - An interrupted pull resumes: a ``.part`` file continues from its size with an HTTP ``Range`` request, under
   the grant it was started with while that grant's window lasts. Expired URLs are renewed with
   ``POST /downloads/refresh``, which charges nothing.
-- Receipts (Ed25519 JWS, the proof of lawful acquisition) are kept beside the data, in
-  ``DIR/.corpora/receipts/<download_id>.jws``, indexed by ``DIR/.corpora/receipts.json``. Until a run ends they
-  are in its journal ``receipts.journal``, written a batch at a time before any of the batch is downloaded; the
-  files are written when the run ends (or by the next run, after a crash).
+- Receipts (Ed25519 JWS, the proof of lawful acquisition) are kept beside the data, each in its download's entry
+  of ``DIR/.corpora/receipts.json``: one file for any number of downloads, not a file each (creating a file costs
+  more than a small file's transfer). Until a run ends they are in its journal ``receipts.journal``, written a
+  batch at a time before any of the batch is downloaded, and folded into the index when the run ends (or by the
+  next run, after a crash).
 - Presigned URLs go straight to the object store, without the API token; proxy URLs (``CORPORA_DOWNLOAD_MODE=
   proxy``) are the API's own and carry it.
 
@@ -364,7 +365,6 @@ class State:
     def __init__(self, out: Path, receipts: ReceiptVerifier) -> None:
         self.verifier = receipts
         self.dir = out / STATE_DIR
-        self.receipts = self.dir / "receipts"
         self.index = self.dir / "receipts.json"
         # Each grant and completion is appended here as one line the moment it happens, so an interrupted run
         # loses nothing; ``save`` folds the journal into the index. Rewriting the whole index per file would
@@ -374,7 +374,6 @@ class State:
         self._journal: IO[str] | None = None  # open for appending while the run writes to it
         self.downloads: dict[str, dict[str, Any]] = {}
         self.verified: dict[str, list[Any]] = {}
-        self.unwritten: dict[str, str] = {}  # receipts journaled, their files not written yet, by download id
         self._open: dict[tuple[str, ...], dict[str, Any]] | None = None  # uncompleted grants, built on first use
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
             data = json.loads(self.index.read_text())
@@ -389,9 +388,10 @@ class State:
     def _apply(self, change: dict[str, Any]) -> None:
         if "grant" in change:
             entry = change["grant"]
-            self.downloads[str(entry["download_id"])] = {**self.downloads.get(str(entry["download_id"]), {}), **entry}
-            if "jws" in change:  # the first receipt of a grant is the one kept
-                self.unwritten.setdefault(str(entry["download_id"]), change["jws"])
+            earlier = self.downloads.get(str(entry["download_id"]), {})
+            # The first receipt of a grant is the one kept: a refresh's adds nothing.
+            receipt = earlier.get("receipt") or entry["receipt"]
+            self.downloads[str(entry["download_id"])] = {**earlier, **entry, "receipt": receipt}
         else:
             self.downloads[change["completed"]]["completed_at"] = change["at"]
             self.verified[change["path"]] = change["verified"]
@@ -408,16 +408,8 @@ class State:
         self._journal.flush()
 
     def save(self) -> None:
-        """Write the journaled receipts' files and the whole index, then empty the journal (the caller holds the
-        lock)."""
+        """Write the whole index, then empty the journal (the caller holds the lock)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        if self.unwritten:
-            self.receipts.mkdir(exist_ok=True)
-            for download_id, jws in self.unwritten.items():
-                receipt = self.receipts / f"{download_id}.jws"
-                if not receipt.exists():  # kept from an earlier run: a refresh's receipt adds nothing
-                    receipt.write_text(jws + "\n")
-            self.unwritten.clear()
         data = {
             "version": 1,
             "downloads": sorted(self.downloads.values(), key=lambda d: (d["granted_at"], d["path"])),
@@ -453,7 +445,6 @@ class State:
     def _grant_entry(self, item: dict[str, Any], entitlement_id: str, purpose: str) -> dict[str, Any]:
         earlier = self.downloads.get(str(item["download_id"]), {})
         return {
-            "jws": item["receipt"],
             "grant": {
                 "download_id": str(item["download_id"]),
                 "product": item["product"],
@@ -466,7 +457,7 @@ class State:
                 "purpose": purpose,
                 "mode": item["mode"],
                 "window_ends_at": item["window_ends_at"],
-                "receipt": f"receipts/{item['download_id']}.jws",
+                "receipt": item["receipt"],
                 "granted_at": earlier.get("granted_at") or _now().isoformat(),
                 "completed_at": earlier.get("completed_at"),
             },
@@ -1004,9 +995,8 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser], h
         description=(
             "Download the files of PRODUCT@VERSION under your entitlement into DIR, keeping their paths. Each file\n"
             "is a metered grant (one download and its size, charged against the entitlement's quota, 100\n"
-            "files at a time; the quota is checked for the whole pull first) with a signed receipt, saved in\n"
-            "DIR/.corpora/receipts/ and\n"
-            "indexed by DIR/.corpora/receipts.json.\n\n"
+            "files at a time; the quota is checked for the whole pull first) with a signed receipt, kept in\n"
+            "DIR/.corpora/receipts.json with the download it proves.\n\n"
             "- The entitlement is your organisation's active one for the product that permits --purpose (or\n"
             "  --entitlement). A refusal says why: quota (and what remains), expiry, revocation, purposes.\n"
             "- Files already in DIR with the right SHA-256 are skipped without a grant: pulling again is free.\n"

@@ -175,14 +175,15 @@ async def test_pull_resumes_skips_and_keeps_receipts(
     if mode == "proxy":
         assert resumed.headers["if-range"] == f'"{hashlib.sha256(big).hexdigest()}"'
 
-    # Receipts beside the data, one per grant, each verifiable with the published keys.
+    # Receipts beside the data, one per grant, each verifiable with the published keys, all in one index file.
+    assert sorted(p.name for p in (out / ".corpora").iterdir()) == ["receipts.json"]
     index = json.loads((out / ".corpora/receipts.json").read_text())
     downloads = index["downloads"]
     assert sorted(d["path"] for d in downloads) == sorted(DATA)
     assert all(d["completed_at"] and d["entitlement_id"] == m.entitlement_id for d in downloads)
     jwks = (await client.get("/.well-known/jwks.json")).json()["keys"]
     for d in downloads:
-        token = (out / ".corpora" / d["receipt"]).read_text().strip()
+        token = d["receipt"]
         key = next(k for k in jwks if k["kid"] == jwt.get_unverified_header(token)["kid"])
         claims = jwt.decode(token, jwt.PyJWK(key), algorithms=["EdDSA"])
         assert (claims["download_id"], claims["path"], claims["sha256"]) == (d["download_id"], d["path"], d["sha256"])
@@ -371,9 +372,7 @@ async def test_a_killed_pull_loses_no_grant(
     done.write_bytes(m.files["data/a.txt"])
     state.complete(str(items["data/a.txt"]["download_id"]), "data/a.txt", done, items["data/a.txt"]["sha256"])
     del state  # killed: nothing more is written
-    assert not (out / ".corpora/receipts").exists()  # the receipts are in the journal only
-
-    assert not (out / ".corpora/receipts.json").exists()
+    assert not (out / ".corpora/receipts.json").exists()  # the receipts are in the journal only
     after = pull_module.State(out, verifier)
     b = items["data/b.txt"]
     assert after.reusable(m.product, "1.0.0", "data/b.txt", b["sha256"], m.entitlement_id, "research") == str(
@@ -387,7 +386,7 @@ async def test_a_killed_pull_loses_no_grant(
     index = json.loads((out / ".corpora/receipts.json").read_text())
     assert sorted(d["path"] for d in index["downloads"]) == ["data/a.txt", "data/b.txt"]
     for entry in index["downloads"]:
-        kept = (out / ".corpora" / entry["receipt"]).read_text().strip()
+        kept = entry["receipt"]
         assert kept == items[entry["path"]]["receipt"]
         key = next(k for k in jwks["keys"] if k["kid"] == jwt.get_unverified_header(kept)["kid"])
         assert jwt.decode(kept, jwt.PyJWK(key), algorithms=["EdDSA"])["download_id"] == entry["download_id"]
