@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 import uuid
 from typing import Any
@@ -238,3 +239,36 @@ async def test_content_another_org_stores_is_uploaded_and_kept_once(
     assert "upload" not in again
     done = await _complete(client, first, first_slug, [{"file_id": again["file_id"]}])
     assert done.json()["items"][0]["status"] == "verified"
+
+
+async def test_a_direct_upload_is_verified_by_the_checksum_the_store_recorded_without_reading_it_back(
+    client: AsyncTestClient[Any], app: Litestar
+) -> None:
+    store = app.state.object_store
+    content = os.urandom(3000)
+    sha256 = hashlib.sha256(content).hexdigest()
+    key = blob_key(sha256)
+    url = await store.presigned_checked_put(key, sha256, 60)
+    async with httpx.AsyncClient(timeout=60) as s3:
+        put = await s3.put(url, content=content)
+    assert put.status_code == 200, put.text
+    trace = io.StringIO()
+    store.client.trace_on(trace)
+    try:
+        found = await store.version_digest(key, put.headers["x-amz-version-id"])
+    finally:
+        store.client.trace_off()
+    assert found is not None
+    assert found[:2] == (len(content), sha256)
+    requests = [line.split()[0] for line in trace.getvalue().splitlines() if line.endswith(" HTTP/1.1")]
+    assert requests == ["HEAD"], trace.getvalue()
+
+    # A version the store recorded no checksum for is read and hashed instead.
+    other = os.urandom(2000)
+    staged = staging_key(uuid.uuid4())
+    plain = store.client.put_object(store.bucket, staged, io.BytesIO(other), len(other))
+    found = await store.version_digest(staged, plain.version_id)
+    assert found is not None
+    assert found[:2] == (len(other), hashlib.sha256(other).hexdigest())
+    assert await store.version_digest(key, "0" * 32) is None
+    assert await store.version_digest(key, "not-a-version") is None
