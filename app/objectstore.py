@@ -10,7 +10,7 @@ import datetime as dt
 import hashlib
 import io
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from functools import partial
@@ -30,6 +30,8 @@ from app.settings import Settings
 T = TypeVar("T")
 
 MAX_PRESIGN_SECONDS = 3600
+STORE_CALLS = 16  # calls of one batch at once (the client keeps up to 32 connections)
+_NO_SUCH_VERSION = ("NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchVersion", "InvalidArgument", "BadRequest")
 
 
 class ObjectStoreUnavailable(Exception):
@@ -339,50 +341,54 @@ class ObjectStore:
         held: bool = await self._run(enable)
         return held
 
-    async def version_digest(self, key: str, version_id: str) -> tuple[int, str, dt.datetime] | None:
-        """(bytes, lower-case hex SHA-256, when it was written) of one version of the object as stored, or ``None``
-        when the key has no such version.
+    async def version_digests(self, versions: Sequence[tuple[str, str]]) -> list[tuple[int, str, dt.datetime] | None]:
+        """For each (key, version id), in order: (bytes, lower-case hex SHA-256, when it was written) of that version
+        of the object as stored, or ``None`` when the key has no such version.
 
         The SHA-256 is the one the store recorded when it checked the upload against the checksum signed into its
         URL (``checks_puts``), asked for with a HEAD; a store that records none has the version read and hashed.
-        Reading it back cost a 10 KiB upload's completion about as much of the store as a download."""
-        missing = ("NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchVersion", "InvalidArgument", "BadRequest")
+        Reading it back cost a 10 KiB upload's completion about as much of the store as a download. The lot goes
+        to one worker thread, ``STORE_CALLS`` calls at a time: a hand-over per version cost more of the event loop
+        than the call."""
+        if not versions:
+            return []
 
-        def digest() -> tuple[int, str, dt.datetime] | None:
-            try:
-                stat = self.client.stat_object(
-                    self.bucket, key, version_id=version_id, extra_headers={"x-amz-checksum-mode": "ENABLED"}
-                )
-            except S3Error as exc:
-                # A malformed version id is refused as a bad request: no such version either.
-                if exc.code in missing:
-                    return None
-                raise
-            recorded = (stat.metadata or {}).get("x-amz-checksum-sha256")
-            if recorded and stat.size is not None and stat.last_modified is not None:
-                return stat.size, base64.b64decode(recorded).hex(), stat.last_modified
-            return read()
+        def digests() -> list[tuple[int, str, dt.datetime] | None]:
+            with ThreadPoolExecutor(min(STORE_CALLS, len(versions)), thread_name_prefix="store") as pool:
+                return list(pool.map(lambda version: self._version_digest(*version), versions))
 
-        def read() -> tuple[int, str, dt.datetime] | None:
-            try:
-                response = self.client.get_object(self.bucket, key, version_id=version_id)
-            except S3Error as exc:
-                if exc.code in missing:
-                    return None
-                raise
-            hasher = hashlib.sha256()
-            size = 0
-            try:
-                for chunk in response.stream(1024 * 1024, decode_content=False):
-                    hasher.update(chunk)
-                    size += len(chunk)
-                modified = parsedate_to_datetime(response.headers["Last-Modified"])
-            finally:
-                response.close()
-                response.release_conn()
-            return size, hasher.hexdigest(), modified
+        return await self._run(digests)
 
-        return await self._run(digest)
+    def _version_digest(self, key: str, version_id: str) -> tuple[int, str, dt.datetime] | None:
+        try:
+            stat = self.client.stat_object(
+                self.bucket, key, version_id=version_id, extra_headers={"x-amz-checksum-mode": "ENABLED"}
+            )
+        except S3Error as exc:
+            # A malformed version id is refused as a bad request: no such version either.
+            if exc.code in _NO_SUCH_VERSION:
+                return None
+            raise
+        recorded = (stat.metadata or {}).get("x-amz-checksum-sha256")
+        if recorded and stat.size is not None and stat.last_modified is not None:
+            return stat.size, base64.b64decode(recorded).hex(), stat.last_modified
+        try:
+            response = self.client.get_object(self.bucket, key, version_id=version_id)
+        except S3Error as exc:
+            if exc.code in _NO_SUCH_VERSION:
+                return None
+            raise
+        hasher = hashlib.sha256()
+        size = 0
+        try:
+            for chunk in response.stream(1024 * 1024, decode_content=False):
+                hasher.update(chunk)
+                size += len(chunk)
+            modified = parsedate_to_datetime(response.headers["Last-Modified"])
+        finally:
+            response.close()
+            response.release_conn()
+        return size, hasher.hexdigest(), modified
 
     async def sha256_of(self, key: str, chunk_size: int = 4 * 1024 * 1024) -> tuple[int, str] | None:
         """Stream the object as stored (never content-decoded) and return (bytes read, lower-case hex SHA-256),

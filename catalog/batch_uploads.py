@@ -296,12 +296,15 @@ async def complete_batch(
         )
     )
     stored = await _stored_by_org(session, product.org_id, {(f.sha256, f.size) for _, f, v in todo if v is None})
+    named_versions = [(file, version_id) for _, file, version_id in todo if version_id is not None]
+    digests = await store.version_digests([(blob_key(file.sha256), version_id) for file, version_id in named_versions])
+    found_by_file = {file.id: found for (file, _), found in zip(named_versions, digests, strict=True)}
 
     async def check(entry: tuple[CompleteItem, VersionFile, str | None]) -> tuple[tuple[int, str] | None, bool]:
         """(size, sha256) of what was uploaded or None, and whether nothing was uploaded (stored content)."""
         _, file, version_id = entry
         if version_id is not None:
-            found = await store.version_digest(blob_key(file.sha256), version_id)
+            found = found_by_file[file.id]
             # Only a version written since the file was planned is its upload: naming an earlier one (another
             # organisation's, say) proves nothing about what this caller holds.
             if found is None or found[2] < file.created_at - CLOCK_SLACK:

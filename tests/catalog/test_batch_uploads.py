@@ -255,7 +255,7 @@ async def test_a_direct_upload_is_verified_by_the_checksum_the_store_recorded_wi
     trace = io.StringIO()
     store.client.trace_on(trace)
     try:
-        found = await store.version_digest(key, put.headers["x-amz-version-id"])
+        (found,) = await store.version_digests([(key, put.headers["x-amz-version-id"])])
     finally:
         store.client.trace_off()
     assert found is not None
@@ -267,8 +267,7 @@ async def test_a_direct_upload_is_verified_by_the_checksum_the_store_recorded_wi
     other = os.urandom(2000)
     staged = staging_key(uuid.uuid4())
     plain = store.client.put_object(store.bucket, staged, io.BytesIO(other), len(other))
-    found = await store.version_digest(staged, plain.version_id)
+    (found,) = await store.version_digests([(staged, plain.version_id)])
     assert found is not None
     assert found[:2] == (len(other), hashlib.sha256(other).hexdigest())
-    assert await store.version_digest(key, "0" * 32) is None
-    assert await store.version_digest(key, "not-a-version") is None
+    assert await store.version_digests([(key, "0" * 32), (key, "not-a-version")]) == [None, None]
