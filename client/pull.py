@@ -389,7 +389,8 @@ class State:
         if "grant" in change:
             entry = change["grant"]
             earlier = self.downloads.get(str(entry["download_id"]), {})
-            # The first receipt of a grant is the one kept: a refresh's adds nothing.
+            # The first receipt of a grant is kept: an entry of an index written before receipts moved into it names
+            # the receipt's file instead.
             receipt = earlier.get("receipt") or entry["receipt"]
             self.downloads[str(entry["download_id"])] = {**earlier, **entry, "receipt": receipt}
         else:

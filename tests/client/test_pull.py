@@ -348,8 +348,8 @@ async def test_a_killed_pull_loses_no_grant(
     shop: Market, client: AsyncTestClient[Any], db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     """Each grant (with its receipt) and completion reaches the disk when it happens: a process killed before the
-    run ends (no index, no receipt files written) leaves state from which the next run renews the open grant
-    instead of buying it again, and writes every receipt."""
+    run ends (no index written) leaves state from which the next run renews the open grant instead of buying it
+    again, and keeps every receipt."""
     m = shop
     body = {
         "entitlement_id": m.entitlement_id,
