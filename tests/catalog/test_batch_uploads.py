@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import io
@@ -271,3 +272,20 @@ async def test_a_direct_upload_is_verified_by_the_checksum_the_store_recorded_wi
     assert found is not None
     assert found[:2] == (len(other), hashlib.sha256(other).hexdigest())
     assert await store.version_digests([(key, "0" * 32), (key, "not-a-version")]) == [None, None]
+
+
+async def test_a_checked_put_with_a_checksum_header_of_other_bytes_is_refused(
+    client: AsyncTestClient[Any], app: Litestar
+) -> None:
+    """The completion trusts the SHA-256 the store recorded for a direct upload: no header the uploader adds may
+    make the store record (or check against) another checksum than the one signed into the URL."""
+    store = app.state.object_store
+    signed, other = os.urandom(500), os.urandom(500)
+    key = blob_key(hashlib.sha256(signed).hexdigest())
+    url = await store.presigned_checked_put(key, hashlib.sha256(signed).hexdigest(), 60)
+    forged = {"x-amz-checksum-sha256": base64.b64encode(hashlib.sha256(other).digest()).decode()}
+    async with httpx.AsyncClient(timeout=60) as s3:
+        for headers in (forged, {**forged, "x-amz-sdk-checksum-algorithm": "SHA256"}, {}):
+            put = await s3.put(url, content=other, headers=headers)
+            assert 400 <= put.status_code < 500, (headers, put.status_code, put.text)
+    assert await _versions(app, key) == []
