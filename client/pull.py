@@ -389,9 +389,9 @@ class State:
         if "grant" in change:
             entry = change["grant"]
             earlier = self.downloads.get(str(entry["download_id"]), {})
-            # The first receipt of a grant is kept: an entry of an index written before receipts moved into it names
-            # the receipt's file instead.
-            receipt = earlier.get("receipt") or entry["receipt"]
+            # The first receipt of a grant is kept. An older pull journaled the JWS beside the grant, whose "receipt"
+            # named the file it meant to write; its index's entries name files it wrote.
+            receipt = earlier.get("receipt") or change.get("jws") or entry["receipt"]
             self.downloads[str(entry["download_id"])] = {**earlier, **entry, "receipt": receipt}
         else:
             self.downloads[change["completed"]]["completed_at"] = change["at"]

@@ -390,3 +390,22 @@ async def test_a_killed_pull_loses_no_grant(
         assert kept == items[entry["path"]]["receipt"]
         key = next(k for k in jwks["keys"] if k["kid"] == jwt.get_unverified_header(kept)["kid"])
         assert jwt.decode(kept, jwt.PyJWK(key), algorithms=["EdDSA"])["download_id"] == entry["download_id"]
+
+
+def test_a_journal_of_an_older_pull_keeps_its_receipts_in_the_index(tmp_path: Path) -> None:
+    """An interrupted run of a pull that journaled each receipt beside its grant (to write a file per receipt at
+    the end) is folded into the index with the receipts themselves, not the names of files never written."""
+    state_dir = tmp_path / ".corpora"
+    state_dir.mkdir()
+    grant = {
+        "download_id": "d-1",
+        "path": "data/a.txt",
+        "granted_at": "2026-12-01T00:00:00+00:00",
+        "receipt": "receipts/d-1.jws",
+    }
+    (state_dir / "receipts.journal").write_text(json.dumps({"grant": grant, "jws": "header.payload.signature"}) + "\n")
+    state = pull_module.State(tmp_path, ReceiptVerifier(lambda: {"keys": []}))
+    with state.lock:
+        state.save()
+    index = json.loads((state_dir / "receipts.json").read_text())
+    assert [d["receipt"] for d in index["downloads"]] == ["header.payload.signature"]
