@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import itertools
 import re
 import sys
 from collections.abc import Iterator
@@ -114,13 +115,24 @@ def _overlaps(claimed: list[tuple[int, int]], start: int, end: int) -> bool:
     return at > 0 and claimed[at - 1][1] > start
 
 
-# Digits become "D", the separators a number may hold ( ().-) are deleted, newlines stay, everything else is "x":
-# any ID, card or phone without a leading "+" then shows as ten "D" in a row within one line.
-_DIGIT_MAP = bytes(ord("D") if 48 <= c <= 57 else 10 if c == 10 else ord("x") for c in range(256))
-_DIGIT_SEPARATORS = b" ().-"
-# A run of characters a number kind can consume, starting at a digit (a "+" or "(" may precede it).
-_NUMBER_RUN = re.compile(r"\d[\dXx ().+-]*")
-_LOCAL_PART_REVERSED = re.compile(r"[A-Za-z0-9._%+-]{0,65}")
+# The characters a number kind consumes (digits, X, spaces and ().+-), by code point below 128.
+_NUMBER_CHARS = np.array([chr(c) in "0123456789Xx ().+-" for c in range(128)])
+# The characters of an address's local part, by code point below 128.
+_LOCAL_CHARS = np.array([chr(c).isascii() and (chr(c).isalnum() or chr(c) in "._%+-") for c in range(128)])
+
+
+@cache
+def _wide_digit_codes() -> np.ndarray:
+    """The code points of the digits ``\\d`` matches beyond ASCII (fullwidth, Arabic-Indic, Devanagari...)."""
+    return np.array([c for c in range(128, sys.maxunicode + 1) if chr(c).isdecimal()], np.uint32)
+
+
+@cache
+def _wide_digit_table() -> np.ndarray:
+    """Whether each code point is a digit beyond ASCII."""
+    table = np.zeros(sys.maxunicode + 1, np.bool_)
+    table[_wide_digit_codes()] = True
+    return table
 
 
 @cache
@@ -130,20 +142,20 @@ def _wide_digits() -> tuple[bytes, np.ndarray]:
     four bytes."""
     leads = bytearray(256)
     keys = []
-    for code in range(128, sys.maxunicode + 1):
-        if chr(code).isdecimal():  # Unicode category Nd, what \\d matches in a str pattern
-            encoded = chr(code).encode()
-            leads[encoded[0]] = 1
-            keys.append(int.from_bytes(encoded.ljust(4, b"\0"), "big"))
+    for code in _wide_digit_codes().tolist():
+        encoded = chr(code).encode()
+        leads[encoded[0]] = 1
+        keys.append(int.from_bytes(encoded.ljust(4, b"\0"), "big"))
     return bytes(leads), np.array(sorted(keys), np.uint32)
 
 
 _KEEP_BYTES = np.array([0, 0, 0xFFFF0000, 0xFFFFFF00, 0xFFFFFFFF], np.uint32)  # by the length of the character
 
 
-def _wide_digit_positions(data: bytes) -> np.ndarray:
+def _wide_digit_positions(data: bytes, start: int) -> np.ndarray:
+    """Where digits of other scripts begin in ``data[start:]``."""
     leads, keys = _wide_digits()
-    at = np.flatnonzero(np.frombuffer(data.translate(leads), np.bool_))  # bytes.translate: one C pass
+    at = np.flatnonzero(np.frombuffer(data[start:].translate(leads), np.bool_)) + start  # translate: one C pass
     if not len(at):
         return at
     padded = np.frombuffer(data + b"\0\0\0", np.uint8)
@@ -159,6 +171,10 @@ def _wide_digit_positions(data: bytes) -> np.ndarray:
     return found
 
 
+# Digits become "D", the separators a number may hold ( ().-) are deleted, newlines stay, everything else is "x":
+# any ID, card or phone without a leading "+" then shows as ten "D" in a row within one line.
+_DIGIT_MAP = bytes(ord("D") if 48 <= c <= 57 else 10 if c == 10 else ord("x") for c in range(256))
+_DIGIT_SEPARATORS = b" ().-"
 _TEN_DIGITS = re.compile(b"D" * 10)
 
 
@@ -170,20 +186,28 @@ def count_into(texts: list[str], counts: dict[str, int]) -> None:
     """Count what ``findings`` finds in each of ``texts``, scanning only the lines that can hold a finding.
 
     No kind matches across a newline and each pattern treats a newline as it treats the end of the text, so the
-    findings of a text are those of its lines. Cheap byte-level tests over all texts at once pick the lines that
-    can hold each kind; only those run the patterns, and only those kinds, with the same claiming order."""
-    data = "\n".join(texts).encode("utf-8", "surrogatepass")
+    findings of a text are those of its lines, in any order. Cheap byte-level tests over all texts at once pick the
+    lines that can hold a finding; the patterns run over those lines only, each where it may match, with the same
+    claiming order."""
+    # ASCII texts first: joined apart from the others they stay one byte a character, so encoding them is a copy
+    # and the search for digits of other scripts skips them
+    ascii_texts = list(filter(str.isascii, texts))
+    data = "\n".join(ascii_texts).encode()
+    wide_from = None  # where the texts that are not ASCII start
+    if len(ascii_texts) < len(texts):
+        others = "\n".join(itertools.filterfalse(str.isascii, texts)).encode("utf-8", "surrogatepass")
+        data, wide_from = (b"\n".join([data, others]), len(data) + 1) if ascii_texts else (others, 0)
     raw = np.frombuffer(data, np.uint8)
     newlines = np.flatnonzero(raw == 10)
     email = _line_numbers(newlines, np.flatnonzero(raw == 64))
     numbers = _line_numbers(newlines, np.flatnonzero(raw == 43))  # "+": international phone numbers
     squeezed = data.translate(_DIGIT_MAP, _DIGIT_SEPARATORS)
-    runs = [match.start() for match in _TEN_DIGITS.finditer(squeezed)]  # a literal: searched, not tried
+    runs = list(map(re.Match.start, _TEN_DIGITS.finditer(squeezed)))  # a literal: searched, not tried
     if runs:
         squeezed_newlines = np.flatnonzero(np.frombuffer(squeezed, np.uint8) == 10)
         numbers |= _line_numbers(squeezed_newlines, np.array(runs))
-    if not data.isascii():  # digits of other scripts count too
-        numbers |= _line_numbers(newlines, _wide_digit_positions(data))
+    if wide_from is not None:  # digits of other scripts count too
+        numbers |= _line_numbers(newlines, _wide_digit_positions(data, wide_from))
     # An IPv4 address holds a dot before an ASCII digit, an IPv6 one two colons at most five bytes apart.
     dots = np.flatnonzero((raw[:-1] == 46) & (raw[1:] >= 48) & (raw[1:] <= 57))
     colons = np.flatnonzero(raw == 58)
@@ -191,64 +215,101 @@ def count_into(texts: list[str], counts: dict[str, int]) -> None:
     candidates = email | numbers | ip
     if not candidates:
         return
-    # only the candidate lines are cut out of the bytes and decoded, never the whole text split
-    lines = np.array(sorted(candidates))
+    # Only the candidate lines are cut out of the bytes and decoded, as one text with the IP lines first: no finding
+    # spans a line, so each pattern runs once over that text instead of once a line, and the IP one over its start.
     bounds = np.concatenate([[-1], newlines, [len(data)]])
-    for number, start, end in zip(
-        lines.tolist(), (bounds[lines] + 1).tolist(), bounds[lines + 1].tolist(), strict=True
-    ):
-        line = data[start:end].decode("utf-8", "surrogatepass")
-        _count_line(line, number in email, number in numbers, number in ip, counts)
+
+    def cut(picked: set[int]) -> str:
+        lines = np.array(sorted(picked))
+        slices = map(slice, (bounds[lines] + 1).tolist(), bounds[lines + 1].tolist())
+        return b"\n".join(map(data.__getitem__, slices)).decode("utf-8", "surrogatepass")
+
+    ip_text = cut(ip) if ip else ""
+    rest = candidates - ip
+    text = f"{ip_text}\n{cut(rest)}" if ip and rest else ip_text or cut(rest)
+    _count_text(text, len(ip_text), counts)
 
 
-# An ID or a card consumes only characters of the run (its context characters are never digits), so a shorter run
-# cannot hold one: 18 characters for an ID, 13 digits for a card.
-_SHORTEST_RUN = {"cn_resident_id": 18, "bank_card": 13}
+# The digits a run needs to hold an ID (17 and a check character) or a card.
+_FEWEST_DIGITS = {"cn_resident_id": 17, "bank_card": 13}
 
 
-def _count_line(line: str, email: bool, numbers: bool, ip: bool, counts: dict[str, int]) -> None:
-    """Count ``findings`` of one line, running only the kinds it may hold, each where it may match."""
-    claimed: list[tuple[int, int]] = []
-    if email:
-        # An address's local part is the whole run of its characters before the "@" (the pattern's lookbehind
-        # refuses to start inside such a run), so each "@" has one possible start: matched exactly there.
+def _count_text(text: str, ip_end: int, counts: dict[str, int]) -> None:
+    """Count ``findings`` of the lines of ``text``, the IP addresses only in ``text[:ip_end]``, running each
+    pattern only where it may match.
+
+    A number kind needs ten digits (separators left out) or a "+" in its line, which is what picked the line, so
+    the number kinds may run over every line picked: on a line picked for an "@" alone they find nothing."""
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
+    ascii_codes = np.minimum(codes, 127).astype(np.intp)  # 127 is in none of the tables; an index type: faster
+    claimed: list[tuple[int, int]] = []  # sorted spans of earlier kinds
+    # An address's local part is the whole run of its characters before the "@" (the pattern's lookbehind refuses
+    # to start inside such a run, and the run stops at a newline), so each "@" has one possible start: matched
+    # exactly there.
+    ats = np.flatnonzero(codes == 64)
+    if len(ats):
+        others = np.concatenate([[-1], np.flatnonzero(~_LOCAL_CHARS[ascii_codes])])  # each "@" among them
         end = 0
-        at = line.find("@")
-        while at != -1:
-            local = _LOCAL_PART_REVERSED.match(line[max(0, at - 65) : at][::-1])
-            start = at - (local.end() if local else 0)
-            if at - start <= 64 and start >= end and (address := _EMAIL.match(line, start)):
+        for at, start in zip(ats.tolist(), (others[np.searchsorted(others, ats) - 1] + 1).tolist(), strict=True):
+            if at - start <= 64 and start >= end and (address := _EMAIL.match(text, start)):
                 end = address.end()
                 claimed.append(address.span())
                 counts["email"] += 1
-            at = line.find("@", at + 1)
-    if numbers:
-        # Every number kind consumes only digits, X, spaces and ().+- and starts at most one character before
-        # a digit: scanned in each such run (one character of context either side) instead of the whole line.
-        windows = []
-        for run in _NUMBER_RUN.finditer(line):
-            start, end = run.span()
-            if end - start >= 10 or line[start - 1 : start] == "+" or "+" in run.group():
-                windows.append((max(0, start - 1), min(len(line), end + 1), end - start))
-        for kind, pattern in _PATTERNS[1:4]:
-            found = []
-            shortest = _SHORTEST_RUN.get(kind, 0)
-            for start, end, length in windows:
-                if length < shortest:
+    windows = _number_windows(codes, ascii_codes)
+    for kind, pattern in _PATTERNS[1:4]:
+        found = []
+        fewest = _FEWEST_DIGITS.get(kind, 0)
+        for start, end, digit_count in windows:
+            if digit_count < fewest:
+                continue
+            for match in pattern.finditer(text, start, end):
+                span = match.span()
+                if (claimed and _overlaps(claimed, *span)) or not _accept(kind, match.group()):
                     continue
-                for match in pattern.finditer(line, start, end):
-                    span = match.span()
-                    if (claimed and _overlaps(claimed, *span)) or not _accept(kind, match.group()):
-                        continue
-                    found.append(span)
-                    counts[kind] += 1
-            if found:
-                claimed = sorted(claimed + found)
-    if ip:
-        for match in _IP.finditer(line):
-            span = match.span()
-            if not (claimed and _overlaps(claimed, *span)) and _accept("ip_address", match.group()):
-                counts["ip_address"] += 1
+                found.append(span)
+                counts[kind] += 1
+        if found:
+            claimed = sorted(claimed + found)
+    for match in _IP.finditer(text, 0, ip_end):
+        span = match.span()
+        if not (claimed and _overlaps(claimed, *span)) and _accept("ip_address", match.group()):
+            counts["ip_address"] += 1
+
+
+def _number_windows(codes: np.ndarray, ascii_codes: np.ndarray) -> list[tuple[int, int, int]]:
+    """(start, end, digits) of the runs of a text a number finding may lie in, one character of context either
+    side (all a pattern looks at); ``codes``: the text's code points, ``ascii_codes``: those below 128, the others
+    127.
+
+    Every number kind consumes only digits, X, spaces and ().+-, so each finding lies in a run of them, and holds a
+    "+" or ten digits: other runs are left out. Found with array operations on the code points, not a pattern
+    tried at every character."""
+    digit = codes - np.uint32(48) <= 9  # unsigned: code points below "0" wrap past 9
+    member = _NUMBER_CHARS[ascii_codes]
+    beyond = np.flatnonzero(codes > 127)
+    if len(beyond):
+        digit[beyond] = member[beyond] = _wide_digit_table()[codes[beyond]]
+    edges = np.flatnonzero(np.diff(member, prepend=False, append=False))
+    starts, ends = edges[::2], edges[1::2]
+    # most runs are a space between words: those shorter than ten characters are left out unless they hold a "+"
+    keep = ends - starts >= 10
+    pluses = np.flatnonzero(codes == 43)
+    if len(pluses):
+        keep[np.searchsorted(starts, pluses, "right") - 1] = True  # every "+" is in a run
+    starts, ends = starts[keep], ends[keep]
+    digits = np.flatnonzero(digit)
+    digit_count = np.searchsorted(digits, ends) - np.searchsorted(digits, starts)
+    has_plus = np.searchsorted(pluses, ends) > np.searchsorted(pluses, starts)
+    keep = (digit_count >= 10) | (has_plus & (digit_count > 0))
+    starts, ends, digit_count = starts[keep], ends[keep], digit_count[keep]
+    return list(
+        zip(
+            np.maximum(starts - 1, 0).tolist(),
+            np.minimum(ends + 1, len(codes)).tolist(),
+            digit_count.tolist(),
+            strict=True,
+        )
+    )
 
 
 def mask(text: str) -> str:
