@@ -182,8 +182,9 @@ def _line_numbers(newlines: np.ndarray, positions: np.ndarray) -> set[int]:
     return set(np.searchsorted(newlines, positions).tolist())
 
 
-def count_into(texts: list[str], counts: dict[str, int]) -> None:
-    """Count what ``findings`` finds in each of ``texts``, scanning only the lines that can hold a finding.
+def count_into(texts: list[str], counts: dict[str, int]) -> int:
+    """Count what ``findings`` finds in each of ``texts``, scanning only the lines that can hold a finding; return
+    the characters the texts hold (the joins below know them).
 
     No kind matches across a newline and each pattern treats a newline as it treats the end of the text, so the
     findings of a text are those of its lines, in any order. Cheap byte-level tests over all texts at once pick the
@@ -193,9 +194,12 @@ def count_into(texts: list[str], counts: dict[str, int]) -> None:
     # and the search for digits of other scripts skips them
     ascii_texts = list(filter(str.isascii, texts))
     data = "\n".join(ascii_texts).encode()
+    chars = len(data) - max(0, len(ascii_texts) - 1)
     wide_from = None  # where the texts that are not ASCII start
     if len(ascii_texts) < len(texts):
-        others = "\n".join(itertools.filterfalse(str.isascii, texts)).encode("utf-8", "surrogatepass")
+        joined = "\n".join(itertools.filterfalse(str.isascii, texts))
+        chars += len(joined) - (len(texts) - len(ascii_texts) - 1)
+        others = joined.encode("utf-8", "surrogatepass")
         data, wide_from = (b"\n".join([data, others]), len(data) + 1) if ascii_texts else (others, 0)
     raw = np.frombuffer(data, np.uint8)
     newlines = np.flatnonzero(raw == 10)
@@ -214,7 +218,7 @@ def count_into(texts: list[str], counts: dict[str, int]) -> None:
     ip = _line_numbers(newlines, np.concatenate([dots, colons[1:][np.diff(colons) <= 5]]))
     candidates = email | numbers | ip
     if not candidates:
-        return
+        return chars
     # Only the candidate lines are cut out of the bytes and decoded, as one text with the IP lines first: no finding
     # spans a line, so each pattern runs once over that text instead of once a line, and the IP one over its start.
     bounds = np.concatenate([[-1], newlines, [len(data)]])
@@ -228,6 +232,7 @@ def count_into(texts: list[str], counts: dict[str, int]) -> None:
     rest = candidates - ip
     text = f"{ip_text}\n{cut(rest)}" if ip and rest else ip_text or cut(rest)
     _count_text(text, len(ip_text), counts)
+    return chars
 
 
 # The digits a run needs to hold an ID (17 and a check character) or a card.

@@ -349,8 +349,8 @@ class _Profile:
         if texts is None:
             texts = records if record_types.count(str) == len(records) else list(map(_record_text, records))
         # a record's text is its strings one a line, and no finding spans a line: the strings are scanned together
-        pii.count_into(texts, self.counts)
-        self.all_chars += sum(map(len, texts)) + max(0, len(texts) - len(records))  # the lines' newlines
+        chars = pii.count_into(texts, self.counts)
+        self.all_chars += chars + max(0, len(texts) - len(records))  # the lines' newlines
         first, end = self.records, self.records + len(records)
         exact_end = max(first, min(EXACT_TOKEN_RECORDS, end))
         strided = exact_end + (-exact_end) % TOKEN_STRIDE  # then every record whose position is a multiple
@@ -372,10 +372,10 @@ class _Columns:
     """Object records that all hold the same fields (the common case), seen column by column, so nothing takes a
     Python step per value."""
 
-    def __init__(self, names: list[str], columns: list[list[Any]]) -> None:
+    def __init__(self, names: list[str], columns: list[list[Any]], kinds: list[set[type]] | None = None) -> None:
         self.names = names
         self.columns = columns
-        self.kinds = [set(map(type, column)) for column in columns]
+        self.kinds = kinds if kinds is not None else [set(map(type, column)) for column in columns]
         self.nulls = [column.count(None) if _NONE in k else 0 for column, k in zip(columns, self.kinds, strict=True)]
 
     @classmethod
@@ -415,11 +415,12 @@ class _Shape:
 
     def __init__(self, names: list[str], types: list[Any]) -> None:
         self.names = names
+        self.types = types
         fields = [(f"f{position}", kind | None, None) for position, kind in enumerate(types)]  # absent: null
         rename = {f"f{position}": name for position, name in enumerate(names)}
         self.struct = msgspec.defstruct("Record", fields, rename=rename, forbid_unknown_fields=True, gc=False)
         self.getters = [attrgetter(f"f{position}") for position in range(len(names))]
-        self.decoder = msgspec.json.Decoder(list[self.struct])  # type: ignore[name-defined]
+        self.decoder = msgspec.json.Decoder(self.struct)
 
     @classmethod
     def learn(cls, columns: _Columns | None) -> _Shape | None:
@@ -441,17 +442,31 @@ class _Shape:
 
     def decode(self, lines: list[bytes]) -> list[Any] | None:
         """The lines as records of this shape, or None when one does not fit (or does not parse)."""
-        try:
-            records: list[Any] = self.decoder.decode(b"[" + b",".join(lines) + b"]")
-        except msgspec.DecodeError:  # ValidationError included
-            return None
-        return records
+        return _decode_lines(self.decoder, lines)
 
     def columns(self, records: list[Any]) -> _Columns:
-        return _Columns(self.names, [list(map(get, records)) for get in self.getters])
+        columns = [list(map(get, records)) for get in self.getters]
+        kinds = []
+        for column, declared in zip(columns, self.types, strict=True):
+            if isinstance(declared, type):  # the decoder gave exactly this type, or null: only nulls are counted
+                nulls = column.count(None)
+                kinds.append(({declared} if nulls < len(column) else set()) | ({_NONE} if nulls else set()))
+            else:  # Any, or int | float: read from the values
+                kinds.append(set(map(type, column)))
+        return _Columns(self.names, columns, kinds)
 
 
 _FLAT = frozenset((str, int, float, bool, _NONE))
+
+
+def _decode_lines(decoder: msgspec.json.Decoder[Any], lines: list[bytes]) -> list[Any] | None:
+    """The lines (none blank) decoded a value each, in one call; None when one does not parse, does not fit the
+    decoder's type or holds more than one value (the decoder splits values at any whitespace, not only at lines)."""
+    try:
+        values = decoder.decode_lines(b"\n".join(lines))
+    except msgspec.DecodeError:  # ValidationError included
+        return None
+    return values if len(values) == len(lines) else None
 
 
 class _Offsets:
@@ -509,9 +524,8 @@ def profile(source: IO[bytes], path: str, stored_bytes: int) -> FileProfile:
             if shape is not None and (shaped := shape.decode(kept)) is not None:
                 state.add(shaped, kept, fields=True, columns=shape.columns(shaped))
                 continue
-            try:
-                decoded = list(map(decoder.decode, kept))
-            except msgspec.DecodeError:
+            decoded = _decode_lines(decoder, kept)
+            if decoded is None:
                 decoded = [formats.decode(fmt, line) for line in kept]
             kinds = list(map(type, decoded))
             invalid += kinds.count(str)
