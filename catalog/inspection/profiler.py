@@ -20,7 +20,7 @@ from functools import cache
 from importlib.metadata import version as package_version
 from itertools import chain
 from operator import attrgetter
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -345,12 +345,14 @@ class _Profile:
             columns = _Columns.of(records)
         if fields:
             self.fields.add(records, columns)
-        texts = columns.leaves() if columns is not None else None
-        if texts is None:
+        leaves = columns.leaves() if columns is not None else None
+        if leaves is None:
             texts = records if record_types.count(str) == len(records) else list(map(_record_text, records))
+            leaves = _Leaves(texts, 0, 0)
         # a record's text is its strings one a line, and no finding spans a line: the strings are scanned together
-        chars = pii.count_into(texts, self.counts)
-        self.all_chars += chars + max(0, len(texts) - len(records))  # the lines' newlines
+        chars = pii.count_into(leaves.texts, self.counts) + leaves.small_chars
+        lines = len(leaves.texts) + leaves.small
+        self.all_chars += chars + max(0, lines - len(records))  # the lines' newlines
         first, end = self.records, self.records + len(records)
         exact_end = max(first, min(EXACT_TOKEN_RECORDS, end))
         strided = exact_end + (-exact_end) % TOKEN_STRIDE  # then every record whose position is a multiple
@@ -393,19 +395,51 @@ class _Columns:
         values = list(chain.from_iterable(map(dict.values, records)))
         return cls(names, [values[p :: len(names)] for p in range(len(names))])
 
-    def leaves(self) -> list[str] | None:
+    def leaves(self) -> _Leaves | None:
         """The strings and integers of the records (what ``_record_text`` takes), or None when a value nests."""
         strings: list[str] = []
+        small_chars = small = 0
         for column, kinds in zip(self.columns, self.kinds, strict=True):
             if kinds <= {str, _NONE}:
                 strings += filter(None, column)  # an empty string holds nothing either
             elif kinds <= {int, _NONE}:
-                strings += map(str, filter(None, column))  # nor does 0
+                texts, chars, count = _integer_texts(list(filter(None, column)))  # nor does 0
+                strings += texts
+                small_chars += chars
+                small += count
             elif not kinds <= _SKIPPED:
                 if not kinds <= _FLAT:
                     return None
                 strings += (v if type(v) is str else str(v) for v in column if type(v) is str or type(v) is int)
-        return strings
+        return _Leaves(strings, small_chars, small)
+
+
+class _Leaves(NamedTuple):
+    """The texts of the records' strings and integers that may hold personal data, and the characters and count of
+    the others (integers of fewer than ten digits: a number kind needs ten, or a "+")."""
+
+    texts: list[str]
+    small_chars: int
+    small: int
+
+
+_TEN_DIGIT_FLOOR = 10**9
+_POWERS_OF_TEN = np.array([10**k for k in range(10)], np.int64)
+
+
+def _integer_texts(values: list[int]) -> tuple[list[str], int, int]:
+    """The texts of the integers of ten digits or more, and the characters and count of the others' texts, which
+    are counted without being written: ``str`` of an integer costs more than scanning it."""
+    try:
+        numbers = np.fromiter(values, np.int64, len(values))
+    except OverflowError:  # beyond 64 bits: all written
+        return list(map(str, values)), 0, 0
+    small = (numbers > -_TEN_DIGIT_FLOOR) & (numbers < _TEN_DIGIT_FLOOR)
+    if not small.any():
+        return list(map(str, values)), 0, 0
+    kept = numbers[small]
+    chars = int(np.searchsorted(_POWERS_OF_TEN, np.abs(kept), "right").sum()) + int(np.count_nonzero(kept < 0))
+    return list(map(str, numbers[~small].tolist())), chars, len(kept)
 
 
 class _Shape:

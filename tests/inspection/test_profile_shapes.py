@@ -105,3 +105,12 @@ def test_records_of_a_changing_shape_count_as_read_one_by_one() -> None:
     assert truth["fields"]["score"][0] == "number"
     assert profile.pii == truth["pii"]
     assert all(truth["pii"][kind] > 0 for kind in ("email", "phone", "bank_card", "ip_address"))
+
+
+def test_the_characters_behind_the_token_estimate_are_those_of_the_records_texts() -> None:
+    """Integers of fewer than ten digits are counted without being scanned for personal data; the characters the
+    token estimate scales by stay those of the records' texts."""
+    records = [{"id": i * 7919 ** (i % 5), "text": f"t{i}", "n": -i} for i in range(1, 3000)]  # small and large
+    state = profiler._Profile()
+    state.add(records, [json.dumps(r).encode() for r in records], fields=True)
+    assert state.all_chars == sum(len(profiler._record_text(r)) for r in records)
