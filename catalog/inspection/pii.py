@@ -267,12 +267,13 @@ def _count_text(text: str, ip_end: int, counts: dict[str, int]) -> None:
         for start, end, digit_count in windows:
             if digit_count < fewest:
                 continue
-            for match in pattern.finditer(text, start, end):
+            match = pattern.search(text, start, end)  # search by search: a finditer costs more per window
+            while match is not None:
                 span = match.span()
-                if (claimed and _overlaps(claimed, *span)) or not _accept(kind, match.group()):
-                    continue
-                found.append(span)
-                counts[kind] += 1
+                if not (claimed and _overlaps(claimed, *span)) and _accept(kind, match.group()):
+                    found.append(span)
+                    counts[kind] += 1
+                match = pattern.search(text, span[1], end)
         if found:
             claimed = sorted(claimed + found)
     for match in _IP.finditer(text, 0, ip_end):
