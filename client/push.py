@@ -500,6 +500,7 @@ class Uploader:
         self.report = report
         self.stop = threading.Event()
         self.counter_lock = threading.Lock()
+        self.parallel = parallel
         self.transfers = concurrent.futures.ThreadPoolExecutor(parallel, thread_name_prefix="push-transfer")
         # urllib3 for the PUTs to the object store: less CPU per request than httpx (see client/pull.py), which
         # small files feel. No retries of its own: ``_put`` retries, renewing the URL.
@@ -600,6 +601,7 @@ class Uploader:
             put=self.put_whole,  # type: ignore[arg-type]
             discard=lambda file_id, path: self.api.delete_file(self.slug, self.version, file_id, path),
             transfers=self.transfers,
+            lanes=self.parallel,
             slug=self.slug,
             version=self.version,
             pending=self.pending,

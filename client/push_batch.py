@@ -49,6 +49,8 @@ class Call(Protocol):
 
 # (file, URL renewer, headers) → (ETag, object version id or None); raises on failure.
 Put = Callable[[File, Callable[[bool], str], dict[str, str]], tuple[str, str | None]]
+# (file, its plan item, URL renewer, headers)
+_Upload = tuple[File, dict[str, Any], Callable[[bool], str], dict[str, str]]
 
 
 class Batches:
@@ -61,6 +63,7 @@ class Batches:
         put: Put,
         discard: Callable[[str, str], None],
         transfers: concurrent.futures.Executor,
+        lanes: int,
         slug: str,
         version: str,
         pending: dict[str, dict[str, Any]],
@@ -75,6 +78,7 @@ class Batches:
         self.put = put
         self.discard = discard  # (file id, path): delete a pending file
         self.transfers = transfers
+        self.lanes = lanes  # the transfers that run at once
         self.base = f"/products/{quote(slug)}/versions/{quote(version)}"
         self.pending = pending
         self.count = count
@@ -121,7 +125,7 @@ class Batches:
                 self.line(f"discarding the earlier upload of {file.path}: its content has changed since")
                 self.discard(str(old["file_id"]), file.path)
         planned = self.plan(batch)
-        uploads: dict[concurrent.futures.Future[tuple[str, str | None]], tuple[File, dict[str, Any]]] = {}
+        uploads: list[_Upload] = []
         completing: list[tuple[File, dict[str, Any], str | None]] = []
         for file, item in zip(batch, planned, strict=True):
             status = item["status"]
@@ -132,29 +136,50 @@ class Batches:
             elif status == "stored":
                 self.fail(f"{file.path} changed while it was pushed; run push again once it no longer changes.")
             elif status == "upload":
-                renew = self._renewer(file, item)
-                uploads[self.transfers.submit(self.put, file, renew, dict(item["upload"]["headers"]))] = (file, item)
+                uploads.append((file, item, self._renewer(file, item), dict(item["upload"]["headers"])))
             else:
                 self._refuse(file, item.get("problem") or {})
-        for future in concurrent.futures.as_completed(uploads):
-            file, item = uploads[future]
+        # A task per lane, each PUTting its share of the batch in turn, rather than a task per file: a future per
+        # small file cost the client about as much as its PUT.
+        lanes = [uploads[lane :: self.lanes] for lane in range(min(self.lanes, len(uploads)))]
+        for done in concurrent.futures.as_completed([self.transfers.submit(self._put_each, lane) for lane in lanes]):
+            for (file, item, _, _), outcome in done.result():
+                if isinstance(outcome, Exception):
+                    self.fail(str(outcome) if str(outcome).startswith(file.path) else f"{file.path}: {outcome}")
+                    continue
+                self._completed(file, item, outcome, completing)
+        if completing:
+            self._complete(completing)
+
+    def _put_each(self, uploads: list[_Upload]) -> list[tuple[_Upload, str | Exception | None]]:
+        """PUT each upload in turn: (upload, the object version it created, or what went wrong)."""
+        outcomes: list[tuple[_Upload, str | Exception | None]] = []
+        for upload in uploads:
+            file, _, renew, headers = upload
             try:
-                _, version_id = future.result()
+                outcomes.append((upload, self.put(file, renew, headers)[1]))
             except Exception as error:
                 if self.stop.is_set():
                     raise
-                self.fail(str(error) if str(error).startswith(file.path) else f"{file.path}: {error}")
-                continue
-            if not file.unchanged():
-                self.fail(
-                    f"{file.path} changed while it was uploaded; nothing was completed. Run push again once it no "
-                    "longer changes."
-                )
-                continue
-            kind = item["upload"]["kind"]
-            completing.append((file, item, version_id if kind == "direct" else None))
-        if completing:
-            self._complete(completing)
+                outcomes.append((upload, error))
+        return outcomes
+
+    def _completed(
+        self,
+        file: File,
+        item: dict[str, Any],
+        version_id: str | None,
+        completing: list[tuple[File, dict[str, Any], str | None]],
+    ) -> None:
+        """Queue an uploaded file for completion, unless it changed while it was uploaded."""
+        if not file.unchanged():
+            self.fail(
+                f"{file.path} changed while it was uploaded; nothing was completed. Run push again once it no "
+                "longer changes."
+            )
+            return
+        kind = item["upload"]["kind"]
+        completing.append((file, item, version_id if kind == "direct" else None))
 
     def _renewer(self, file: File, item: dict[str, Any]) -> Callable[[bool], str]:
         """The URL of the item's upload, planned again when it is refused or about to expire."""
