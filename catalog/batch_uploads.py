@@ -28,8 +28,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TypeVar
 
-from sqlalchemy import delete, select, tuple_
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import String, any_, bindparam, delete, select, update
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -108,21 +108,30 @@ async def _each(items: Sequence[T], fn: Callable[[T], Awaitable[R]]) -> list[R]:
 
 
 async def _stored_by_org(session: AsyncSession, org_id: uuid.UUID, keys: set[tuple[str, int]]) -> set[tuple[str, int]]:
-    """Which (sha256, size) a verified file of the organisation's own versions has: never another org's."""
+    """Which (sha256, size) a verified file of the organisation's own versions has: never another org's.
+
+    The files with these digests are found first, by the digest's index, and only then checked for their
+    organisation: starting from the organisation's versions scanned every file of each, so a push slowed down
+    with every batch the version already held."""
     if not keys:
         return set()
-    rows = await session.execute(
-        select(VersionFile.sha256, VersionFile.size)
-        .join(ProductVersion, ProductVersion.id == VersionFile.version_id)
-        .join(Product, Product.id == ProductVersion.product_id)
+    candidates = (
+        select(VersionFile.version_id, VersionFile.sha256, VersionFile.size)
         .where(
-            Product.org_id == org_id,
+            VersionFile.sha256 == any_(bindparam("digests", sorted({sha for sha, _ in keys}), type_=ARRAY(String))),
             VersionFile.status == "verified",
-            tuple_(VersionFile.sha256, VersionFile.size).in_(list(keys)),
         )
+        .cte("candidates")
+        .prefix_with("MATERIALIZED")
+    )
+    rows = await session.execute(
+        select(candidates.c.sha256, candidates.c.size)
+        .join(ProductVersion, ProductVersion.id == candidates.c.version_id)
+        .join(Product, Product.id == ProductVersion.product_id)
+        .where(Product.org_id == org_id)
         .distinct()
     )
-    return {(sha, size) for sha, size in rows}
+    return {(sha, size) for sha, size in rows if (sha, size) in keys}
 
 
 def _checked(spec: FileSpec) -> ProblemError | None:
@@ -379,9 +388,14 @@ async def _record(
     verified: list[tuple[VersionFile, bool]],
     rejected: list[tuple[VersionFile, str]],
 ) -> None:
-    now = utcnow()
-    for file, _ in verified:
-        file.status, file.verified_at, file.upload_id = "verified", now, None
+    if verified:
+        # One statement for the batch (the files loaded in the session take the values too), not one a file.
+        await session.execute(
+            update(VersionFile)
+            .where(VersionFile.id.in_([file.id for file, _ in verified]))
+            .values(status="verified", verified_at=utcnow(), upload_id=None)
+            .execution_options(synchronize_session="evaluate")
+        )
     for file, _ in rejected:
         await session.delete(file)
     await session.flush()
