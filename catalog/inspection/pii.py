@@ -118,7 +118,7 @@ def _overlaps(claimed: list[tuple[int, int]], start: int, end: int) -> bool:
 # The characters a number kind consumes (digits, X, spaces and ().+-), by code point below 128.
 _NUMBER_CHARS = np.array([chr(c) in "0123456789Xx ().+-" for c in range(128)])
 # The characters of an address's local part, by code point below 128.
-_LOCAL_CHARS = np.array([chr(c).isascii() and (chr(c).isalnum() or chr(c) in "._%+-") for c in range(128)])
+_LOCAL_CHARS = np.array([chr(c).isalnum() or chr(c) in "._%+-" for c in range(128)])
 
 
 @cache
@@ -243,8 +243,9 @@ def _count_text(text: str, ip_end: int, counts: dict[str, int]) -> None:
     """Count ``findings`` of the lines of ``text``, the IP addresses only in ``text[:ip_end]``, running each
     pattern only where it may match.
 
-    A number kind needs ten digits (separators left out) or a "+" in its line, which is what picked the line, so
-    the number kinds may run over every line picked: on a line picked for an "@" alone they find nothing."""
+    A number kind needs ten digits (separators left out), a "+" or a digit of another script in its line, which
+    is what picked the line, so the number kinds may run over every line picked: on a line picked for an "@" or an
+    IP address alone they find nothing."""
     codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
     ascii_codes = np.minimum(codes, 127).astype(np.intp)  # 127 is in none of the tables; an index type: faster
     claimed: list[tuple[int, int]] = []  # sorted spans of earlier kinds
