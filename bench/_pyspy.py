@@ -14,10 +14,12 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-# The innermost frame of a thread that waits rather than works (event loop select, idle pool threads).
+# The innermost frame of a thread that waits rather than works (event loop select, idle pool threads, the access
+# log's writer: its own frame is innermost only in a C call, waiting for the next batch or in the write).
 IDLE_LEAF = re.compile(
     r"^(?:\S+\.)?(?:select|poll|wait|_worker|_wait_for_tstate_lock|get) \((?:[^()]*/)?(?:selectors|threading|queue|"
     r"concurrent/futures/thread|multiprocessing/\S+|asyncio/\S+|anyio/\S+)\.py"
+    r"|^AccessLog\._write_batches \((?:[^()]*/)?app/access_log\.py"
 )
 
 
