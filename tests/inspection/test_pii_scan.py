@@ -15,6 +15,7 @@ ATOMS = [
     "中",
     "，",  # noqa: RUF001 - fullwidth comma, shares its first UTF-8 bytes with fullwidth digits
     "é",
+    "\ud800",  # a lone surrogate: the scan encodes with surrogatepass and must count as the patterns do
     ".com",
     "@example.org",
     "::",
