@@ -374,11 +374,22 @@ class _Columns:
     """Object records that all hold the same fields (the common case), seen column by column, so nothing takes a
     Python step per value."""
 
-    def __init__(self, names: list[str], columns: list[list[Any]], kinds: list[set[type]] | None = None) -> None:
+    def __init__(
+        self,
+        names: list[str],
+        columns: list[list[Any]],
+        kinds: list[set[type]] | None = None,
+        nulls: list[int] | None = None,
+    ) -> None:
+        """``kinds`` and ``nulls``: each column's types and null count, when the caller knows them already."""
         self.names = names
         self.columns = columns
         self.kinds = kinds if kinds is not None else [set(map(type, column)) for column in columns]
-        self.nulls = [column.count(None) if _NONE in k else 0 for column, k in zip(columns, self.kinds, strict=True)]
+        self.nulls = (
+            nulls
+            if nulls is not None
+            else [column.count(None) if _NONE in k else 0 for column, k in zip(columns, self.kinds, strict=True)]
+        )
 
     @classmethod
     def of(cls, records: list[dict[str, Any]]) -> _Columns | None:
@@ -480,14 +491,15 @@ class _Shape:
 
     def columns(self, records: list[Any]) -> _Columns:
         columns = [list(map(get, records)) for get in self.getters]
-        kinds = []
+        kinds: list[set[type]] = []
+        nulls: list[int] = []
         for column, declared in zip(columns, self.types, strict=True):
+            nulls.append(column.count(None))
             if isinstance(declared, type):  # the decoder gave exactly this type, or null: only nulls are counted
-                nulls = column.count(None)
-                kinds.append(({declared} if nulls < len(column) else set()) | ({_NONE} if nulls else set()))
+                kinds.append(({declared} if nulls[-1] < len(column) else set()) | ({_NONE} if nulls[-1] else set()))
             else:  # Any, or int | float: read from the values
                 kinds.append(set(map(type, column)))
-        return _Columns(self.names, columns, kinds)
+        return _Columns(self.names, columns, kinds, nulls)
 
 
 _FLAT = frozenset((str, int, float, bool, _NONE))
