@@ -42,12 +42,26 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _ephemeral_ports() -> range:
+    """The ports the kernel hands to outgoing connections."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return range(32768, 61000)  # Linux's default
+    return range(low, high + 1)
+
+
 def free_port_pairs(count: int) -> list[int]:
-    """``count`` ports p where both p and p + 10000 are free on the loopback interface."""
+    """``count`` ports p where both p and p + 10000 are free on the loopback interface.
+
+    Both lie outside the ephemeral range when the kernel leaves room: a port is picked before its server binds
+    it, and an outgoing connection made meanwhile could take an ephemeral one."""
+    ephemeral = _ephemeral_ports()
+    candidates = [p for p in range(10000, 20000) if p not in ephemeral and p + GRPC_PORT_OFFSET not in ephemeral]
     rng = random.Random()  # noqa: S311 - picking ports, not secrets
     ports: list[int] = []
     while len(ports) < count:
-        port = rng.randrange(20000, 30000)
+        port = rng.choice(candidates) if candidates else rng.randrange(20000, 30000)
         if port in ports or not (_port_free(port) and _port_free(port + GRPC_PORT_OFFSET)):
             continue
         ports.append(port)

@@ -122,11 +122,20 @@ def http_ok(url: str, timeout: float = 2) -> bool:
         return False
 
 
+def log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def wait_for(what: str, check: Any, timeout: float = 120, procs: list[Proc] | None = None) -> None:
+    """Wait until ``check()`` holds; fail at once, with the end of its log, when one of ``procs`` has exited."""
     deadline = time.monotonic() + timeout
     while not check():
-        if dead := [p.name for p in procs or [] if p.popen is not None and p.popen.poll() is not None]:
-            raise RuntimeError(f"{what}: {', '.join(dead)} exited; see its log")
+        if dead := [p for p in procs or [] if p.popen is not None and p.popen.poll() is not None]:
+            ends = "\n".join(f"--- the end of {p.logfile}:\n{log_tail(p.logfile)}" for p in dead)
+            raise RuntimeError(f"{what}: {', '.join(p.name for p in dead)} exited\n{ends}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what}: not ready within {timeout:.0f}s")
         time.sleep(0.3)
@@ -177,7 +186,7 @@ class Topology:
                 self.root / "etcd.log",
             )
         )
-        wait_for("etcd", lambda: http_ok(f"http://127.0.0.1:{self.etcd_port}/health"))
+        wait_for("etcd", lambda: http_ok(f"http://127.0.0.1:{self.etcd_port}/health"), procs=self.procs)
         self.make_server_bin_dir()
         for index in range(2):
             data = self.root / f"pg{index}"
@@ -315,7 +324,11 @@ class Topology:
                 self.root / "master.log",
             )
         )
-        wait_for("the SeaweedFS master", lambda: http_ok(f"http://127.0.0.1:{self.master_port}/cluster/status"))
+        wait_for(
+            "the SeaweedFS master",
+            lambda: http_ok(f"http://127.0.0.1:{self.master_port}/cluster/status"),
+            procs=self.procs,
+        )
         for index, port in enumerate(self.volume_ports):
             (self.root / f"volume{index}").mkdir()
             self.volumes.append(
@@ -354,7 +367,7 @@ class Topology:
                 cwd=self.root / "filer",
             )
         )
-        wait_for("the SeaweedFS filer", lambda: http_ok(f"http://127.0.0.1:{self.filer_port}/"))
+        wait_for("the SeaweedFS filer", lambda: http_ok(f"http://127.0.0.1:{self.filer_port}/"), procs=self.procs)
         identities = {
             "identities": [
                 {
@@ -381,7 +394,7 @@ class Topology:
                 self.root / "s3.log",
             )
         )
-        wait_for("the S3 gateway", lambda: http_ok(f"http://127.0.0.1:{self.s3_port}/"))
+        wait_for("the S3 gateway", lambda: http_ok(f"http://127.0.0.1:{self.s3_port}/"), procs=self.procs)
 
     # --- the service ---------------------------------------------------------------------------------------
 
@@ -435,7 +448,12 @@ class Topology:
             )
         )
         for port in self.api_ports:
-            wait_for(f"the API on {port}", lambda port=port: http_ok(f"http://127.0.0.1:{port}/readyz"), timeout=180)
+            wait_for(
+                f"the API on {port}",
+                lambda port=port: http_ok(f"http://127.0.0.1:{port}/readyz"),
+                timeout=180,
+                procs=self.procs,
+            )
 
     def api_urls(self) -> list[str]:
         return [f"http://127.0.0.1:{port}" for port in self.api_ports]
