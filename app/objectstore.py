@@ -25,6 +25,7 @@ from minio.datatypes import Part
 from minio.error import S3Error
 from minio.retention import Retention
 
+from app.presign import UrlSigner
 from app.settings import Settings
 
 T = TypeVar("T")
@@ -81,6 +82,14 @@ class ObjectStore:
         self.stream_timeout = settings.s3_stream_timeout_seconds
         # Readiness checks must answer quickly: a store that accepts connections but never replies is down.
         self.probe_client = client(urllib3.Timeout(connect=1, read=1), False, 2)
+        self.urls = UrlSigner(
+            endpoint,
+            secure=secure,
+            bucket=self.bucket,
+            region=settings.s3_region,
+            access_key=settings.s3_access_key,
+            secret_key=settings.s3_secret_key,
+        )
         self._checked_puts: bool | None = None
 
     async def _run(self, fn: Callable[[], T], *, abandon_on_cancel: bool = False) -> T:
@@ -178,31 +187,18 @@ class ObjectStore:
 
     async def presigned_get(self, key: str, seconds: int, *, content_disposition: str | None = None) -> str:
         """A GET URL valid for ``seconds`` (at most an hour); the store answers it with ``content_disposition``."""
-        seconds = min(seconds, MAX_PRESIGN_SECONDS)
-        headers: dict[str, str | list[str] | tuple[str]] | None = None
-        if content_disposition is not None:
-            headers = {"response-content-disposition": content_disposition}
-        return self.client.presigned_get_object(
-            self.bucket, key, expires=dt.timedelta(seconds=seconds), response_headers=headers
-        )
+        params = [("response-content-disposition", content_disposition)] if content_disposition is not None else []
+        return self.urls.url("GET", key, min(seconds, MAX_PRESIGN_SECONDS), params)
 
     async def presigned_put(self, key: str, seconds: int) -> str:
-        return self.client.presigned_put_object(
-            self.bucket, key, expires=dt.timedelta(seconds=min(seconds, MAX_PRESIGN_SECONDS))
-        )
+        return self.urls.url("PUT", key, min(seconds, MAX_PRESIGN_SECONDS))
 
     # --- uploads ------------------------------------------------------------------------------------------
 
     def _checked_put_url(self, key: str, sha256: str, seconds: int) -> str:
         # Signed into the URL's query: the uploader can neither drop nor change it.
         checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
-        return self.client.get_presigned_url(
-            "PUT",
-            self.bucket,
-            key,
-            expires=dt.timedelta(seconds=min(seconds, MAX_PRESIGN_SECONDS)),
-            extra_query_params={"x-amz-checksum-sha256": checksum},
-        )
+        return self.urls.url("PUT", key, min(seconds, MAX_PRESIGN_SECONDS), [("x-amz-checksum-sha256", checksum)])
 
     async def presigned_checked_put(self, key: str, sha256: str, seconds: int) -> str:
         """A PUT URL whose body the store refuses unless it hashes to ``sha256`` (see ``checks_puts``)."""
@@ -251,13 +247,8 @@ class ObjectStore:
         )
 
     async def presigned_part(self, key: str, upload_id: str, part_number: int, seconds: int) -> str:
-        return self.client.get_presigned_url(
-            "PUT",
-            self.bucket,
-            key,
-            expires=dt.timedelta(seconds=min(seconds, MAX_PRESIGN_SECONDS)),
-            extra_query_params={"partNumber": str(part_number), "uploadId": upload_id},
-        )
+        params = [("partNumber", str(part_number)), ("uploadId", upload_id)]
+        return self.urls.url("PUT", key, min(seconds, MAX_PRESIGN_SECONDS), params)
 
     async def uploaded_parts(self, key: str, upload_id: str) -> list[tuple[int, str, int]]:
         """(part number, ETag, size) of the parts already uploaded."""
