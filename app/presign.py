@@ -60,24 +60,29 @@ class UrlSigner:
         seconds: int,
         params: Sequence[tuple[str, str]] = (),
         *,
+        headers: Sequence[tuple[str, str]] = (),
         now: dt.datetime | None = None,
     ) -> str:
         """A URL for ``method`` on the object ``key``, valid for ``seconds`` from ``now``, with ``params`` in its
-        query (signed: the holder can neither drop nor change them)."""
+        query (signed: the holder can neither drop nor change them). A request to it must send ``headers`` (lower
+        case names), which are signed too: a store refuses ``x-amz-*`` headers that are not."""
         stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
         day = stamp[:8]
         scope = f"{day}/{self._region}/s3/aws4_request"
+        signed_headers = sorted([("host", self._host), *headers])
+        signed = ";".join(name for name, _ in signed_headers)
         fields = [
             ("X-Amz-Algorithm", ALGORITHM),
             ("X-Amz-Credential", _encode(f"{self._access_key}/{scope}")),
             ("X-Amz-Date", stamp),
             ("X-Amz-Expires", str(seconds)),
-            ("X-Amz-SignedHeaders", "host"),
+            ("X-Amz-SignedHeaders", _encode(signed)),
             *((_encode(name), _encode(value)) for name, value in params),
         ]
         query = "&".join(f"{name}={value}" for name, value in sorted(fields))  # by name, then value
         path = self._prefix + _encode(key, safe="/-_.~")
-        canonical = f"{method}\n{path}\n{query}\nhost:{self._host}\n\nhost\n{UNSIGNED_PAYLOAD}"
+        canonical_headers = "".join(f"{name}:{value.strip()}\n" for name, value in signed_headers)
+        canonical = f"{method}\n{path}\n{query}\n{canonical_headers}\n{signed}\n{UNSIGNED_PAYLOAD}"
         digest = hashlib.sha256(canonical.encode()).hexdigest()
         signature = hmac.new(self._key_for(day), f"{ALGORITHM}\n{stamp}\n{scope}\n{digest}".encode(), "sha256")
         return f"{self._origin}{path}?{query}&X-Amz-Signature={signature.hexdigest()}"
