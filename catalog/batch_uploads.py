@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, TypeVar
 
-from sqlalchemy import String, Uuid, any_, bindparam, delete, func, select, update
+from sqlalchemy import BigInteger, String, Uuid, any_, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -141,6 +141,20 @@ def _listed(name: str, values: Sequence[Any], kind: type[TypeEngine[Any]]) -> Ta
     compare with ``IN``. With hundreds of values, a version that grew faster than the table's statistics got a plan
     that scanned all its files and compared each with every value: a push slowed down with every batch."""
     return func.unnest(bindparam(f"{name}s", list(values), type_=ARRAY(kind))).table_valued(name).render_derived()
+
+
+# One statement over two arrays, compiled once: a VALUES row per blob was compiled anew for every batch size.
+_BLOB_ROWS = (
+    func.unnest(bindparam("sha256s", type_=ARRAY(String)), bindparam("sizes", type_=ARRAY(BigInteger)))
+    .table_valued("sha256", "size")
+    .render_derived()
+)
+_NEW_BLOBS = (
+    insert(Blob)
+    .from_select([Blob.sha256, Blob.size], select(_BLOB_ROWS.c.sha256, _BLOB_ROWS.c.size))
+    .on_conflict_do_nothing(index_elements=[Blob.sha256])
+    .returning(Blob.sha256)
+)
 
 
 def _checked(spec: FileSpec) -> ProblemError | None:
@@ -310,14 +324,12 @@ async def complete_batch(
     require_draft(row)
     # Blob rows first: a janitor sweeping an orphan blob object holds its row while it deletes, so a read after
     # this insert sees what stays.
-    new_blobs = set(
-        await session.scalars(
-            insert(Blob)
-            .values([{"sha256": sha, "size": size} for sha, size in sorted({(f.sha256, f.size) for _, f, _ in todo})])
-            .on_conflict_do_nothing(index_elements=[Blob.sha256])
-            .returning(Blob.sha256)
-        )
+    contents = sorted({(f.sha256, f.size) for _, f, _ in todo})
+    # On the session's connection: the ORM would take a dict of parameters to an insert for a row.
+    inserted = await (await session.connection()).execute(
+        _NEW_BLOBS, {"sha256s": [sha for sha, _ in contents], "sizes": [size for _, size in contents]}
     )
+    new_blobs = set(inserted.scalars())
     stored = await _stored_by_org(session, product.org_id, {(f.sha256, f.size) for _, f, v in todo if v is None})
     named_versions = [(file, version_id) for _, file, version_id in todo if version_id is not None]
     digests = await store.version_digests([(blob_key(file.sha256), version_id) for file, version_id in named_versions])
