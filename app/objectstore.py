@@ -84,10 +84,9 @@ class ObjectStore:
         self.probe_client = client(
             urllib3.PoolManager(timeout=urllib3.Timeout(connect=1, read=1), maxsize=2, retries=False)
         )
-        self.urls = UrlSigner(
-            endpoint,
-            secure=secure,
-            bucket=self.bucket,
+        self.urls = UrlSigner.like(
+            self.client,
+            self.bucket,
             region=settings.s3_region,
             access_key=settings.s3_access_key,
             secret_key=settings.s3_secret_key,

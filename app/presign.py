@@ -14,12 +14,11 @@ import hmac
 from collections.abc import Sequence
 from urllib.parse import quote, urlsplit
 
+from minio import Minio
+
 ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-# Hosts the SDK addresses a bucket on as a subdomain (virtual-host style); every other host gets the bucket in
-# the path.
-_VIRTUAL_HOST_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn", "aliyuncs.com")
+_PROBE_KEY = "k"
 
 
 def _encode(value: str, safe: str = "-_.~") -> str:
@@ -28,22 +27,27 @@ def _encode(value: str, safe: str = "-_.~") -> str:
 
 
 class UrlSigner:
-    """Signs URLs for the objects of one bucket with one access key."""
+    """Signs URLs for the objects of one bucket, addressed at ``bucket_url`` (``scheme://host[:port]/path/``, the
+    path ending where object keys start), with one access key."""
 
-    def __init__(self, endpoint: str, *, secure: bool, bucket: str, region: str, access_key: str, secret_key: str):
-        scheme = "https" if secure else "http"
-        parts = urlsplit(f"{scheme}://{endpoint}")
-        host = parts.netloc if parts.port not in (None, _DEFAULT_PORTS[scheme]) else parts.hostname or ""
-        if host.endswith(_VIRTUAL_HOST_SUFFIXES):
-            self._host, self._prefix = f"{bucket}.{host}", "/"
-        else:
-            self._host, self._prefix = host, f"/{_encode(bucket)}/"
-        self._origin = f"{scheme}://{self._host}"
+    def __init__(self, bucket_url: str, *, region: str, access_key: str, secret_key: str) -> None:
+        parts = urlsplit(bucket_url)
+        self._host = parts.netloc
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._prefix = parts.path
         self._region = region
         self._access_key = access_key
         self._secret_key = secret_key
         self._day = ""
         self._signing_key = b""
+
+    @classmethod
+    def like(cls, sdk: Minio, bucket: str, *, region: str, access_key: str, secret_key: str) -> UrlSigner:
+        """A signer addressing ``bucket`` where the SDK does (the bucket in the path, or as the host's subdomain
+        for the stores that want it), learnt from one URL the SDK presigns."""
+        sample = urlsplit(sdk.get_presigned_url("GET", bucket, _PROBE_KEY, expires=dt.timedelta(seconds=1)))
+        bucket_url = f"{sample.scheme}://{sample.netloc}{sample.path.removesuffix(_PROBE_KEY)}"
+        return cls(bucket_url, region=region, access_key=access_key, secret_key=secret_key)
 
     def _key_for(self, day: str) -> bytes:
         if day != self._day:
