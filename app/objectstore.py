@@ -352,7 +352,7 @@ class ObjectStore:
         return await self._run(digests)
 
     def _version_digest(self, key: str, version_id: str) -> tuple[int, str, dt.datetime] | None:
-        # A presigned HEAD through the client's connections: the SDK's stat_object cost the API twice the CPU.
+        # A presigned HEAD through the store's connections: the SDK's stat_object signs each request anew.
         mode = ("x-amz-checksum-mode", "ENABLED")
         url = self.urls.url("HEAD", key, 60, [("versionId", version_id)], headers=[mode])
         head = self.http.request("HEAD", url, headers=dict([mode]))

@@ -2,7 +2,7 @@
 
 An upload plan signs a URL per file and a download grant one per file; the SDK spends about 100 µs on each
 (building and re-parsing the URL, formatting dates, deriving the signing key anew). Here the day's signing key is
-kept and the URL is assembled from fixed parts: about a fifth of that, and the same URL up to the order of its
+kept and the URL is assembled from fixed parts: about a quarter of that, and the same URL up to the order of its
 query parameters (``tests/app/test_presign.py`` checks it against the SDK's).
 """
 

@@ -494,9 +494,10 @@ class _Shape:
         kinds: list[set[type]] = []
         nulls: list[int] = []
         for column, declared in zip(columns, self.types, strict=True):
-            nulls.append(column.count(None))
+            missing = column.count(None)
+            nulls.append(missing)
             if isinstance(declared, type):  # the decoder gave exactly this type, or null: only nulls are counted
-                kinds.append(({declared} if nulls[-1] < len(column) else set()) | ({_NONE} if nulls[-1] else set()))
+                kinds.append(({declared} if missing < len(column) else set()) | ({_NONE} if missing else set()))
             else:  # Any, or int | float: read from the values
                 kinds.append(set(map(type, column)))
         return _Columns(self.names, columns, kinds, nulls)
