@@ -22,8 +22,10 @@ from litestar.types import ControllerRouterHandler, Receive, Scope, Send, TypeEn
 from litestar.utils.helpers import get_enum_string_value
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.auth.guards import requires
-from app.deps import BEARER, Audit, Caller, Session
+from app.audit.service import AuditContext
+from app.auth.guards import provide_audit_context, provide_principal, requires
+from app.auth.principal import Principal
+from app.deps import BEARER, Caller, Session
 from app.errors import ProblemError, invalid
 from app.handlers import get, head, post
 from app.metrics import BYTES_SERVED, GRANTS, REFRESHES, REFUSALS
@@ -172,11 +174,18 @@ def _out(grant: grants.Grant) -> DownloadOut:
 GRANTS_IN_FLIGHT = 4
 
 
+def _caller(request: Request[Any, Any, Any]) -> tuple[Principal, AuditContext]:
+    """The caller and its audit context, as their dependency functions make them. The routes that grant take them
+    from here and declare only the session: Litestar resolves a handler's independent dependencies concurrently,
+    in a task group, which cost a grant about 200 µs of CPU (a tenth of it) for two values read off the scope."""
+    return provide_principal(request), provide_audit_context(request)
+
+
 async def _grant(
     request: Request[Any, Any, Any],
     session: AsyncSession,
-    audit_context: Any,
-    principal: Any,
+    audit_context: AuditContext,
+    principal: Principal,
     state: State,
     *,
     entitlement_id: uuid.UUID,
@@ -218,8 +227,8 @@ async def _grant(
 async def _refresh(
     request: Request[Any, Any, Any],
     session: AsyncSession,
-    audit_context: Any,
-    principal: Any,
+    audit_context: AuditContext,
+    principal: Principal,
     state: State,
     download_ids: list[uuid.UUID],
 ) -> list[grants.Grant]:
@@ -250,8 +259,6 @@ async def _refresh(
 async def create_download(
     request: Request[Any, Any, Any],
     session: Session,
-    audit_context: Audit,
-    principal: Caller,
     state: State,
     data: JSONBody[DownloadIn],
 ) -> DownloadOut:
@@ -259,6 +266,7 @@ async def create_download(
     ``quota-exceeded`` and what remains, charging nothing); 403 when the entitlement is revoked, suspended or
     expired, the purpose is not among its purposes, or the version is withdrawn or not covered. The answer
     carries a signed ``receipt`` (Ed25519 JWS, keys at ``/.well-known/jwks.json``)."""
+    principal, audit_context = _caller(request)
     granted = await _grant(
         request,
         session,
@@ -287,8 +295,6 @@ async def create_download(
 async def create_manifest(
     request: Request[Any, Any, Any],
     session: Session,
-    audit_context: Audit,
-    principal: Caller,
     state: State,
     data: JSONBody[ManifestIn],
 ) -> ManifestOut:
@@ -296,6 +302,7 @@ async def create_manifest(
     digest. Refresh them as a set with ``POST /downloads/refresh``. ``include`` selects files by globs;
     ``paths`` (up to 1,000, instead of ``include``) names them exactly: a path the version lacks is 404. Either
     way, files withdrawn by an upheld takedown are left out (451 when nothing else is left)."""
+    principal, audit_context = _caller(request)
     if data.paths is not None and data.include != ["*"]:
         raise invalid("paths", "give paths or include, not both")
     granted = await _grant(
@@ -328,11 +335,10 @@ async def create_manifest(
 async def refresh_downloads(
     request: Request[Any, Any, Any],
     session: Session,
-    audit_context: Audit,
-    principal: Caller,
     state: State,
     data: JSONBody[RefreshIn],
 ) -> DownloadList:
+    principal, audit_context = _caller(request)
     refreshed = await _refresh(request, session, audit_context, principal, state, data.download_ids)
     return DownloadList([_out(g) for g in refreshed])
 
@@ -349,11 +355,10 @@ async def refresh_downloads(
 async def refresh_download(
     request: Request[Any, Any, Any],
     session: Session,
-    audit_context: Audit,
-    principal: Caller,
     state: State,
     download_id: FromPath[uuid.UUID],
 ) -> DownloadOut:
+    principal, audit_context = _caller(request)
     refreshed = await _refresh(request, session, audit_context, principal, state, [download_id])
     return _out(refreshed[0])
 
@@ -472,8 +477,6 @@ async def download_content_head(
 async def file_redirect(
     request: Request[Any, Any, Any],
     session: Session,
-    audit_context: Audit,
-    principal: Caller,
     state: State,
     slug: FromPath[str],
     version: FromPath[str],
@@ -484,6 +487,7 @@ async def file_redirect(
     """Grants the download (charged like ``POST /downloads``) and answers 307 to its URL. A request with a
     ``Range`` header resumes a transfer (``curl -L -C -``): it refreshes the caller's grant of this file, if one
     is still in its window, and charges nothing new."""
+    principal, audit_context = _caller(request)
     path = path.lstrip("/")
     resumed = None
     if "range" in request.headers:
