@@ -21,6 +21,7 @@ from app.access_log import access_log
 from app.accounts import routes as accounts_routes
 from app.accounts.me_cache import MeCache
 from app.accounts.passwords import PASSWORD_HASHES_WAITING, HashingGate
+from app.admission import OldestFirst
 from app.audit import routes as audit_routes
 from app.audit.checkpoints import run_checkpointer
 from app.audit.sequencer import run_sequencer
@@ -169,7 +170,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
                 "object_store": store,
                 "me_cache": me_cache,
                 "charge_turn": asyncio.Lock(),  # see licensing.downloads.grants.grant
-                "grant_slots": asyncio.Semaphore(downloads_routes.GRANTS_IN_FLIGHT),
+                "grant_slots": OldestFirst(downloads_routes.GRANTS_IN_FLIGHT),
                 "password_gate": HashingGate(
                     settings.password_hash_concurrency, PASSWORD_HASHES_WAITING * settings.password_hash_concurrency
                 ),

@@ -19,6 +19,7 @@ from litestar.types import ASGIApp, HTTPResponseStartEvent, Message, Receive, Sc
 from prometheus_client import Counter, Gauge, Histogram, values
 
 from app.access_log import access_log
+from app.admission import ARRIVED_AT
 from app.auth.middleware import REQUEST_ID_HEADER
 from app.errors import answered_status
 
@@ -82,6 +83,7 @@ class RequestMetrics:
             await send(message)
 
         started = time.perf_counter()
+        scope.setdefault("state", {})[ARRIVED_AT] = started  # admission by arrival (app/admission.py)
         in_progress.inc()
         try:
             await self.app(scope, receive, send_noting_status)

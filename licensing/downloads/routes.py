@@ -22,6 +22,7 @@ from litestar.types import ControllerRouterHandler, Receive, Scope, Send, TypeEn
 from litestar.utils.helpers import get_enum_string_value
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.admission import arrived_at
 from app.audit.service import AuditContext
 from app.auth.guards import provide_audit_context, provide_principal, requires
 from app.auth.principal import Principal
@@ -170,7 +171,7 @@ def _out(grant: grants.Grant) -> DownloadOut:
 # A grant is CPU work in this process around a few round trips (and grants under one entitlement commit one at a
 # time, see licensing.downloads.grants.grant), so a process gains nothing from working on more than a few at once;
 # the rest wait here, costing nothing, rather than in the event loop's queue, where every one of them would delay
-# the commits that the others are waiting for.
+# the commits that the others are waiting for. They are let in by arrival (app/admission.py).
 GRANTS_IN_FLIGHT = 4
 
 
@@ -198,7 +199,7 @@ async def _grant(
 ) -> list[grants.Grant]:
     settings: Settings = state.settings
     try:
-        async with state.grant_slots:
+        async with state.grant_slots.slot(arrived_at(request.scope)):
             granted = await grants.grant(
                 session,
                 audit_context,
