@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
+import asyncpg
 from litestar.datastructures import State
 from sqlalchemy import DateTime, MetaData, func
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -154,3 +158,37 @@ def sql_in(column: str, values: tuple[str, ...]) -> str:
 
 def sql_subset(column: str, values: tuple[str, ...]) -> str:
     return f"{column} <@ ARRAY[{', '.join(repr(v) for v in values)}]::text[]"
+
+
+_ASYNCPG = make_url("postgresql+asyncpg://").get_dialect()()
+
+
+class DriverStatement:
+    """A statement compiled once to asyncpg's SQL (``$1``, ``$2``, …), with the order of its parameters and the
+    values of those it binds itself. For the hottest statements only, where SQLAlchemy's execution costs more
+    CPU than the driver's (a grant's two: 100 to 200 µs each on top of the driver's 150 to 200): run it with
+    ``connection.exec_driver_sql(s.sql, s.args(params))`` or on ``driver_connection(session)``."""
+
+    def __init__(self, statement: ClauseElement) -> None:
+        compiled = statement.compile(dialect=_ASYNCPG)
+        assert isinstance(compiled, SQLCompiler)
+        names = compiled.positiontup or []
+        expanding = [name for name in names if compiled.binds[name].expanding]
+        if expanding:  # an IN list is rendered per execution: compare with ANY of an array instead
+            raise ValueError(f"parameters {expanding} are expanded per execution; use = ANY(array)")
+        self.sql = compiled.string
+        self._names = tuple(names)
+        self._bound = {name: compiled.binds[name].value for name in names if compiled.binds[name].value is not None}
+
+    def args(self, params: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The positional arguments: each named parameter from ``params``, else the value the statement binds."""
+        return tuple(params[name] if name in params else self._bound[name] for name in self._names)
+
+
+async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under the session's transaction. SQLAlchemy sends ``BEGIN`` with the transaction's
+    first statement, so only a later statement may go here: one sent first would run, and commit, on its own."""
+    driver: asyncpg.Connection = (await (await session.connection()).get_raw_connection()).driver_connection
+    if not driver.is_in_transaction():
+        raise RuntimeError("the session's transaction has not begun: send its first statement through SQLAlchemy")
+    return driver

@@ -16,6 +16,7 @@ from typing import Any
 
 import jwt
 from sqlalchemy import ARRAY, Select, String, and_, any_, bindparam, select, text, update
+from sqlalchemy.dialects.postgresql import array
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import access
@@ -24,7 +25,7 @@ from app.audit import service as audit
 from app.audit.service import AuditContext
 from app.auth.keys import ALGORITHM, KeyRing
 from app.auth.principal import Principal
-from app.db import utcnow
+from app.db import DriverStatement, driver_connection, utcnow
 from app.errors import ProblemError, not_found
 from catalog.models import Product, ProductVersion, VersionFile
 from licensing import notices
@@ -132,7 +133,8 @@ def _downloadable(*columns: Any) -> Select[Any]:
             and_(
                 Membership.org_id == Entitlement.buyer_org_id,
                 Membership.user_id == bindparam("user_id"),
-                Membership.role.in_(access.RULES["downloads.grant"].roles),
+                # ANY of an array, not IN: an IN list is rendered per execution, this compiles once (DriverStatement)
+                Membership.role == any_(array(access.RULES["downloads.grant"].roles, type_=String)),
             ),
         )
         .where(Entitlement.id == bindparam("entitlement_id"))
@@ -168,7 +170,9 @@ def _check_active(entitlement: Standing | Entitlement, now: dt.datetime) -> None
 # The newest released version of the product in the enclosing query, by catalog.service.semver_key's order.
 _LATEST_RELEASED = (
     select(ProductVersion.version)
-    .where(ProductVersion.product_id == Entitlement.product_id, ProductVersion.state.in_(RELEASED))
+    .where(
+        ProductVersion.product_id == Entitlement.product_id, ProductVersion.state == any_(array(RELEASED, type_=String))
+    )
     .order_by(
         ProductVersion.major.desc(),
         ProductVersion.minor.desc(),
@@ -212,10 +216,10 @@ def _target_query(*, some_paths: bool) -> Select[Any]:
     )
 
 
-_TARGET_FILES = _target_query(some_paths=True)
+_TARGET_FILES = DriverStatement(_target_query(some_paths=True))
 
 
-_TARGET_ALL_FILES = _target_query(some_paths=False)
+_TARGET_ALL_FILES = DriverStatement(_target_query(some_paths=False))
 
 
 async def resolve_target(
@@ -233,7 +237,8 @@ async def resolve_target(
     if paths is not None:
         params["paths"] = list(paths)
     query = _TARGET_ALL_FILES if paths is None else _TARGET_FILES
-    rows = (await (await session.connection()).execute(query, params)).all()
+    # The transaction's first statement: through SQLAlchemy, which begins the transaction with it.
+    rows: Sequence[Any] = (await (await session.connection()).exec_driver_sql(query.sql, query.args(params))).all()
     entitlement = await _current(session, principal, rows[0] if rows else None)
     buyer_org, product_slug, version_id, state, withdrawn_reason, manifest_digest, latest, *_ = rows[0][
         len(_STANDING) :
@@ -271,8 +276,9 @@ async def resolve_target(
 # Each event takes its org from the charged row, so none is recorded unless the charge succeeded. Recording an
 # event locks nothing shared (the sequencer chains it after the commit), so grants under different entitlements
 # commit concurrently; each grant row keeps its event's content digest, which the receipt carries.
-_CHARGE_AND_RECORD = text(
-    """
+_CHARGE_AND_RECORD = DriverStatement(
+    text(
+        """
 WITH charged AS (
     UPDATE entitlements
     SET downloads_used = downloads_used + CAST(:downloads AS bigint), bytes_used = bytes_used + CAST(:bytes AS bigint)
@@ -306,6 +312,7 @@ RETURNING id, audit_hash
 SELECT i.id, i.audit_hash, c.buyer_org_id, c.downloads_used, c.downloads_limit, c.bytes_used, c.bytes_limit
 FROM inserted AS i CROSS JOIN charged AS c
 """
+    )
 )
 
 
@@ -316,10 +323,10 @@ async def _charge_and_record(
     nothing, with what remains of the quota."""
     first = rows[0]
     entitlement = target.entitlement
-    connection = await session.connection()
-    charged = (
-        await connection.execute(
-            _CHARGE_AND_RECORD,
+    # On the driver's connection of the transaction the target query began (DriverStatement).
+    charged = await (await driver_connection(session)).fetch(
+        _CHARGE_AND_RECORD.sql,
+        *_CHARGE_AND_RECORD.args(
             {
                 "downloads": len(rows),
                 "bytes": sum(row.size for row in rows),
@@ -356,9 +363,9 @@ async def _charge_and_record(
                 "manifest_digest": first.manifest_digest,
                 "window_ends_at": first.window_ends_at,
                 "url_expires_at": first.url_expires_at,
-            },
-        )
-    ).all()
+            }
+        ),
+    )
     if charged:
         hashes = {download_id: audit_hash for download_id, audit_hash, *_ in charged}
         for row in rows:
