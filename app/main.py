@@ -142,6 +142,7 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
             await sequencer_engine.dispose()
             if read_engine is not None:
                 await read_engine.dispose()
+            await store.aclose()
             access_log.close()
 
     api = Router(

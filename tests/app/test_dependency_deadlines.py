@@ -299,6 +299,45 @@ async def test_a_stalled_object_store_is_a_503_within_seconds(settings: Settings
         proxy.close()
 
 
+async def test_a_stalled_object_store_fails_a_batch_completion_with_a_503_within_seconds(settings: Settings) -> None:
+    """A batch completion asks the store for each direct upload's recorded checksum (HEADs on the event loop):
+    a store that accepts connections and never answers must not hold the request past the deadlines."""
+    assert settings.s3_endpoint is not None
+    proxy = TcpProxy(http_upstream(settings.s3_endpoint)).start()
+    try:
+        stalled = dataclasses.replace(settings, s3_endpoint=proxied_endpoint(settings.s3_endpoint, proxy))
+        await ObjectStore(settings).ensure_bucket()  # versioned, so that uploads go to the content key directly
+        # Planned and uploaded with the store in reach; completed through a path to it that goes silent.
+        async with api(create_app(settings)) as direct:
+            owner = await sign_up(direct)  # type: ignore[arg-type]
+            org = await make_org(direct, owner)  # type: ignore[arg-type]
+            slug = await make_product(direct, owner, org)  # type: ignore[arg-type]
+            await make_version(direct, owner, slug)  # type: ignore[arg-type]
+            content = os.urandom(2000)
+            spec = {"path": "a.bin", "size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+            uploads = f"/api/v1/products/{slug}/versions/1.0.0/uploads"
+            planned = await direct.post(uploads, json={"files": [spec]}, headers=owner.headers)
+            assert planned.status_code == 200, planned.text
+            (item,) = planned.json()["items"]
+            assert item["upload"]["kind"] == "direct"
+            async with httpx.AsyncClient() as s3:
+                put = await s3.put(item["upload"]["url"], content=content, headers=item["upload"]["headers"])
+                assert put.status_code == 200, put.text
+        done = {"files": [{"file_id": item["file_id"], "version_id": put.headers["x-amz-version-id"]}]}
+        async with api(create_app(stalled)) as client:
+            proxy.blackhole()
+            seconds, response = await timed(client.post(f"{uploads}/complete", json=done, headers=owner.headers))
+            assert response.status_code == 503, response.text
+            assert int(response.headers["retry-after"]) > 0
+            assert seconds < ANSWER_WITHIN
+            proxy.start()
+            completed = await client.post(f"{uploads}/complete", json=done, headers=owner.headers)
+            assert completed.status_code == 200, completed.text
+            assert [i["status"] for i in completed.json()["items"]] == ["verified"]
+    finally:
+        proxy.close()
+
+
 async def test_a_proxied_stream_has_its_own_longer_idle_deadline(settings: Settings) -> None:
     """The store must start answering within CORPORA_S3_TIMEOUT_SECONDS; an open stream then waits
     CORPORA_S3_STREAM_TIMEOUT_SECONDS for each next piece."""
