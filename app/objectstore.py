@@ -1,6 +1,7 @@
 """The object store: a thin async wrapper over the synchronous ``minio`` SDK.
 
-Every SDK call runs in a worker thread so the event loop never blocks on the network.
+Every SDK call runs in a worker thread so the event loop never blocks on the network. The one request sent
+by the thousand, a batch completion's HEAD per upload, goes out on the event loop itself (aiohttp).
 """
 
 from __future__ import annotations
