@@ -15,12 +15,18 @@ async def _holder(gate: OldestFirst, arrival: float, admitted: list[float], rele
         await release.wait()
 
 
-async def test_waiters_are_admitted_by_arrival_not_by_the_order_they_asked() -> None:
+async def _one_slot_held() -> tuple[OldestFirst, list[float], asyncio.Event, asyncio.Task[None]]:
+    """A gate of one slot, held by a request that arrived at 0.0 until ``release`` is set."""
     gate = OldestFirst(1)
     admitted: list[float] = []
     release = asyncio.Event()
     first = asyncio.create_task(_holder(gate, 0.0, admitted, release))
     await asyncio.sleep(0)
+    return gate, admitted, release, first
+
+
+async def test_waiters_are_admitted_by_arrival_not_by_the_order_they_asked() -> None:
+    gate, admitted, release, first = await _one_slot_held()
     waiters = []
     for arrival in (5.0, 1.0, 3.0, 2.0, 4.0):  # they ask in this order
         waiters.append(asyncio.create_task(_holder(gate, arrival, admitted, release)))
@@ -51,11 +57,7 @@ async def test_never_more_holders_than_slots_and_every_request_gets_through() ->
 
 
 async def test_a_waiter_cancelled_in_the_queue_takes_no_slot_and_the_next_is_admitted() -> None:
-    gate = OldestFirst(1)
-    admitted: list[float] = []
-    release = asyncio.Event()
-    first = asyncio.create_task(_holder(gate, 0.0, admitted, release))
-    await asyncio.sleep(0)
+    gate, admitted, release, first = await _one_slot_held()
     cancelled = asyncio.create_task(_holder(gate, 1.0, admitted, release))
     later = asyncio.create_task(_holder(gate, 2.0, admitted, release))
     await asyncio.sleep(0)
