@@ -166,7 +166,7 @@ _ASYNCPG = make_url("postgresql+asyncpg://").get_dialect()()
 class DriverStatement:
     """A statement compiled once to asyncpg's SQL (``$1``, ``$2``, …), with the order of its parameters and the
     values of those it binds itself. For the hottest statements only, where SQLAlchemy's execution costs more
-    CPU than the driver's (a grant's two: 100 to 200 µs each on top of the driver's 150 to 200): run it with
+    CPU than the driver's (a grant's two: 100 to 250 µs each on top of the driver's 140 to 230): run it with
     ``connection.exec_driver_sql(s.sql, s.args(params))`` or on ``driver_connection(session)``."""
 
     def __init__(self, statement: ClauseElement) -> None:
