@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.metrics import IN_PROGRESS_EVERY_SECONDS, RequestMetrics
 from tests.conftest import METRICS_HEADERS
 
 
@@ -41,3 +44,32 @@ async def test_every_answer_names_its_request_id(client: AsyncTestClient[Any]) -
         (made,) = replaced.headers.get_list("x-request-id")
         assert made != "not a valid id!", path
         assert len(made) == 16, path
+
+
+async def test_requests_in_flight_are_written_to_the_gauge_within_its_interval() -> None:
+    route = {"method": "GET", "path": "/test/in-flight"}
+    release = asyncio.Event()
+
+    async def held(scope: Any, receive: Any, send: Any) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        pass
+
+    metrics = RequestMetrics(held)
+
+    def scope() -> Any:
+        return {"type": "http", "method": "GET", "path": route["path"], "path_template": route["path"], "headers": []}
+
+    requests = [asyncio.create_task(metrics(scope(), receive, send)) for _ in range(3)]
+    await asyncio.sleep(IN_PROGRESS_EVERY_SECONDS + 0.2)
+    assert REGISTRY.get_sample_value("corpora_http_requests_in_progress", route) == 3
+    release.set()
+    await asyncio.gather(*requests)
+    await asyncio.sleep(IN_PROGRESS_EVERY_SECONDS + 0.2)
+    assert REGISTRY.get_sample_value("corpora_http_requests_in_progress", route) == 0
