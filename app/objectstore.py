@@ -75,12 +75,13 @@ class ObjectStore:
         # Every call has a deadline: connecting, and each wait for the store's next bytes. A refused connection
         # or a 5xx is tried once more; a store that does not answer in time is not waited for again.
         deadline = settings.s3_timeout_seconds
-        self.http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=min(3, deadline), read=deadline),
-            maxsize=32,
-            retries=urllib3.Retry(total=1, read=0, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]),
+        self.client = client(
+            urllib3.PoolManager(
+                timeout=urllib3.Timeout(connect=min(3, deadline), read=deadline),
+                maxsize=32,
+                retries=urllib3.Retry(total=1, read=0, backoff_factor=0.1, status_forcelist=[500, 502, 503, 504]),
+            )
         )
-        self.client = client(self.http)
         # A proxied download, once the store has started answering, waits this long for each next piece.
         self.stream_timeout = settings.s3_stream_timeout_seconds
         # Readiness checks must answer quickly: a store that accepts connections but never replies is down.
