@@ -357,9 +357,9 @@ async def verify(state: State, session: Session) -> VerifyOut:
     summary="The signed checkpoints of the chain head",
     description=(
         "The checkpoint objects in the object store (`audit/checkpoints/<seq>.jws`), oldest first, each with "
-        "its verified content (`seq`, `hash`, `issued_at`, `kid`) and the raw compact JWS, which anyone can "
-        "check against `/.well-known/jwks.json`. One whose signature, key or content is rejected is listed with "
-        "`valid: false` and the reason. Platform auditors and admins only."
+        "its verified content (`seq`, `head_hash`, `tree_size`, `root_hash`, `issued_at`, `kid`) and the raw "
+        "compact JWS, which anyone can check against `/.well-known/jwks.json`. One whose signature, key or content "
+        "is rejected is listed with `valid: false` and the reason. Platform auditors and admins only."
     ),
     tags=["audit"],
     security=BEARER,
@@ -379,13 +379,27 @@ async def list_checkpoints(state: State, cursor: FromQuery[str | None] = None, l
     keys = keys[:limit]
     good, bad = await checkpoints.read_checkpoints(store, keyring, settings.jwt_issuer, [(k, None) for k in keys])
     items = [
-        CheckpointOut(key=c.key, valid=True, seq=c.seq, hash=c.hash.hex(), issued_at=c.issued_at, kid=c.kid, jws=c.jws)
+        CheckpointOut(
+            key=c.key,
+            valid=True,
+            seq=c.seq,
+            head_hash=c.hash.hex(),
+            tree_size=c.tree_size,
+            root_hash=c.root_hash.hex() if c.root_hash is not None else None,
+            hash=c.hash.hex(),
+            issued_at=c.issued_at,
+            kid=c.kid,
+            jws=c.jws,
+        )
         for c in good
     ] + [
         CheckpointOut(
             key=b.key,
             valid=False,
             seq=checkpoints.seq_from_key(b.key),
+            head_hash=None,
+            tree_size=None,
+            root_hash=None,
             hash=None,
             issued_at=None,
             kid=None,

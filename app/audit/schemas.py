@@ -79,12 +79,22 @@ class VerifyOut(msgspec.Struct):
 
 
 class CheckpointOut(msgspec.Struct):
-    """A signed checkpoint object in the object store; ``valid`` tells whether its signature verified."""
+    """A signed checkpoint object in the object store; ``valid`` tells whether its signature verified. Its signed
+    content is ``{seq, head_hash, tree_size, root_hash}``: the chain head and the Merkle tree of the first
+    ``tree_size`` events."""
 
     key: Annotated[str, msgspec.Meta(description="object key, audit/checkpoints/<20-digit seq>.jws")]
     valid: bool
     seq: int | None
-    hash: Annotated[str | None, msgspec.Meta(description="hex hash of the chain head at seq")]
+    head_hash: Annotated[str | None, msgspec.Meta(description="hex hash of the chain head at seq")]
+    tree_size: Annotated[
+        int | None,
+        msgspec.Meta(description="events in the signed Merkle tree (equal to seq); null for a checkpoint without one"),
+    ]
+    root_hash: Annotated[
+        str | None, msgspec.Meta(description="hex RFC 9162 root hash of the first tree_size events' leaves")
+    ]
+    hash: Annotated[str | None, msgspec.Meta(description="the same as head_hash (the checkpoint's older name)")]
     issued_at: str | None
     kid: Annotated[str | None, msgspec.Meta(description="the signing key, see /.well-known/jwks.json")]
     jws: Annotated[str | None, msgspec.Meta(description="the compact JWS as stored (EdDSA)")]

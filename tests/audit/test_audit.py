@@ -9,7 +9,6 @@ import dataclasses
 import datetime as dt
 import io
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -22,8 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit import checkpoints
 from app.audit.service import verify_chain
-from app.db import create_engine
-from app.settings import Settings
 from tests.conftest import (
     Account,
     Servers,
@@ -36,15 +33,6 @@ from tests.conftest import (
 )
 
 EVENTS = "/api/v1/audit/events"
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def sessionmaker(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """Sessions on the test's own event loop (the app's engine belongs to the test client's loop)."""
-    assert settings.database_url is not None
-    engine = create_engine(settings.database_url, pool_size=2)
-    yield async_sessionmaker(engine, expire_on_commit=False)
-    await engine.dispose()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,8 +16,11 @@ from typing import Any
 import asyncpg
 import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.audit import checkpoints
 from tests.catalog.helpers import make_product
 from tests.conftest import Account, Servers, asyncpg_dsn, grant_platform_role, make_org, sequence_audit, sign_up
 
@@ -191,6 +194,36 @@ async def test_consistency_proofs_match_the_definition(
         assert [bytes.fromhex(h) for h in body["proof"]] == subproof(first, leaves[:second], True)
     refused = await client.get(CONSISTENCY, params={"first": 3, "second": 2}, headers=world["a"].headers)
     assert refused.status_code == 422
+
+
+async def test_listed_checkpoints_name_the_chain_head_and_the_tree_they_sign(
+    client: AsyncTestClient[Any],
+    servers: Servers,
+    world: dict[str, Any],
+    app: Litestar,
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    state = app.state
+    written = await checkpoints.write_checkpoint(state.settings, sessionmaker, state.object_store, state.keyring)
+    assert written is not None
+    listed = await client.get("/api/v1/audit/checkpoints", params={"limit": 500}, headers=world["auditor"].headers)
+    assert listed.status_code == 200, listed.text
+    jwks = (await client.get("/.well-known/jwks.json")).json()
+    leaves = await leaf_hashes(servers)
+    connection = await asyncpg.connect(asyncpg_dsn(servers.database_url))
+    try:
+        heads = {r["seq"]: bytes(r["hash"]).hex() for r in await connection.fetch("SELECT seq, hash FROM audit_events")}
+    finally:
+        await connection.close()
+    items = [item for item in listed.json()["items"] if item["valid"] and item["root_hash"] is not None]
+    assert written.key in {item["key"] for item in items}, listed.text
+    for item in items:
+        claims = jws_claims(item["jws"], jwks)
+        signed = (claims["seq"], claims["head_hash"], claims["tree_size"], claims["root_hash"])
+        assert (item["seq"], item["head_hash"], item["tree_size"], item["root_hash"]) == signed
+        assert item["tree_size"] == item["seq"]
+        assert item["head_hash"] == heads[item["seq"]]
+        assert item["root_hash"] == mth(leaves[: item["tree_size"]]).hex()
 
 
 def _verify_bundle_cli(path: Path) -> subprocess.CompletedProcess[str]:
