@@ -119,6 +119,15 @@ def _answer_also(operation: Operation, media_types: tuple[str, ...]) -> None:
             response.content = content
 
 
+def _optional_body(handler: HTTPRouteHandler, operation: Operation) -> None:
+    """A body with a default (``data: JSONBody[X | None] = None``) may be left out: an action such as
+    ``POST /orders/{id}/approve`` is complete without one."""
+    body = operation.request_body
+    data = handler.parsed_fn_signature.parameters.get("data")
+    if body is not None and not isinstance(body, Reference) and data is not None and data.has_default:
+        body.required = False
+
+
 def _accept_forms(operation: Operation) -> None:
     """A form body takes the same fields as the JSON one (OAuth 2.0 clients send forms, RFC 6749 §4.3)."""
     body = operation.request_body
@@ -153,6 +162,7 @@ def document_problems(app: Litestar) -> None:
                 derived.add(400)
             for status in sorted(derived):
                 responses.setdefault(str(status), _problem_response(status))
+            _optional_body(handler, operation)
             if handler.opt.get(FORM_BODY):
                 _accept_forms(operation)
             if also := handler.opt.get(ALSO_ANSWERS):

@@ -394,12 +394,12 @@ class ProductController(Controller):
         slug: FromPath[str],
         version: FromPath[str],
         path: FromPath[str],
-        data: JSONBody[CompleteIn],
+        data: JSONBody[CompleteIn | None] = None,
     ) -> FileOut:
         """Answers 422 with problem type ``checksum-mismatch`` or ``size-mismatch`` when the bytes differ
         from what was declared; the uploaded object is then deleted."""
         file_id = file_ref(path, action="complete")
-        parts = [(p.part_number, p.etag) for p in data.parts] if data.parts else None
+        parts = [(p.part_number, p.etag) for p in data.parts] if data and data.parts else None
         file = await uploads.complete_upload(
             session, audit_context, principal, state.object_store, slug, version, file_id, parts=parts
         )

@@ -120,10 +120,10 @@ class EntitlementController(Controller):
         audit_context: Audit,
         principal: Caller,
         entitlement_id: FromPath[uuid.UUID],
-        data: JSONBody[StatusChangeIn],
+        data: JSONBody[StatusChangeIn | None] = None,
     ) -> EntitlementOut:
         entitlement = await service.change_entitlement_status(
-            session, audit_context, principal, entitlement_id, to="revoked", reason=data.reason
+            session, audit_context, principal, entitlement_id, to="revoked", reason=data.reason if data else None
         )
         return await load_entitlement(session, entitlement)
 
@@ -140,10 +140,10 @@ class EntitlementController(Controller):
         audit_context: Audit,
         principal: Caller,
         entitlement_id: FromPath[uuid.UUID],
-        data: JSONBody[StatusChangeIn],
+        data: JSONBody[StatusChangeIn | None] = None,
     ) -> EntitlementOut:
         entitlement = await service.change_entitlement_status(
-            session, audit_context, principal, entitlement_id, to="suspended", reason=data.reason
+            session, audit_context, principal, entitlement_id, to="suspended", reason=data.reason if data else None
         )
         return await load_entitlement(session, entitlement)
 
@@ -160,10 +160,10 @@ class EntitlementController(Controller):
         audit_context: Audit,
         principal: Caller,
         entitlement_id: FromPath[uuid.UUID],
-        data: JSONBody[StatusChangeIn],
+        data: JSONBody[StatusChangeIn | None] = None,
     ) -> EntitlementOut:
         entitlement = await service.change_entitlement_status(
-            session, audit_context, principal, entitlement_id, to="active", reason=data.reason
+            session, audit_context, principal, entitlement_id, to="active", reason=data.reason if data else None
         )
         return await load_entitlement(session, entitlement)
 

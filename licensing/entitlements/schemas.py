@@ -42,4 +42,6 @@ class EntitlementPage(msgspec.Struct):
 
 
 class StatusChangeIn(Strict):
-    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    """The body, and the reason in it, may be left out; a reason that is sent must say something."""
+
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)] | None = None

@@ -75,22 +75,24 @@ async def change_entitlement_status(
     entitlement_id: uuid.UUID,
     *,
     to: str,
-    reason: str,
+    reason: str | None,
 ) -> Entitlement:
-    """Revoke, suspend or reinstate: the provider's owners and admins, or a platform admin."""
+    """Revoke, suspend or reinstate: the provider's owners and admins, or a platform admin. The reason, when
+    given, is shown to the buyer."""
     entitlement = await get_entitlement(session, principal, entitlement_id, lock=True)
     product = await session.get(Product, entitlement.product_id)
     assert product is not None
     role = await access.role_in(session, principal, product.org_id)
     access.check_role(principal, role, "entitlements.change", "changing the provider's entitlements")
-    if to != "active" and not reason.strip():
-        raise invalid("reason", f"an entitlement is {to} with a reason the buyer can act on")
+    stated = reason.strip() if reason is not None else None
+    if to != "active" and stated == "":
+        raise invalid("reason", "is blank: leave it out, or say what the buyer can act on")
     allowed_from = {"revoked": ("active", "suspended"), "suspended": ("active",), "active": ("suspended",)}[to]
     status, _ = status_at(entitlement, utcnow())
     if status not in allowed_from:
         raise conflict(f"the entitlement is {status}; it cannot become {to}", "invalid-transition")
     now = utcnow()
-    entitlement.status, entitlement.status_reason = to, reason.strip()
+    entitlement.status, entitlement.status_reason = to, stated
     if to == "revoked":
         entitlement.revoked_at = now
     elif to == "suspended":
@@ -110,7 +112,7 @@ async def change_entitlement_status(
         org_id=entitlement.buyer_org_id,
         target_type="entitlement",
         target_id=entitlement.id,
-        details={"reason": reason.strip(), "product": product.slug},
+        details={"reason": stated, "product": product.slug},
     )
     if to == "revoked":
         await notices.entitlement_revoked(session, entitlement, product)

@@ -187,10 +187,10 @@ class OrderController(Controller):
         audit_context: Audit,
         principal: Caller,
         order_id: FromPath[uuid.UUID],
-        data: JSONBody[DecisionIn],
+        data: JSONBody[DecisionIn | None] = None,
     ) -> OrderOut:
         order = await service.decide_order(
-            session, audit_context, principal, order_id, approve=True, reason=data.reason
+            session, audit_context, principal, order_id, approve=True, reason=data.reason if data else None
         )
         return await load_order(session, order)
 
@@ -207,10 +207,10 @@ class OrderController(Controller):
         audit_context: Audit,
         principal: Caller,
         order_id: FromPath[uuid.UUID],
-        data: JSONBody[DecisionIn],
+        data: JSONBody[DecisionIn | None] = None,
     ) -> OrderOut:
         order = await service.decide_order(
-            session, audit_context, principal, order_id, approve=False, reason=data.reason
+            session, audit_context, principal, order_id, approve=False, reason=data.reason if data else None
         )
         return await load_order(session, order)
 
@@ -239,10 +239,10 @@ class OrderController(Controller):
         audit_context: Audit,
         principal: Caller,
         order_id: FromPath[uuid.UUID],
-        data: JSONBody[PaymentIn],
+        data: JSONBody[PaymentIn | None] = None,
     ) -> OrderOut:
         order = await service.confirm_payment(
-            session, audit_context, order_id, reference=data.reference, by=principal.user_id
+            session, audit_context, order_id, reference=data.reference if data else "", by=principal.user_id
         )
         return await load_order(session, order)
 

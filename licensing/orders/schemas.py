@@ -21,7 +21,9 @@ class OrderIn(Strict):
 
 
 class DecisionIn(Strict):
-    reason: Reason = ""
+    """The body, and the reason in it, may be left out; a rejection's reason, when sent, must say something."""
+
+    reason: Reason | None = None
 
 
 class PaymentIn(Strict):

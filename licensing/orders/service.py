@@ -371,9 +371,10 @@ async def decide_order(
     order_id: uuid.UUID,
     *,
     approve: bool,
-    reason: str,
+    reason: str | None,
 ) -> Order:
-    """The provider's owners and admins approve or reject a pending access request."""
+    """The provider's owners and admins approve or reject a pending access request; a reason, when given, is
+    shown to the buyer."""
     order = await get_order(session, principal, order_id, lock=True)
     product = await session.get(Product, order.product_id)
     assert product is not None
@@ -382,10 +383,11 @@ async def decide_order(
     access.check_role(principal, role, "orders.decide", "deciding the provider's access requests")
     if (status := status_at(order, utcnow())) != "pending_approval":
         raise conflict(f"the order is {status}, not pending approval", "order-not-pending")
-    if not approve and not reason.strip():
-        raise invalid("reason", "a rejection needs a reason the buyer can act on")
+    stated = reason.strip() if reason is not None else None
+    if not approve and stated == "":
+        raise invalid("reason", "is blank: leave it out, or say what the buyer can act on")
     now = utcnow()
-    order.decided_at, order.decided_by, order.decision_reason = now, principal.user_id, reason.strip() or None
+    order.decided_at, order.decided_by, order.decision_reason = now, principal.user_id, stated or None
     offer = await session.get(Offer, order.offer_id)
     assert offer is not None
     if not approve:
@@ -402,10 +404,10 @@ async def decide_order(
         org_id=product.org_id,
         target_type="order",
         target_id=order.id,
-        details={"reason": reason.strip(), "status": order.status},
+        details={"reason": stated or "", "status": order.status},
     )
     await notices.order_event(
-        session, EventType.ORDER_APPROVED if approve else EventType.ORDER_REJECTED, order, product, reason=reason
+        session, EventType.ORDER_APPROVED if approve else EventType.ORDER_REJECTED, order, product, reason=stated
     )
     if order.status == "fulfilled":
         await fulfil(session, context, order, offer, product)

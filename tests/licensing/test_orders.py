@@ -349,6 +349,56 @@ async def test_manual_approval_flow(
     assert await entitlements_of(db, placed["id"]) == 0
 
 
+async def test_actions_the_contract_gives_no_body_need_none(
+    client: Client, db: asyncpg.Connection, market: Market, platform_admin: Account
+) -> None:
+    """``approve``, ``reject``, ``confirm-payment`` and ``revoke`` are complete without a body (as the contract
+    writes them); a body that is sent is still checked."""
+    free = await make_offer(client, market.provider, market.product, approval="manual")
+    paid = await make_offer(
+        client, market.provider, market.product, approval="manual", price={"amount": "10", "currency": "EUR"}
+    )
+    rejected_offer = await make_offer(client, market.provider, market.product, approval="manual")
+    orders = [await order_ok(client, market.buyer, o["id"], market.buyer_org) for o in (free, paid, rejected_offer)]
+    first, second, third = (f"/api/v1/orders/{order['id']}" for order in orders)
+
+    approved = await client.post(f"{first}/approve", headers=market.provider.headers)
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["status"] == "fulfilled"
+    rejected = await client.post(f"{third}/reject", headers=market.provider.headers)
+    assert rejected.status_code == 200, rejected.text
+    assert rejected.json()["status"] == "rejected"
+    assert (await client.post(f"{second}/approve", headers=market.provider.headers)).json()["status"] == (
+        "awaiting_payment"
+    )
+    confirmed = await client.post(f"{second}/confirm-payment", headers=platform_admin.headers)
+    assert confirmed.status_code == 200, confirmed.text
+    assert confirmed.json()["status"] == "fulfilled"
+
+    entitlement = f"/api/v1/entitlements/{approved.json()['entitlement_id']}"
+    assert_problem(await client.post(f"{entitlement}/revoke", json={"reason": 5}, headers=market.provider.headers), 422)
+    assert_problem(
+        await client.post(f"{entitlement}/revoke", json={"reason": " "}, headers=market.provider.headers), 422
+    )
+    assert (await client.get(entitlement, headers=market.buyer.headers)).json()["status"] == "active"
+    revoked = await client.post(f"{entitlement}/revoke", headers=market.provider.headers)
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["status"] == "revoked"
+    assert revoked.json()["status_reason"] is None
+    await sequence_audit(db)
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM audit_events WHERE action = 'entitlement.revoked' AND target_id = $1",
+            approved.json()["entitlement_id"],
+        )
+        == 1
+    )
+
+    paths = (await client.get("/schema/openapi.json")).json()["paths"]
+    for path in ("/api/v1/orders/{order_id}/approve", "/api/v1/entitlements/{entitlement_id}/revoke"):
+        assert paths[path]["post"]["requestBody"]["required"] is False, path
+
+
 def signed(secret: str, event: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
     body = json.dumps(event).encode()
     signature = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
