@@ -7,8 +7,11 @@ Statuses are derived centrally from what every route shares, after Litestar has 
 - a write (not GET/HEAD/OPTIONS): 403, since platform auditors never write;
 - a caller dependency or a guard: 403 (a role or an API-key scope is missing) and 404 (what it names is not
   visible to this caller);
-- path parameters: 404; any parameter or a body: 422; a body: 400 (malformed), 413 (too large) and 415 (not
-  JSON, or not a form where one is accepted); a ``cursor`` query parameter: 400 (a cursor no listing issued).
+- path parameters: 404; any parameter or a body: 422; a body: 400 (malformed), 408 (it did not arrive in time),
+  413 (too large) and 415 (not JSON, or not a form where one is accepted); a ``cursor`` query parameter: 400 (a
+  cursor no listing issued).
+
+Every 503 names its ``Retry-After`` header, and every 429 the one it may carry.
 
 What only one handler raises (409 conflicts, 429 quotas, 451 takedowns, …) it declares with ``responses=``
 built by :func:`problems`. A schema-driven fuzz run (tests/test_schema_fuzz.py) fails on any status that is
@@ -23,7 +26,15 @@ from litestar import Litestar
 from litestar.enums import MediaType, ParamType
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Reference, Schema
+from litestar.openapi.spec import (
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Reference,
+    Schema,
+)
 from litestar.routes import HTTPRoute
 
 from app.auth.guards import requires
@@ -62,6 +73,7 @@ _DESCRIPTIONS = {
     401: "No bearer token where one is needed, or an invalid, expired or revoked one",
     403: "The caller may see this but not do it: a missing role or API-key scope, or a platform auditor writing",
     404: "Something the request names does not exist or is not visible to the caller",
+    408: "The request body did not arrive within the deadline (`request-timeout`); the connection is closed",
     409: "The request conflicts with the current state",
     413: "The request body is larger than the service accepts",
     415: "The body is not sent as a media type this operation accepts",
@@ -90,7 +102,7 @@ def _derived(handler: HTTPRouteHandler, method: str, operation: Operation) -> se
     if guards or "principal" in handler.parsed_fn_signature.parameters:
         statuses |= {403, 404}
     if operation.request_body is not None:
-        statuses |= {400, 413, 415, 422}
+        statuses |= {400, 408, 413, 415, 422}
     for parameter in operation.parameters or []:
         if isinstance(parameter, Reference):
             continue
@@ -107,6 +119,26 @@ def _problem_response(status: int) -> OpenAPIResponse:
         description=_DESCRIPTIONS.get(status, "A problem"),
         content={PROBLEM_MEDIA_TYPE: OpenAPIMediaType(schema=PROBLEM_REF)},
     )
+
+
+_RETRY_AFTER = {
+    "503": OpenAPIHeader(
+        schema=Schema(type=OpenAPIType.INTEGER, minimum=0),
+        description="Seconds to wait before retrying",
+        required=True,
+    ),
+    "429": OpenAPIHeader(
+        schema=Schema(type=OpenAPIType.INTEGER, minimum=0),
+        description="Seconds to wait before retrying, when waiting helps (a spent quota does not refill by waiting)",
+    ),
+}
+
+
+def _name_retry_after(responses: dict[str, OpenAPIResponse | Reference]) -> None:
+    for status, header in _RETRY_AFTER.items():
+        response = responses.get(status)
+        if isinstance(response, OpenAPIResponse):
+            response.headers = {**(response.headers or {}), "Retry-After": header}
 
 
 def _answer_also(operation: Operation, media_types: tuple[str, ...]) -> None:
@@ -162,6 +194,7 @@ def document_problems(app: Litestar) -> None:
                 derived.add(400)
             for status in sorted(derived):
                 responses.setdefault(str(status), _problem_response(status))
+            _name_retry_after(responses)
             _optional_body(handler, operation)
             if handler.opt.get(FORM_BODY):
                 _accept_forms(operation)

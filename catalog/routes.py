@@ -432,7 +432,12 @@ class ProductController(Controller):
         status_code=200,
         security=BEARER,
         guards=[requires("catalog.write")],
-        responses=problems({409: "The version is not a draft, or it lacks a verified file, a licence or provenance"}),
+        responses=problems(
+            {
+                409: "The version is not a draft (`version-frozen`), or a file is still uploading (`files-pending`)",
+                422: "The version lacks a verified file, a licence or provenance (`version-incomplete`)",
+            }
+        ),
     )
     async def publish(
         self,

@@ -173,6 +173,7 @@ class OrgController(Controller):
         summary="Add an existing user to the organisation (owners and admins)",
         status_code=201,
         guards=[requires("members.manage")],
+        responses=problems({409: "The user is already a member (`already-member`)"}),
     )
     async def add_member(
         self, session: Session, audit_context: Audit, principal: Caller, org: FromPath[str], data: JSONBody[MemberIn]

@@ -14,6 +14,7 @@ import anyio
 from litestar import Request, Response
 from litestar.datastructures import Cookie, State
 from litestar.enums import MediaType
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, QueryParameter
 from litestar.response import Redirect, Stream
 from litestar.response.base import ASGIResponse
@@ -31,7 +32,7 @@ from app.errors import ProblemError, invalid
 from app.handlers import get, head, post
 from app.metrics import BYTES_SERVED, GRANTS, REFRESHES, REFUSALS
 from app.objectstore import ObjectStore
-from app.openapi import problems
+from app.openapi import ALSO_ANSWERS, problems
 from app.settings import Settings
 from catalog.search import Use
 from catalog.uploads import blob_key
@@ -399,6 +400,17 @@ def _content_answer(
 
 
 _RANGE = Annotated[str | None, HeaderParameter(name="Range", description="bytes=START-END")]
+# What a Range asks for, besides the whole file and the refusals every grant shares.
+CONTENT_ANSWERS = {
+    **TAKEN_DOWN,
+    206: ResponseSpec(
+        bytes,
+        description="The part of the file the `Range` asked for, named in `Content-Range`",
+        media_type="application/octet-stream",
+        generate_examples=False,
+    ),
+    **problems({416: "The `Range` starts beyond the end of the file (`range-not-satisfiable`)"}),
+}
 _IF_RANGE = Annotated[str | None, HeaderParameter(name="If-Range", description="the ETag")]
 
 
@@ -409,7 +421,9 @@ _IF_RANGE = Annotated[str | None, HeaderParameter(name="If-Range", description="
     tags=["downloads"],
     security=BEARER,
     guards=[requires("downloads.grant")],
-    responses=TAKEN_DOWN,
+    media_type="application/octet-stream",
+    response_description="The whole file",
+    responses=CONTENT_ANSWERS,
 )
 async def download_content(
     session: Session,
@@ -449,7 +463,8 @@ async def download_content(
     tags=["downloads"],
     security=BEARER,
     guards=[requires("downloads.grant")],
-    responses=TAKEN_DOWN,
+    response_description="The whole file's headers",
+    responses=CONTENT_ANSWERS,
 )
 async def download_content_head(
     session: Session,
@@ -527,6 +542,15 @@ async def file_redirect(
     tags=["downloads"],
     security=BEARER,
     guards=[requires("usage.read")],
+    opt={ALSO_ANSWERS: ("text/csv",)},
+    responses={
+        200: ResponseSpec(
+            UsageOut,
+            description="The buyer's and the provider's views; with `Accept: text/csv`, the same rows as CSV "
+            "(a header row, then one row per view, day, product, buyer organisation and entitlement)",
+            generate_examples=False,
+        )
+    },
 )
 async def usage(
     request: Request[Any, Any, Any],

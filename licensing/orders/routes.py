@@ -98,6 +98,11 @@ class OrderController(Controller):
         status_code=201,
         guards=[requires("orders.place")],
         responses={
+            200: ResponseSpec(
+                OrderOut,
+                description="The order this Idempotency-Key placed before with the same body, as it is now",
+                generate_examples=False,
+            ),
             400: ResponseSpec(
                 Problem, description="Idempotency-Key missing or malformed", media_type=PROBLEM_MEDIA_TYPE
             ),
