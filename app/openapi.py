@@ -20,6 +20,8 @@ not documented here.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Mapping
 
 from litestar import Litestar
@@ -27,11 +29,14 @@ from litestar.enums import MediaType, ParamType
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import (
+    OpenAPIFormat,
     OpenAPIHeader,
     OpenAPIMediaType,
     OpenAPIResponse,
     OpenAPIType,
     Operation,
+    Parameter,
+    PathItem,
     Reference,
     Schema,
 )
@@ -44,6 +49,8 @@ from app.validation import FORM_BODY, FORM_MEDIA_TYPE
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Handler option: the media types its success body may also come in, besides the declared one.
 ALSO_ANSWERS = "also_answers"
+# Handler option: a :class:`DocumentedAt`, where the operation is documented.
+DOCUMENTED_AT = "documented_at"
 PROBLEM_REF = Reference(ref="#/components/schemas/Problem")
 
 _PROBLEM_SCHEMA = Schema(
@@ -82,6 +89,17 @@ _DESCRIPTIONS = {
     503: "A dependency (database or object store) is unreachable or slow; nothing was changed, retry after "
     "`Retry-After` seconds",
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class DocumentedAt:
+    """The path a client calls, for an operation whose route shares a wider template: Litestar routes a
+    ``{path:path}`` parameter greedily, so ``…/files/{file_id}/complete`` is served by the ``…/files/{path}``
+    route, whose handler reads the id from the path itself. The document shows the path as the client calls it,
+    with ``{parameter}`` replaced by ``template``; the template's own parameters are UUIDs."""
+
+    parameter: str
+    template: str
 
 
 def problem(description: str) -> ResponseSpec:
@@ -200,3 +218,28 @@ def document_problems(app: Litestar) -> None:
                 _accept_forms(operation)
             if also := handler.opt.get(ALSO_ANSWERS):
                 _answer_also(operation, tuple(also))
+            if (documented_at := handler.opt.get(DOCUMENTED_AT)) is not None:
+                _move(openapi.paths, route.path_format, method.lower(), documented_at)
+
+
+def _move(paths: dict[str, PathItem], path: str, method: str, to: DocumentedAt) -> None:
+    """Document ``method`` of ``path`` where :class:`DocumentedAt` says, with the parameters of that path."""
+    item = paths[path]
+    operation: Operation = getattr(item, method)
+    setattr(item, method, None)
+    names = re.findall(r"{(\w+)}", to.template)
+    operation.parameters = [
+        parameter
+        for parameter in operation.parameters or []
+        if isinstance(parameter, Reference) or parameter.name != to.parameter
+    ] + [
+        Parameter(
+            name=name,
+            param_in=ParamType.PATH,
+            required=True,
+            schema=Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.UUID),
+        )
+        for name in names
+    ]
+    target = paths.setdefault(path.replace("{" + to.parameter + "}", to.template), PathItem())
+    setattr(target, method, operation)

@@ -17,7 +17,7 @@ from app.auth.guards import requires
 from app.deps import Audit, Caller, Limit, OptionalCaller, ReadSession, Session
 from app.errors import PROBLEM_MEDIA_TYPE, Problem, invalid, not_found
 from app.handlers import delete, get, patch, post
-from app.openapi import problems
+from app.openapi import DOCUMENTED_AT, DocumentedAt, problems
 from app.settings import Settings
 from catalog import provenance, search, service, uploads
 from catalog.inspection import service as inspection
@@ -53,7 +53,7 @@ from catalog.schemas import (
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 VERSION_PATH = "/{slug:str}/versions/{version:str}"
 # One template for every file route: GET on it (the download redirect) takes a file path, so the upload
-# routes share it and parse their file id from it.
+# routes share it, parse their file id from it, and are documented at the paths clients call (DocumentedAt).
 FILE_PATH = VERSION_PATH + "/files/{path:path}"
 
 
@@ -377,10 +377,11 @@ class ProductController(Controller):
 
     @post(
         FILE_PATH,
-        summary="Finish an upload: POST …/files/{file_id}/complete; the server verifies size and SHA-256",
+        summary="Finish an upload; the server verifies size and SHA-256",
         status_code=200,
         security=BEARER,
         guards=[requires("catalog.write")],
+        opt={DOCUMENTED_AT: DocumentedAt("path", "{file_id}/complete")},
         responses=problems(
             {409: "Nothing uploaded yet (`upload-missing`), or the version is not a draft (`version-frozen`)"}
         ),
@@ -407,10 +408,11 @@ class ProductController(Controller):
 
     @delete(
         FILE_PATH,
-        summary="Remove a file from a draft version: DELETE …/files/{file_id}",
+        summary="Remove a file from a draft version",
         status_code=204,
         security=BEARER,
         guards=[requires("catalog.write")],
+        opt={DOCUMENTED_AT: DocumentedAt("path", "{file_id}")},
         responses=problems({409: "The version is not a draft (`version-frozen`): published versions never change"}),
     )
     async def delete_file(

@@ -23,6 +23,7 @@ from litestar.testing import AsyncTestClient
 from app.accounts.access import API_KEY_SCOPES, RULES, platform_allows, refusal
 from app.auth.guards import OPEN_TO_AUDITORS, requires
 from app.auth.principal import Principal
+from app.openapi import DOCUMENTED_AT
 from tests.conftest import METRICS_HEADERS, Account, Servers, grant_platform_role, make_org, sign_up
 from tests.licensing.helpers import market
 from tests.licensing.test_licensing import make_offer, post_order, staff_connection
@@ -240,7 +241,7 @@ def requests(w: World) -> dict[tuple[str, str], Request]:
         ("POST", "/api/v1/products/{slug}/versions/{version}/files"): Request(
             f"{v}/files", {"path": "x.txt", "size": 1, "sha256": "0" * 64, "media_type": "text/plain"}
         ),
-        ("POST", "/api/v1/products/{slug}/versions/{version}/files/{path}"): Request(
+        ("POST", "/api/v1/products/{slug}/versions/{version}/files/{file_id}/complete"): Request(
             f"{v}/files/{NOBODY}/complete", {}
         ),
         ("POST", "/api/v1/products/{slug}/versions/{version}/uploads"): Request(
@@ -249,7 +250,7 @@ def requests(w: World) -> dict[tuple[str, str], Request]:
         ("POST", "/api/v1/products/{slug}/versions/{version}/uploads/complete"): Request(
             f"{v}/uploads/complete", {"files": [{"file_id": NOBODY}]}
         ),
-        ("DELETE", "/api/v1/products/{slug}/versions/{version}/files/{path}"): Request(f"{v}/files/{NOBODY}"),
+        ("DELETE", "/api/v1/products/{slug}/versions/{version}/files/{file_id}"): Request(f"{v}/files/{NOBODY}"),
         ("GET", "/api/v1/products/{slug}/versions/{version}/files/{path}"): Request(
             f"{q}/files/data/a.txt", params={"entitlement_id": w.bought_entitlement, "purpose": "research"}
         ),
@@ -400,8 +401,10 @@ def _rules_of(app: Litestar) -> dict[tuple[str, str], tuple[list[str], bool]]:
     for route in app.routes:
         for handler in getattr(route, "route_handlers", []):
             actions = [g.action for g in handler.resolve_guards() if isinstance(g, requires)]
+            path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+            if (documented_at := handler.opt.get(DOCUMENTED_AT)) is not None:  # served by a wider template
+                path = path.replace(f"{{{documented_at.parameter}}}", documented_at.template)
             for method in handler.http_methods:
-                path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
                 found[(method, path)] = (actions, bool(handler.opt.get(OPEN_TO_AUDITORS)))
     return found
 

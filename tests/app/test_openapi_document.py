@@ -65,3 +65,19 @@ def test_a_replayed_order_and_an_existing_member_are_documented(document: dict[s
         assert order[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/OrderOut"}
     member = document["paths"]["/api/v1/orgs/{org}/members"]["post"]["responses"]
     assert "already-member" in member["409"]["description"]
+
+
+def test_file_routes_are_documented_at_the_paths_clients_call(document: dict[str, Any]) -> None:
+    """``…/files/{file_id}/complete`` and ``DELETE …/files/{file_id}`` are served by the ``…/files/{path}`` route
+    (a path parameter takes the rest of the URL) but documented as the contract names them."""
+    files = "/api/v1/products/{slug}/versions/{version}/files"
+    assert set(document["paths"][f"{files}/{{path}}"]) & set(METHODS) == {"get"}
+    complete = document["paths"][f"{files}/{{file_id}}/complete"]["post"]
+    removal = document["paths"][f"{files}/{{file_id}}"]["delete"]
+    for operation in (complete, removal):
+        parameters = {p["name"]: p for p in operation["parameters"]}
+        assert set(parameters) == {"slug", "version", "file_id"}
+        assert parameters["file_id"]["schema"] == {"type": "string", "format": "uuid"}
+        assert parameters["file_id"]["in"] == "path"
+    assert complete["requestBody"]["required"] is False
+    assert "408" in complete["responses"]
