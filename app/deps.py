@@ -21,4 +21,5 @@ Audit = NamedDependency[AuditContext]
 
 # The OpenAPI security requirement of routes that need a signed-in caller; the page size of every list.
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
-Limit = Annotated[int, QueryParameter(ge=1, le=100)]
+Limit = Annotated[int, QueryParameter(ge=1, le=100, description="page size, 1 to 100 (default 50)")]
+Cursor = Annotated[str | None, QueryParameter(description="next_cursor of the previous page")]

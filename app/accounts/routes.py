@@ -32,7 +32,7 @@ from app.accounts.schemas import (
 from app.auth import throttle
 from app.auth.guards import requires
 from app.auth.principal import Principal
-from app.deps import Audit, Caller, Session
+from app.deps import Audit, Caller, Cursor, Limit, Session
 from app.errors import PROBLEM_MEDIA_TYPE, Problem, ProblemError
 from app.handlers import delete, get, patch, post
 from app.openapi import problems
@@ -138,9 +138,10 @@ class OrgController(Controller):
         return OrgOut(slug=org.slug, name=org.name, kind=org.kind, created_at=org.created_at, your_role="owner")
 
     @get("/", summary="The caller's organisations and their role in each", guards=[requires("signed_in")])
-    async def mine(self, session: Session, principal: Caller) -> OrgPage:
+    async def mine(self, session: Session, principal: Caller, cursor: Cursor = None, limit: Limit = 50) -> OrgPage:
         """An API key lists only its own organisation."""
-        return OrgPage(items=await service.my_orgs(session, principal))
+        items, next_cursor = await service.my_orgs(session, principal, cursor, limit)
+        return OrgPage(items=items, next_cursor=next_cursor)
 
     @get("/{org:str}", summary="An organisation the caller belongs to", guards=[requires("orgs.read")])
     async def read(self, session: Session, principal: Caller, org: FromPath[str]) -> OrgOut:
@@ -163,10 +164,13 @@ class OrgController(Controller):
         summary="The organisation's members and their roles",
         guards=[requires("members.read")],
     )
-    async def members(self, session: Session, principal: Caller, org: FromPath[str]) -> MemberPage:
-        """For its members (an API key needs ``org:admin``) and platform admins and auditors."""
+    async def members(
+        self, session: Session, principal: Caller, org: FromPath[str], cursor: Cursor = None, limit: Limit = 50
+    ) -> MemberPage:
+        """For its members (an API key needs ``org:admin``) and platform admins and auditors; by email."""
         found, _ = await access.org_for(session, principal, org, "members.read", "reading members")
-        return MemberPage(items=await service.members(session, found.id))
+        items, next_cursor = await service.member_page(session, found.id, cursor, limit)
+        return MemberPage(items=items, next_cursor=next_cursor)
 
     @post(
         "/{org:str}/members",
@@ -257,9 +261,17 @@ class ApiKeyController(Controller):
         )
 
     @get("/", summary="Unrevoked API keys: the caller's own, and all of the orgs they own or administer")
-    async def list(self, session: Session, principal: Caller, org: FromQuery[str | None] = None) -> ApiKeyPage:
-        """Never shows a secret. ``last_used_at`` is kept to the minute."""
-        return ApiKeyPage(items=await service.list_api_keys(session, principal, org))
+    async def list(
+        self,
+        session: Session,
+        principal: Caller,
+        org: FromQuery[str | None] = None,
+        cursor: Cursor = None,
+        limit: Limit = 50,
+    ) -> ApiKeyPage:
+        """Newest first; never shows a secret. ``last_used_at`` is kept to the minute."""
+        items, next_cursor = await service.list_api_keys(session, principal, org, cursor, limit)
+        return ApiKeyPage(items=items, next_cursor=next_cursor)
 
     @delete("/{key_id:uuid}", summary="Revoke an API key", status_code=204)
     async def revoke(

@@ -6,10 +6,11 @@ import datetime as dt
 import unicodedata
 import uuid
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import pagination
 from app.accounts import access
 from app.accounts.me_cache import MeEntry
 from app.accounts.models import ApiKey, Membership, Organization, PlatformRoleGrant, User
@@ -130,25 +131,42 @@ async def visible_org(session: AsyncSession, principal: Principal, slug: str) ->
     return await access.org_for(session, principal, slug, "orgs.read", "reading an organisation")
 
 
-async def my_orgs(session: AsyncSession, principal: Principal) -> list[OrgRoleOut]:
-    """The organisations the caller acts for (an API key: its own), with their role, by slug."""
-    rows = await session.execute(
+async def my_orgs(
+    session: AsyncSession, principal: Principal, cursor: str | None, limit: int
+) -> tuple[list[OrgRoleOut], str | None]:
+    """A page of the organisations the caller acts for (an API key: its own), with their role, by slug."""
+    rows, next_cursor = await pagination.page(
+        session,
         select(Organization.slug, Organization.name, Organization.kind, Membership.role)
         .join(Membership, Membership.org_id == Organization.id)
-        .where(Membership.user_id == principal.user_id, Organization.id.in_(access.acting_org_ids(principal)))
-        .order_by(Organization.slug)
+        .where(Membership.user_id == principal.user_id, Organization.id.in_(access.acting_org_ids(principal))),
+        [Organization.slug],
+        cursor,
+        limit,
     )
-    return [OrgRoleOut(slug=r.slug, name=r.name, kind=r.kind, role=r.role) for r in rows]
+    return [OrgRoleOut(slug=slug, name=name, kind=kind, role=role) for slug, name, kind, role in rows], next_cursor
 
 
-async def members(session: AsyncSession, org_id: uuid.UUID) -> list[MemberOut]:
-    rows = await session.execute(
+def _members(org_id: uuid.UUID) -> Select[uuid.UUID, str, str, str]:
+    return (
         select(User.id, User.email, User.display_name, Membership.role)
         .join(Membership, Membership.user_id == User.id)
         .where(Membership.org_id == org_id)
-        .order_by(User.email)
     )
+
+
+async def members(session: AsyncSession, org_id: uuid.UUID) -> list[MemberOut]:
+    """Every member, by email (shown with the organisation)."""
+    rows = await session.execute(_members(org_id).order_by(User.email))
     return [MemberOut(user_id=r.id, email=r.email, display_name=r.display_name, role=r.role) for r in rows]
+
+
+async def member_page(
+    session: AsyncSession, org_id: uuid.UUID, cursor: str | None, limit: int
+) -> tuple[list[MemberOut], str | None]:
+    """A page of the members, by email."""
+    rows, next_cursor = await pagination.page(session, _members(org_id), [User.email], cursor, limit)
+    return [MemberOut(user_id=r[0], email=r[1], display_name=r[2], role=r[3]) for r in rows], next_cursor
 
 
 async def add_member(
@@ -326,8 +344,11 @@ async def revoke_api_key(session: AsyncSession, context: AuditContext, principal
     await audit.record(session, context, "api_key.revoked", org_id=key.org_id, target_type="api_key", target_id=key.id)
 
 
-async def list_api_keys(session: AsyncSession, principal: Principal, org_slug: str | None) -> list[ApiKeyItem]:
-    """Unrevoked keys the caller made, and every key of the orgs they own or administer; never a secret."""
+async def list_api_keys(
+    session: AsyncSession, principal: Principal, org_slug: str | None, cursor: str | None, limit: int
+) -> tuple[list[ApiKeyItem], str | None]:
+    """A page of the unrevoked keys the caller made, and every key of the orgs they own or administer, newest
+    first; never a secret."""
     query = (
         select(ApiKey, Organization.slug)
         .join(Organization, Organization.id == ApiKey.org_id)
@@ -336,12 +357,14 @@ async def list_api_keys(session: AsyncSession, principal: Principal, org_slug: s
             (ApiKey.user_id == principal.user_id)
             | ApiKey.org_id.in_(access.acting_org_ids(principal, "members.manage")),
         )
-        .order_by(ApiKey.created_at.desc(), ApiKey.id)
     )
     if org_slug is not None:
         org, _ = await visible_org(session, principal, org_slug)
         query = query.where(ApiKey.org_id == org.id)
-    return [
+    rows, next_cursor = await pagination.page(
+        session, query, [ApiKey.created_at, ApiKey.id], cursor, limit, descending=True
+    )
+    items = [
         ApiKeyItem(
             id=key.id,
             name=key.name,
@@ -351,5 +374,6 @@ async def list_api_keys(session: AsyncSession, principal: Principal, org_slug: s
             expires_at=key.expires_at,
             last_used_at=key.last_used_at,
         )
-        for key, slug in await session.execute(query)
+        for key, slug in rows
     ]
+    return items, next_cursor

@@ -12,7 +12,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.types import ControllerRouterHandler
 
 from app.auth.guards import requires
-from app.deps import Audit, Caller, Session
+from app.deps import BEARER, Audit, Caller, Cursor, Limit, Session
 from app.errors import PROBLEM_MEDIA_TYPE, Problem
 from app.handlers import delete, get, post
 from app.notifications import service
@@ -31,9 +31,6 @@ from app.notifications.schemas import (
 )
 from app.settings import Settings
 
-BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
-Limit = Annotated[int, QueryParameter(ge=1, le=100, description="page size, 1 to 100 (default 50)")]
-Cursor = Annotated[str | None, QueryParameter(description="next_cursor of the previous page")]
 OrgQuery = Annotated[str, QueryParameter(description="the organisation's slug")]
 
 
