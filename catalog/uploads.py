@@ -200,6 +200,7 @@ async def _reject(
     store: ObjectStore,
     file: VersionFile,
     org_id: uuid.UUID,
+    version_ref: str,
     error: ProblemError,
 ) -> CommitThenRaise:
     """Delete the uploaded bytes and the file, record why, and answer with ``error`` once committed."""
@@ -213,7 +214,7 @@ async def _reject(
         org_id=org_id,
         target_type="file",
         target_id=file.id,
-        details={"path": file.path, "reason": error.type},
+        details={"version": version_ref, "path": file.path, "reason": error.type},
     )
     return CommitThenRaise(error)
 
@@ -276,6 +277,7 @@ async def complete_upload(
             store,
             file,
             product.org_id,
+            f"{slug}@{version}",
             ProblemError(
                 422,
                 "size-mismatch",
@@ -290,6 +292,7 @@ async def complete_upload(
             store,
             file,
             product.org_id,
+            f"{slug}@{version}",
             ProblemError(
                 422,
                 "checksum-mismatch",

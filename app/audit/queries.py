@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Uuid, and_, case, cast, column, literal, or_, select, table, text
+from sqlalchemy import ColumnElement, Select, Uuid, and_, case, cast, column, func, literal, or_, select, table, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts import access
@@ -90,8 +90,10 @@ async def check_product(session: AsyncSession, slug: str | None) -> str | None:
 _grants = table("download_grants", column("id", Uuid), column("entitlement_id", Uuid))
 _entitlements = table("entitlements", column("id", Uuid), column("product_id", Uuid), column("buyer_org_id", Uuid))
 _products = table("products", column("id", Uuid), column("org_id", Uuid), column("slug"))
+_orders = table("orders", column("id", Uuid), column("product_id", Uuid))
 # The download grant a download event concerns (CASE: only a download event's target is cast to uuid).
 _GRANT_ID = case((AuditEvent.target_type == "download", cast(AuditEvent.target_id, Uuid)), else_=None)
+_ORDER_ID = case((AuditEvent.target_type == "order", cast(AuditEvent.target_id, Uuid)), else_=None)
 
 
 def _grant_product(attribute: str) -> Any:
@@ -147,19 +149,28 @@ def conditions(filters: EventFilter) -> list[ColumnElement[bool]]:
     if filters.until is not None:
         clauses.append(AuditEvent.occurred_at < filters.until)
     if filters.product is not None:
-        # The product's own events, the offers, orders, entitlements and grants that name it, and the refreshes
-        # of its downloads.
-        clauses.append(
-            or_(
-                AuditEvent.details["product"].astext == filters.product,
-                and_(AuditEvent.target_type == "product", AuditEvent.target_id == filters.product),
-                and_(
-                    AuditEvent.action.in_(access.PROVIDER_AUDIT_ACTIONS),
-                    _grant_product("slug") == filters.product,
-                ),
-            )
-        )
+        clauses.append(_concerns_product(filters.product))
     return clauses
+
+
+def _concerns_product(slug: str) -> ColumnElement[bool]:
+    """The events of the product ``slug``: its own and its versions', its versions' files and samples, the
+    offers, orders, entitlements, takedowns and models that name it, and its downloads and their refreshes."""
+    version_of = slug + "@"  # versions are named <slug>@<version>
+    product_id = select(_products.c.id).where(_products.c.slug == slug).scalar_subquery()
+    return or_(
+        AuditEvent.details["product"].astext == slug,
+        and_(AuditEvent.target_type == "product", AuditEvent.target_id == slug),
+        and_(AuditEvent.target_type == "version", func.starts_with(AuditEvent.target_id, version_of)),
+        and_(
+            AuditEvent.target_type.in_(("file", "sample")),
+            func.starts_with(AuditEvent.details["version"].astext, version_of),
+        ),
+        # Decisions, payments, cancellations and expiry of its orders name the order only.
+        _ORDER_ID.in_(select(_orders.c.id).where(_orders.c.product_id == product_id)),
+        AuditEvent.details["products"].contains([slug]),
+        and_(AuditEvent.action.in_(access.PROVIDER_AUDIT_ACTIONS), _grant_product("slug") == slug),
+    )
 
 
 EVENT_COLUMNS = (

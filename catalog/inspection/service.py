@@ -305,7 +305,11 @@ async def judge(
         org_id=product.org_id,
         target_type="sample",
         target_id=sample.id,
-        details={"verdicts": len(verdicts), "not_ok": sum(not v.ok for v in verdicts)},
+        details={
+            "version": f"{product.slug}@{version.version}",
+            "verdicts": len(verdicts),
+            "not_ok": sum(not v.ok for v in verdicts),
+        },
     )
     items = (
         await session.scalars(select(SampleItem).where(SampleItem.sample_id == sample.id).order_by(SampleItem.index))
@@ -324,7 +328,12 @@ async def judge(
             org_id=product.org_id,
             target_type="sample",
             target_id=sample.id,
-            details={"pass_rate": sample.pass_rate, "passed": sample.passed, "threshold": sample.threshold},
+            details={
+                "version": f"{product.slug}@{version.version}",
+                "pass_rate": sample.pass_rate,
+                "passed": sample.passed,
+                "threshold": sample.threshold,
+            },
         )
     return await sample_out(session, sample, product, version)
 

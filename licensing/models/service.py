@@ -284,6 +284,7 @@ async def create_manifest(
             "manifest_digest": out.manifest_digest,
             "allowed": out.verdict.allowed,
             "items": [f"{i.product}@{i.version} {i.use} ({i.entitlement_id})" for i in items],
+            "products": sorted({i.product for i in items}),
         },
     )
     return out

@@ -21,8 +21,9 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.audit import checkpoints
-from tests.catalog.helpers import make_product
+from tests.catalog.helpers import make_product, make_version, upload
 from tests.conftest import Account, Servers, asyncpg_dsn, grant_platform_role, make_org, sequence_audit, sign_up
+from tests.licensing.test_licensing import make_offer, order_ok
 
 INCLUSION = "/api/v1/audit/proofs/inclusion"
 CONSISTENCY = "/api/v1/audit/proofs/consistency"
@@ -331,6 +332,59 @@ async def test_events_export_and_bundles_filter_by_product(
     other = await client.get("/api/v1/audit/events", params={"product": slug}, headers=world["b"].headers)
     assert other.status_code == 200
     assert other.json()["items"] == []
+
+
+async def test_the_product_filter_finds_every_event_of_the_product_and_no_other(
+    client: AsyncTestClient[Any], db: asyncpg.Connection, world: dict[str, Any]
+) -> None:
+    """Versions, files and samples name the product in their target or their ``version``; order decisions name
+    the order only; a model names its products. All of them are found by ``product=``."""
+    owner: Account = world["a"]
+    reviewer = await grant_platform_role(client, db, await sign_up(client), "reviewer")
+    slug, other = await make_product(client, owner, world["org_a"]), await make_product(client, owner, world["org_a"])
+    for product in (slug, other):
+        await make_version(client, owner, product)
+        assert (await upload(client, owner, product, "1.0.0", "a.txt", b"alpha\n")).status_code == 200
+    rejected = await upload(client, owner, slug, "1.0.0", "b.txt", b"beta\n", declared_sha256="0" * 64)
+    assert rejected.json()["type"] == "checksum-mismatch"
+    assert (await client.post(f"/api/v1/products/{slug}/versions/1.0.0/publish", headers=owner.headers)).is_success
+    approved = await client.post(
+        f"/api/v1/products/{slug}/versions/1.0.0/review", json={"decision": "approve"}, headers=reviewer.headers
+    )
+    assert approved.status_code == 200, approved.text
+    offer = await make_offer(client, owner, slug, approval="manual")
+    order = await order_ok(client, world["b"], offer["id"], world["org_b"])
+    cancelled = await client.post(f"/api/v1/orders/{order['id']}/cancel", headers=world["b"].headers)
+    assert cancelled.status_code == 200, cancelled.text
+    await sequence_audit(db)
+
+    found = await client.get(
+        "/api/v1/audit/events", params={"product": slug, "limit": 100}, headers=world["auditor"].headers
+    )
+    assert found.status_code == 200, found.text
+    actions = {e["action"] for e in found.json()["items"]}
+    assert {
+        "product.created",
+        "version.created",
+        "file.upload_started",
+        "file.verified",
+        "file.rejected",
+        "version.submitted",
+        "version.approved",
+        "offer.created",
+        "order.created",
+        "order.cancelled",
+    } <= actions, actions
+    everything = await client.get(
+        "/api/v1/audit/events", params={"org": world["org_a"], "limit": 100}, headers=world["auditor"].headers
+    )
+    of_other = {
+        e["seq"]
+        for e in everything.json()["items"]
+        if e["target_id"] in (other, f"{other}@1.0.0") or (e["details"] or {}).get("version") == f"{other}@1.0.0"
+    }
+    assert len(of_other) >= 4  # the other product's creation, its version's, and its file's two
+    assert of_other.isdisjoint(e["seq"] for e in found.json()["items"])
 
 
 async def test_any_altered_hash_or_proof_digit_names_its_event(
