@@ -8,7 +8,12 @@ from typing import Annotated, Literal
 
 import msgspec
 
-Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+# Checked as an address after NFKC (app.accounts.service.email_address), so the same address in fullwidth forms
+# (its at sign and dots included) is one account with the ASCII one, at sign-up as at sign-in.
+Email = Annotated[
+    str,
+    msgspec.Meta(min_length=3, max_length=320, description="an email address, compared after NFKC and case folding"),
+]
 Password = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 DisplayName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 OrgSlug = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]

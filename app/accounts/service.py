@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 import unicodedata
 import uuid
 
@@ -32,6 +33,17 @@ def normalise_email(email: str) -> str:
     return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", email.strip()).casefold()).lower()
 
 
+_ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def email_address(email: str) -> str:
+    """``email`` normalised (:func:`normalise_email`), or 422 when what it normalises to is not an address."""
+    normalised = normalise_email(email)
+    if not _ADDRESS.fullmatch(normalised):
+        raise invalid("email", "is not an email address (name@domain.tld)")
+    return normalised
+
+
 async def create_user(
     session: AsyncSession,
     context: AuditContext,
@@ -42,7 +54,7 @@ async def create_user(
     platform_roles: list[str] | None = None,
     gate: HashingGate | None = None,
 ) -> User:
-    email = normalise_email(email)
+    email = email_address(email)
     if (reason := weakness(password, email)) is not None:
         raise invalid("password", f"the password {reason}")
     if await session.scalar(select(User.id).where(User.email == email)) is not None:
@@ -175,7 +187,7 @@ async def add_member(
     org, caller_role = await access.org_for(session, principal, slug, "members.manage", "adding members")
     if role == "owner" and caller_role != "owner":
         raise forbidden("only an owner can make another owner")
-    email = normalise_email(email)
+    email = email_address(email)
     user = await session.scalar(select(User).where(User.email == email, User.disabled_at.is_(None)))
     if user is None:
         raise ProblemError(404, "user-not-found", "No such user", f"no account uses {email}; ask them to sign up first")

@@ -24,7 +24,14 @@ async def test_an_address_and_its_case_and_compatibility_lookalikes_are_one_acco
     def fullwidth(text: str) -> str:
         return "".join(chr(ord(c) + 0xFEE0) if c.isascii() and c.isalnum() else c for c in text)
 
-    for lookalike in (f"{local.upper()}@EXAMPLE.COM", f"{fullwidth(local)}@{fullwidth('Example')}.com"):
+    def all_fullwidth(text: str) -> str:  # the at sign and the dots too
+        return "".join(chr(ord(c) + 0xFEE0) for c in text)
+
+    for lookalike in (
+        f"{local.upper()}@EXAMPLE.COM",
+        f"{fullwidth(local)}@{fullwidth('Example')}.com",
+        all_fullwidth(f"{local}@example.com"),
+    ):
         taken = await client.post(
             "/api/v1/users", json={"email": lookalike, "password": PASSWORD, "display_name": "Twin"}
         )
@@ -37,6 +44,13 @@ async def test_an_address_and_its_case_and_compatibility_lookalikes_are_one_acco
         me = await client.get("/api/v1/me", headers={"Authorization": f"Bearer {signed_in.json()['access_token']}"})
         assert me.json()["id"] == first.id
     assert await db.fetchval("SELECT count(*) FROM users WHERE email LIKE $1", f"%{local}%") == 1
+    # What normalises to no address is refused as one, in any form.
+    for not_an_address in (all_fullwidth(f"{local}@example"), f"{local}.example.com"):
+        refused = await client.post(
+            "/api/v1/users", json={"email": not_an_address, "password": PASSWORD, "display_name": "Twin"}
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["errors"][0]["field"] == "email"
 
 
 async def _plan(client: AsyncTestClient[Any], headers: dict[str, str], slug: str, path: str) -> Any:
