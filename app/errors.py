@@ -245,7 +245,12 @@ def handle_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response
             )
         return problem_response(400, "malformed-json", "Malformed JSON", str(exc.detail), request=request)
     type_, title = _TITLES.get(status, ("about:blank", "Request refused"))
-    return problem_response(status, type_, title, str(exc.detail), request=request, headers=exc.headers)
+    headers = exc.headers
+    if status == 413:
+        # The rest of the body is not read, so the connection cannot carry another request: the client is told to
+        # open a new one, rather than have its next request meet a closed connection.
+        headers = {**(headers or {}), "Connection": "close"}
+    return problem_response(status, type_, title, str(exc.detail), request=request, headers=headers)
 
 
 def handle_undecodable(request: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Response[Any]:

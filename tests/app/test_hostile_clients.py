@@ -200,3 +200,16 @@ async def test_a_raw_utf8_query_string_is_read_as_utf8(served: Serve) -> None:
     problem = json.loads(body)
     assert problem["errors"][0]["field"] == "industry"
     assert "unknown value '金融'" in problem["detail"]  # the value as sent, not its Latin-1 reading
+
+
+def test_an_oversized_body_closes_its_connection_and_the_next_request_is_answered(served: Serve) -> None:
+    """A body refused with 413 is not read to its end, so the connection cannot carry another request: the 413
+    says ``Connection: close``, and a client that keeps its connections alive is answered on its next request."""
+    huge = b'{"slug": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    headers = {"Authorization": f"Bearer {_token(served)}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=served.url, timeout=10) as client:
+        for _ in range(20):
+            refused = client.post("/api/v1/orgs", content=huge, headers=headers)
+            assert refused.status_code == 413, refused.text
+            assert refused.headers.get("connection") == "close"
+            assert client.get("/healthz").status_code == 200
