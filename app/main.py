@@ -111,12 +111,17 @@ def create_app(settings: Settings, *, keyring: KeyRing | None = None) -> Litesta
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        bucket_ready = asyncio.create_task(_ensure_bucket(store, settings), name="ensure-bucket")
+
+        async def checkpoints_once_the_bucket_is_there() -> None:
+            # A first checkpoint tried before would fail on a new deployment's missing bucket (and whatever the bucket
+            # check ends with, the checkpointer then runs and reports its own failures).
+            await asyncio.wait([bucket_ready])
+            await run_checkpointer(settings, async_sessionmaker(upkeep_engine, expire_on_commit=False), store, keyring)
+
         tasks = [
-            asyncio.create_task(_ensure_bucket(store, settings), name="ensure-bucket"),
-            asyncio.create_task(
-                run_checkpointer(settings, async_sessionmaker(upkeep_engine, expire_on_commit=False), store, keyring),
-                name="audit-checkpoints",
-            ),
+            bucket_ready,
+            asyncio.create_task(checkpoints_once_the_bucket_is_there(), name="audit-checkpoints"),
             asyncio.create_task(run_janitor(settings, upkeep_engine, store), name="storage-janitor"),
             *(
                 [

@@ -389,8 +389,9 @@ class _Checkpointer:
 
     async def tick(self) -> Checkpoint | None:
         if self.known is None:
-            # Without any checkpoint yet, the first one is due after the interval (or the event count).
-            self.known = await _read_pointer(self.store) or _Pointer(seq=0, at=time.time())
+            # Without any checkpoint yet, the first one is due as soon as there is an event to sign: a new
+            # deployment's log is checkpointed within seconds, not after the first interval.
+            self.known = await _read_pointer(self.store) or _Pointer(seq=0, at=0.0)
         if not self.due(await self.head_seq(), self.known):
             return None
         async with self.sessionmaker() as session, session.begin():

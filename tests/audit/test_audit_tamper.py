@@ -605,6 +605,31 @@ async def test_checkpointer_writes_by_time(private: Private) -> None:
         await asyncio.gather(worker, return_exceptions=True)
 
 
+async def test_checkpointer_signs_a_log_that_has_no_checkpoint_yet_at_once(private: Private) -> None:
+    """A new deployment's first checkpoint does not wait for the interval: auditors can check the log within
+    seconds of its first events."""
+    fresh = dataclasses.replace(private.settings, s3_bucket=f"corpora-audit-{secrets.token_hex(4)}")
+    store = ObjectStore(fresh)
+    await store.ensure_bucket()
+    settings = dataclasses.replace(fresh, audit_checkpoint_every_events=10**6, audit_checkpoint_every_seconds=3600)
+    head = await _head(private)
+    worker = asyncio.create_task(
+        checkpoints.run_checkpointer(settings, private.sessionmaker, store, private.keyring, poll_seconds=0.05)
+    )
+    try:
+
+        async def covered() -> bool:
+            return checkpoints.checkpoint_key(head) in await _keys(store)
+
+        await _eventually(covered, within=4)
+        await _append(private.sessionmaker, 1)  # the interval applies from the first checkpoint on
+        await asyncio.sleep(0.4)
+        assert await _keys(store) == {checkpoints.checkpoint_key(head)}
+    finally:
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+
+
 async def test_checkpointer_survives_outages_and_stops_when_cancelled(
     private: Private, caplog: pytest.LogCaptureFixture
 ) -> None:
