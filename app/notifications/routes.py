@@ -154,7 +154,7 @@ class WebhookController(Controller):
 
     @delete(
         "/{webhook_id:uuid}",
-        summary="Delete a webhook: it receives nothing more; its delivery log is kept",
+        summary="Delete a webhook: it receives nothing more; its delivery log stays readable",
         status_code=204,
         responses={401: UNAUTHORIZED, 403: NOT_ADMIN, 404: NOT_VISIBLE},
     )
@@ -177,7 +177,7 @@ class WebhookController(Controller):
 
     @get(
         "/{webhook_id:uuid}/deliveries",
-        summary="The webhook's deliveries, newest first",
+        summary="The webhook's deliveries, newest first (a deleted webhook's too)",
         responses={400: BAD_CURSOR, 401: UNAUTHORIZED, 403: NOT_ADMIN, 404: NOT_VISIBLE},
     )
     async def deliveries(

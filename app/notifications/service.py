@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -116,9 +116,10 @@ async def admin_org(session: AsyncSession, principal: Principal, slug: str) -> O
 
 
 async def admin_endpoint(
-    session: AsyncSession, principal: Principal, webhook_id: uuid.UUID
+    session: AsyncSession, principal: Principal, webhook_id: uuid.UUID, *, deleted_too: bool = False
 ) -> tuple[WebhookEndpoint, str]:
-    """The endpoint and its org's slug: 404 unless the caller is a member, 403 unless an owner or admin."""
+    """The endpoint and its org's slug: 404 unless the caller is a member, 403 unless an owner or admin. A deleted
+    endpoint is 404, unless ``deleted_too`` (its delivery log stays readable)."""
     row = (
         await session.execute(
             select(WebhookEndpoint, Organization.slug, Membership.role)
@@ -127,7 +128,7 @@ async def admin_endpoint(
                 Membership,
                 (Membership.org_id == WebhookEndpoint.org_id) & (Membership.user_id == principal.user_id),
             )
-            .where(WebhookEndpoint.id == webhook_id, WebhookEndpoint.deleted_at.is_(None))
+            .where(WebhookEndpoint.id == webhook_id, true() if deleted_too else WebhookEndpoint.deleted_at.is_(None))
         )
     ).one_or_none()
     if row is None:
@@ -279,7 +280,7 @@ async def enable_endpoint(
 async def list_deliveries(
     session: AsyncSession, principal: Principal, webhook_id: uuid.UUID, *, cursor: str | None, limit: int
 ) -> tuple[list[WebhookDelivery], str | None]:
-    endpoint, _ = await admin_endpoint(session, principal, webhook_id)
+    endpoint, _ = await admin_endpoint(session, principal, webhook_id, deleted_too=True)
     rows, next_cursor = await page(
         session,
         select(WebhookDelivery).where(WebhookDelivery.endpoint_id == endpoint.id),
@@ -294,7 +295,7 @@ async def list_deliveries(
 async def get_delivery(
     session: AsyncSession, principal: Principal, webhook_id: uuid.UUID, delivery_id: uuid.UUID
 ) -> tuple[WebhookDelivery, list[WebhookAttempt]]:
-    endpoint, _ = await admin_endpoint(session, principal, webhook_id)
+    endpoint, _ = await admin_endpoint(session, principal, webhook_id, deleted_too=True)
     delivery = await session.scalar(
         select(WebhookDelivery).where(WebhookDelivery.id == delivery_id, WebhookDelivery.endpoint_id == endpoint.id)
     )

@@ -226,12 +226,27 @@ async def test_deleted_webhook_receives_nothing_more(
     org = await make_org(hooks_client, owner)
     url = receiver.url
     hook = await create_webhook(hooks_client, owner, org, url, ["order.created"])
+    await publish_now(worker, await org_id(db, org), EventType.ORDER_CREATED, {"order_id": "before"})
+    await worker.run()
+    assert len(receiver.to(url)) == 1
     assert (await hooks_client.delete(f"/api/v1/webhooks/{hook['id']}", headers=owner.headers)).status_code == 204
     await publish_now(worker, await org_id(db, org), EventType.ORDER_CREATED, {"order_id": "x"})
     await worker.run()
-    assert receiver.to(url) == []
+    assert len(receiver.to(url)) == 1
     listed = await hooks_client.get(f"/api/v1/webhooks?org={org}", headers=owner.headers)
     assert listed.json()["items"] == []
+    assert_problem(await hooks_client.get(f"/api/v1/webhooks/{hook['id']}", headers=owner.headers), 404)
+
+    # Its delivery log stays readable, to its organisation's admins only, and nothing is sent again.
+    log = await hooks_client.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=owner.headers)
+    assert log.status_code == 200, log.text
+    [delivered] = log.json()["items"]
+    assert (delivered["status"], delivered["last_status_code"]) == ("succeeded", 200)
+    one = f"/api/v1/webhooks/{hook['id']}/deliveries/{delivered['id']}"
+    assert (await hooks_client.get(one, headers=owner.headers)).status_code == 200
+    assert_problem(await hooks_client.post(f"{one}/redeliver", headers=owner.headers), 404)
+    outsider = await sign_up(hooks_client)
+    assert_problem(await hooks_client.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=outsider.headers), 404)
 
 
 async def test_only_owners_and_admins_with_org_admin_keys_manage_webhooks(
